@@ -1,0 +1,275 @@
+"""Capture the loss gradient with respect to any layer's output, inside ``model.fit``.
+
+Example:
+    >>> import adaptgrad
+    >>> from adaptgrad.question import question_model, toy_data
+    >>> model = question_model()
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> x, y = toy_data()
+    >>> with adaptgrad.watch(model, "minimalrnn") as w:
+    ...     _ = model.fit(x, y, epochs=1, batch_size=1, verbose=0)
+    ...     w.stats().batches
+    2
+
+The watched layer's output passes through an identity whose gradient function adds per-unit
+reductions of ``G = dL/dH`` (and of ``H*G``) into non-trainable variables. It runs inside the
+graph Keras compiles, so there is no per-batch Python callback; validation and prediction never
+compute a gradient, so they are never counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from adaptgrad import _instrument
+from adaptgrad.layers import find_layer
+from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
+
+__all__ = ["GradientWatch", "watch"]
+
+
+class _Accumulators:
+    """Per-unit float64 sums, one variable per statistic, summed across replicas on read."""
+
+    def __init__(self, units: int, name: str, strategy: tf.distribute.Strategy) -> None:
+        def variable(shape: tuple[int, ...], field: str) -> tf.Variable:
+            return tf.Variable(
+                tf.zeros(shape, tf.float64),
+                trainable=False,
+                name=f"adaptgrad_{name}_{field}",
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.SUM,
+            )
+
+        with tf.init_scope(), strategy.scope():
+            self.sums = {field: variable((units,), field) for field in SUM_FIELDS}
+            self.batches = variable((), "batches")
+            self.count = variable((), "count")
+        self.units = units
+
+    def update(self, h: tf.Tensor, g: tf.Tensor, loss_scale: tf.Tensor | None) -> tf.Operation:
+        """Add one batch's reductions of H and G (same shape, units on the last axis)."""
+        h = tf.cast(h, tf.float32)
+        g = tf.cast(g, tf.float32)
+        if loss_scale is not None:
+            g = g / tf.cast(loss_scale, tf.float32)
+        axes = list(range(len(g.shape) - 1))
+        hg = h * g
+        batch_hg = tf.reduce_sum(hg, axis=axes)
+        replica = tf.distribute.get_replica_context()
+        replicas = replica.num_replicas_in_sync if replica is not None else 1
+        if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
+            batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, batch_hg)
+        positions = tf.cast(tf.reduce_prod(tf.shape(g)[:-1]), tf.float64)
+        values = {
+            "grad_sum": tf.reduce_sum(g, axis=axes),
+            "grad_abs_sum": tf.reduce_sum(tf.abs(g), axis=axes),
+            "grad_sq_sum": tf.reduce_sum(tf.square(g), axis=axes),
+            "act_grad_sum": tf.reduce_sum(hg, axis=axes),
+            "act_grad_batch_sq_sum": tf.square(batch_hg) / replicas,
+            "act_abs_sum": tf.reduce_sum(tf.abs(h), axis=axes),
+        }
+        values = {k: tf.cast(v, tf.float64) for k, v in values.items()}
+        batch_share = tf.constant(1.0 / replicas, tf.float64)
+        if loss_scale is not None:  # a step with an overflowed gradient is skipped by Keras too
+            finite = tf.reduce_all(tf.math.is_finite(g))
+            values = {k: tf.where(finite, v, tf.zeros_like(v)) for k, v in values.items()}
+            batch_share = tf.where(finite, batch_share, tf.zeros_like(batch_share))
+            positions = tf.where(finite, positions, tf.zeros_like(positions))
+        ops = [self.sums[k].assign_add(v) for k, v in values.items()]
+        ops.append(self.batches.assign_add(batch_share))
+        ops.append(self.count.assign_add(positions))
+        return tf.group(*ops)
+
+    def snapshot(self) -> OutputGradientStats:
+        sums = {k: v.read_value().numpy() for k, v in self.sums.items()}
+        return OutputGradientStats(
+            **sums,
+            batches=int(round(float(self.batches.read_value().numpy()))),
+            count=int(round(float(self.count.read_value().numpy()))),
+        )
+
+    def reset(self) -> None:
+        for variable in (*self.sums.values(), self.batches, self.count):
+            variable.assign(tf.zeros_like(variable.read_value()))
+
+
+class GradientWatch:
+    """Accumulates per-unit statistics of ``dL/d(output)`` of one layer; see :func:`watch`.
+
+    Example:
+        >>> import adaptgrad, keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="hidden"),
+        ...                           keras.layers.Dense(1)])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> w = adaptgrad.watch(model, "hidden")
+        >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, verbose=0)
+        >>> w.stats().grad_sum.shape, w.stats().batches
+        ((4,), 2)
+        >>> w.remove()
+    """
+
+    def __init__(self, model: keras.Model, layer: keras.layers.Layer, through_time: bool) -> None:
+        self.model = model
+        self.layer = layer
+        self.through_time = through_time
+        self._strategy = tf.distribute.get_strategy()
+        self._accumulators: _Accumulators | None = None
+        self._removed = False
+        hooks = _instrument.hooks_of(layer)
+        if hooks.output_probe is not None or hooks.time_probe is not None:
+            raise ValueError(
+                f"layer {layer.name!r} is already watched; call .remove() on the existing "
+                f"GradientWatch first (one watch per layer)"
+            )
+        if through_time:
+            hooks.time_probe = self._time_probe
+        else:
+            hooks.output_probe = self._output_probe
+        _instrument.invalidate_compiled(model)
+
+    # -- in the graph ---------------------------------------------------------------------------
+
+    def _accumulators_for(self, units: int) -> _Accumulators:
+        if self._accumulators is None:
+            self._accumulators = _Accumulators(units, self.layer.name, self._strategy)
+        return self._accumulators
+
+    def _loss_scale(self) -> tf.Tensor | None:
+        optimizer = getattr(self.model, "optimizer", None)
+        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return None
+        return optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+
+    def _output_probe(self, h: tf.Tensor) -> tf.Tensor:
+        accumulators = self._accumulators_for(int(h.shape[-1]))
+
+        @tf.custom_gradient
+        def identity(x: tf.Tensor) -> Any:
+            def grad(g: tf.Tensor) -> tf.Tensor:
+                with tf.control_dependencies([accumulators.update(x, g, self._loss_scale())]):
+                    return tf.identity(g)
+
+            return tf.identity(x), grad
+
+        return identity(h)
+
+    def _time_probe(self, z: tf.Tensor, hidden_states: Any) -> tf.Tensor:
+        accumulators = self._accumulators_for(int(z.shape[-1]))
+
+        @tf.custom_gradient
+        def identity(x: tf.Tensor) -> Any:
+            def grad(g: tf.Tensor) -> tf.Tensor:
+                update = accumulators.update(hidden_states(), g, self._loss_scale())
+                with tf.control_dependencies([update]):
+                    return tf.zeros_like(g)  # z is a stand-in: nothing upstream depends on it
+
+            return tf.identity(x), grad
+
+        return identity(z)
+
+    # -- in Python ------------------------------------------------------------------------------
+
+    def stats(self) -> OutputGradientStats:
+        """A snapshot of the statistics accumulated since the last :meth:`reset`.
+
+        Raises:
+            RuntimeError: if no gradient has reached the layer since the last reset — its output
+                does not reach the loss, nothing trainable lies upstream of it, or no training
+                batch has run yet. adaptgrad never returns silent zeros.
+        """
+        self._check_attached()
+        snapshot = self._accumulators.snapshot() if self._accumulators is not None else None
+        if snapshot is None or snapshot.batches == 0:
+            raise RuntimeError(
+                f"no gradient has reached layer {self.layer.name!r} since the watch was attached "
+                f"or last reset. Either no training batch has run yet, or no gradient can flow "
+                f"to this layer's output: it does not reach the loss, or nothing trainable lies "
+                f"upstream of it (a frozen layer directly after the input)."
+            )
+        return snapshot
+
+    def reset(self) -> None:
+        """Zero the accumulators (the :class:`Adapt` callback does this after every epoch)."""
+        self._check_attached()
+        if self._accumulators is not None:
+            self._accumulators.reset()
+
+    def remove(self) -> None:
+        """Detach: the model then runs and trains exactly as it did before :func:`watch`."""
+        if self._removed:
+            return
+        hooks = _instrument.hooks_of(self.layer)
+        hooks.output_probe = None
+        hooks.time_probe = None
+        _instrument.release(self.layer)
+        _instrument.invalidate_compiled(self.model)
+        self._removed = True
+
+    @property
+    def units(self) -> int | None:
+        """Number of units, known once the layer has run once with the watch attached."""
+        return None if self._accumulators is None else self._accumulators.units
+
+    def _check_attached(self) -> None:
+        if self._removed:
+            raise RuntimeError(f"this watch on layer {self.layer.name!r} was removed")
+
+    def __enter__(self) -> GradientWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        mode = "through_time" if self.through_time else "output"
+        state = "removed" if self._removed else "attached"
+        return f"<GradientWatch layer={self.layer.name!r} mode={mode} {state}>"
+
+
+def watch(model: keras.Model, layer: str | keras.layers.Layer, *, through_time: bool = False) -> GradientWatch:
+    """Start accumulating per-unit statistics of ``dL/d(layer output)`` for every trained batch.
+
+    Example:
+        >>> import adaptgrad
+        >>> from adaptgrad.question import question_model, toy_data
+        >>> model = question_model()                      # a subclassed model, never called
+        >>> model.compile(optimizer="adam", loss="mse")
+        >>> w = adaptgrad.watch(model, "minimalrnn", through_time=True)
+        >>> x, y = toy_data()
+        >>> _ = model.fit(x, y, epochs=2, batch_size=1, verbose=0)
+        >>> s = w.stats()
+        >>> s.batches, s.count                             # 2 epochs x 2 batches, x 5 steps
+        (4, 20)
+
+    Args:
+        model: any Keras 3 model — Sequential, functional or subclassed; built or not, compiled
+            or not. Works in ``model.fit`` (``jit_compile`` on or off, ``steps_per_execution``,
+            ``run_eagerly``) and in a hand-written ``GradientTape`` loop, eager or in a
+            ``tf.function`` (trace it after calling ``watch``).
+        layer: a layer name (layers nested in sub-models included) or the layer object.
+        through_time: for a recurrent layer (``keras.layers.RNN`` with any cell whose output is
+            its first state: ``SimpleRNN``, ``GRU``, ``LSTM``, ``MinimalRNNCell``...), capture the
+            hidden state at every step and the *total* gradient there, including the path
+            through later steps, whatever ``return_sequences`` is.
+
+    Returns:
+        A :class:`GradientWatch`; use ``.stats()``, ``.reset()``, ``.remove()``, or ``with``.
+
+    Raises:
+        ValueError: unknown layer name (the message lists the model's layers), ``through_time``
+            on a non-recurrent layer, or a layer that is already watched.
+    """
+    target = find_layer(model, layer)
+    if through_time:
+        if not _instrument.is_recurrent(target):
+            raise ValueError(
+                f"through_time=True needs a recurrent layer (keras.layers.RNN, SimpleRNN, GRU, "
+                f"LSTM); layer {target.name!r} is a {type(target).__name__}. Use "
+                f"through_time=False to capture its output."
+            )
+        _instrument.hidden_units(target)
+    return GradientWatch(model, target, through_time)
