@@ -27,6 +27,7 @@ Probe = Callable[[tf.Tensor], tf.Tensor]
 TimeProbe = Callable[[tf.Tensor, Callable[[], tf.Tensor]], tf.Tensor]
 
 _ATTR = "_adaptgrad_hooks"
+_UNSET = object()
 
 
 def is_recurrent(layer: keras.layers.Layer) -> bool:
@@ -43,14 +44,18 @@ class Hooks:
         self.time_probe: TimeProbe | None = None
         self.output_mask: keras.Variable | None = None
         self.cell_mask: keras.Variable | None = None
-        self._original_call = layer.call
-        object.__setattr__(layer, "call", self._call)
+        self._replaced: list[tuple[Any, str, Any]] = []
+        self._original_call = self._replace(layer, "call", self._call)
         if is_recurrent(layer):
-            cell = layer.cell
-            self._original_cell_call = cell.call
-            self._original_inner_loop = layer.inner_loop
-            object.__setattr__(cell, "call", self._cell_call)
-            object.__setattr__(layer, "inner_loop", self._inner_loop)
+            self._original_cell_call = self._replace(layer.cell, "call", self._cell_call)
+            self._original_inner_loop = self._replace(layer, "inner_loop", self._inner_loop)
+
+    def _replace(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        """Shadow ``owner.name`` by ``wrapper`` on the instance; return the original method."""
+        original = getattr(owner, name)
+        self._replaced.append((owner, name, owner.__dict__.get(name, _UNSET)))
+        object.__setattr__(owner, name, wrapper)
+        return original
 
     @property
     def in_use(self) -> bool:
@@ -61,10 +66,11 @@ class Hooks:
 
     def uninstall(self) -> None:
         """Restore the layer's own methods (only once no slot is in use)."""
-        object.__setattr__(self.layer, "call", self._original_call)
-        if is_recurrent(self.layer):
-            object.__setattr__(self.layer.cell, "call", self._original_cell_call)
-            object.__setattr__(self.layer, "inner_loop", self._original_inner_loop)
+        for owner, name, saved in reversed(self._replaced):
+            if saved is _UNSET:
+                object.__delattr__(owner, name)
+            else:
+                object.__setattr__(owner, name, saved)
         object.__delattr__(self.layer, _ATTR)
 
     # -- the wrappers -------------------------------------------------------------------------

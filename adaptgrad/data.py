@@ -74,8 +74,7 @@ class Dataset:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is invalid; valid: {', '.join(TASKS)}")
-        if isinstance(self.outputs, bool) or not isinstance(self.outputs, (int, np.integer)) or self.outputs < 1:
-            raise ValueError(f"outputs={self.outputs!r} is invalid; it must be an integer >= 1")
+        _check_int("outputs", self.outputs, 1)
         object.__setattr__(self, "outputs", int(self.outputs))
         for split in ("train", "val"):
             x = self._frozen(f"x_{split}", np.float32)
@@ -88,29 +87,37 @@ class Dataset:
                     f"expects (N, {self.outputs})"
                 )
             if self.task == "classification" and y.ndim != 1:
-                raise ValueError(f"y_{split} has shape {y.shape}; classification expects (N,) labels")
+                raise ValueError(
+                    f"y_{split} has shape {y.shape}; classification expects (N,) labels"
+                )
             if x.shape[0] != y.shape[0]:
                 raise ValueError(
-                    f"x_{split} has {x.shape[0]} examples but y_{split} has {y.shape[0]}; they must match"
+                    f"x_{split} has {x.shape[0]} examples but y_{split} has {y.shape[0]}; "
+                    "they must match"
                 )
             for array, field in ((x, f"x_{split}"), (y, f"y_{split}")):
                 if not np.isfinite(array).all():
                     raise ValueError(f"{field} contains NaN or infinite values")
-            if self.task == "classification" and y.size and (y.min() < 0 or y.max() >= self.outputs):
-                raise ValueError(
-                    f"y_{split} has labels in [{y.min()}, {y.max()}]; "
-                    f"with outputs={self.outputs} they must lie in [0, {self.outputs - 1}]"
-                )
+            if self.task == "classification" and y.size:
+                low, high = int(y.min()), int(y.max())
+                if low < 0 or high >= self.outputs:
+                    raise ValueError(
+                        f"y_{split} has labels in [{low}, {high}]; "
+                        f"with outputs={self.outputs} they must lie in [0, {self.outputs - 1}]"
+                    )
         if self.x_train.shape[1:] != self.x_val.shape[1:]:
             raise ValueError(
-                f"x_train steps/features {self.x_train.shape[1:]} differ from x_val's {self.x_val.shape[1:]}"
+                f"x_train steps/features {self.x_train.shape[1:]} differ from "
+                f"x_val's {self.x_val.shape[1:]}"
             )
 
     def _frozen(self, field: str, dtype: type[np.generic]) -> np.ndarray:
         """Replace array ``field`` by a read-only copy of dtype ``dtype`` and return it."""
         value = np.asarray(getattr(self, field))
         if np.issubdtype(dtype, np.integer) and not np.issubdtype(value.dtype, np.integer):
-            raise ValueError(f"{field} has dtype {value.dtype}; classification labels must be integers")
+            raise ValueError(
+                f"{field} has dtype {value.dtype}; classification labels must be integers"
+            )
         array = np.array(value, dtype=dtype, copy=True)
         array.setflags(write=False)
         object.__setattr__(self, field, array)
@@ -129,8 +136,9 @@ def _check_int(name: str, value: int, minimum: int) -> None:
 
 
 def _validation_size(n: int, val_fraction: float) -> int:
-    """Number of validation examples out of ``n``: ``round(val_fraction * n)``, both parts non-empty."""
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+    """``round(val_fraction * n)``, the validation size; raise ValueError if a part is empty."""
+    is_number = isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool)
+    if not is_number or not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction!r} is invalid; it must be a number in (0, 1)")
     n_val = round(val_fraction * n)
     if not 0 < n_val < n:
@@ -180,7 +188,9 @@ def toy(*, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return Dataset("toy", x, y, x, y, task="regression", outputs=4)
 
 
-def adding(*, length: int = 50, samples: int = 2000, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def adding(
+    *, length: int = 50, samples: int = 2000, val_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
     """The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015).
 
     Each step has 2 features: a value drawn uniformly from ``[0, 1)`` and a marker that
@@ -269,7 +279,9 @@ def copy_memory(
     return _shuffle_split("copy_memory", x, y, "classification", symbols, val_fraction, rng)
 
 
-def sunspots(*, window: int = 20, horizon: int = 1, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def sunspots(
+    *, window: int = 20, horizon: int = 1, val_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
     """One-step (or ``horizon``-step) forecasting of yearly sunspot activity, 1700-2008.
 
     The 309 yearly values of ``statsmodels.api.datasets.sunspots`` are cut into windows:
@@ -304,7 +316,8 @@ def sunspots(*, window: int = 20, horizon: int = 1, val_fraction: float = 0.2, s
     n = len(series) - window - horizon + 1
     if n < 2:
         raise ValueError(
-            f"window={window} and horizon={horizon} leave {max(n, 0)} windows of {len(series)} values; "
+            f"window={window} and horizon={horizon} leave {max(n, 0)} windows "
+            f"of {len(series)} values; "
             f"window + horizon must be <= {len(series) - 1}"
         )
     n_train = n - _validation_size(n, val_fraction)
@@ -340,7 +353,8 @@ def digits(*, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int32)
-    return _shuffle_split("digits", x, y, "classification", 10, val_fraction, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    return _shuffle_split("digits", x, y, "classification", 10, val_fraction, rng)
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
+import inspect
 from pathlib import Path
 
 import hydra.utils
@@ -33,6 +34,11 @@ EXPECTED = {  # name: (input_shape, task, outputs)
     "digits": ((8, 8), "classification", 10),
 }
 SYNTHETIC = ("adding", "copy_memory")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_session() -> None:
+    """Override conftest's per-test Keras reset (~0.25 s each): these tests build no model."""
 
 
 def all_x(ds: data.Dataset) -> np.ndarray:
@@ -179,7 +185,8 @@ def test_digits_match_sklearn() -> None:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'foo'; valid: adding, copy_memory, digits, sunspots, toy"):
+    valid = "valid: adding, copy_memory, digits, sunspots, toy"
+    with pytest.raises(ValueError, match=f"unknown dataset 'foo'; {valid}"):
         data.load("foo")
 
 
@@ -234,14 +241,18 @@ def _arrays(n: int = 4, t: int = 3, f: int = 2) -> tuple[np.ndarray, np.ndarray]
 )
 def test_dataset_validation(change: dict[str, object], fragment: str) -> None:
     x, y = _arrays()
-    fields = {"name": "t", "x_train": x, "y_train": y, "x_val": x, "y_val": y, "task": "regression", "outputs": 1}
+    fields = dict(name="t", x_train=x, y_train=y, x_val=x, y_val=y, task="regression", outputs=1)
     with pytest.raises(ValueError, match=fragment):
         data.Dataset(**{**fields, **change})
 
 
 @pytest.mark.parametrize(
     ("labels", "fragment"),
-    [(np.array([0, 1, 2, 3]), r"must lie in \[0, 2\]"), (np.zeros(4), "must be integers"), (np.zeros((4, 1), int), r"\(N,\)")],
+    [
+        (np.array([0, 1, 2, 3]), r"must lie in \[0, 2\]"),
+        (np.zeros(4), "must be integers"),
+        (np.zeros((4, 1), int), r"\(N,\)"),
+    ],
 )
 def test_dataset_validates_labels(labels: np.ndarray, fragment: str) -> None:
     x, _ = _arrays()
@@ -264,8 +275,6 @@ def test_config_instantiates(path: Path) -> None:
 
 
 def test_config_defaults_match_functions() -> None:
-    import inspect
-
     for name, loader in data.DATASETS.items():
         cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{name}.yaml"))
         defaults = {k: p.default for k, p in inspect.signature(loader).parameters.items()}
@@ -279,4 +288,5 @@ def test_config_defaults_match_functions() -> None:
 
 def test_config_seed_reaches_loader() -> None:
     cfg = OmegaConf.create({"seed": 5, "data": OmegaConf.load(CONF_DIR / "adding.yaml")})
-    np.testing.assert_array_equal(hydra.utils.instantiate(cfg.data).x_train, data.adding(seed=5).x_train)
+    ds = hydra.utils.instantiate(cfg.data)
+    np.testing.assert_array_equal(ds.x_train, data.adding(seed=5).x_train)

@@ -1,0 +1,370 @@
+"""Tests of adaptgrad.results on hand-written job dirs of a small fake sweep."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from adaptgrad.results import UNITS_COLUMNS, _format_mean_std, collect, main
+
+SWEEP = Path("multirun") / "2026-11-27" / "10-00-00"
+METRICS = ["loss", "val_loss", "mae", "val_mae", "active_units", "epoch_time"]
+RULES = {
+    "none": {"_target_": "adaptgrad.rules.NoRule", "name": "none"},
+    "taylor_prune": {"_target_": "adaptgrad.rules.TaylorPrune", "name": "taylor_prune", "fraction": 0.1},
+}
+
+
+def config(rule: str, seed: int) -> dict[str, Any]:
+    """A resolved job config as the runner writes it."""
+    return {
+        "seed": seed,
+        "layer": "rnn",
+        "through_time": True,
+        "model": {"name": "gru", "units": 4, "layers": [4, 4]},
+        "data": {"_target_": "adaptgrad.data.Sine", "length": 50, "features": ["x", "dx"]},
+        "rule": RULES[rule],
+        "optimizer": {"_target_": "keras.optimizers.Adam", "learning_rate": 0.001},
+        "trainer": {"epochs": 5, "batch_size": 32, "lr": 0.001},
+    }
+
+
+def history(epochs: int, offset: float) -> pd.DataFrame:
+    """A history.csv table: loss falls with the epoch, active_units from 4 down."""
+    rows = [
+        {
+            "epoch": e,
+            "loss": 1.0 / (e + 1) + offset,
+            "val_loss": 1.2 / (e + 1) + offset,
+            "mae": 0.5 / (e + 1),
+            "val_mae": 0.6 / (e + 1),
+            "active_units": 4 - min(e, 2) if offset < 0.1 else 4,
+            "epoch_time": 0.5,
+        }
+        for e in range(epochs)
+    ]
+    return pd.DataFrame(rows, columns=["epoch", *METRICS])
+
+
+def units(epochs: int) -> pd.DataFrame:
+    """A units.parquet table with 4 units per epoch."""
+    rows = []
+    for e in range(epochs):
+        for u in range(4):
+            row = {c: float(e + u) for c, t in UNITS_COLUMNS.items() if t == "float64"}
+            row.update(epoch=e, unit=u, active=u < 3, batches=10, count=320)
+            rows.append(row)
+    return pd.DataFrame(rows)[[c for c in UNITS_COLUMNS if c != "run_id"]]
+
+
+def write_job(
+    job: Path,
+    rule: str,
+    seed: int,
+    status: str = "ok",
+    final: dict[str, float] | None = None,
+    epochs: int = 5,
+    wall_time: float = 10.0,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """Write every file a finished (or failed) job leaves in its dir."""
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config(rule, seed)), job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create([f"rule={rule}", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create(config(rule, seed)), job / "config.yaml")
+    history(epochs, 0.0 if rule == "none" else 0.2).to_csv(job / "history.csv", index=False)
+    units(epochs).to_parquet(job / "units.parquet", index=False)
+    if rule == "taylor_prune":
+        actions = pd.DataFrame(
+            {
+                "epoch": [1, 1, 3],
+                "rule": ["taylor_prune"] * 3,
+                "action": ["gate", "skip", "gate"],
+                "unit": [3, None, 2],
+                "value": [0.0, None, 0.0],
+            }
+        )
+        actions.to_csv(job / "actions.csv", index=False)
+    result = {
+        "status": status,
+        "run_id": "ignored",
+        "final": final or {},
+        "epochs": epochs,
+        "wall_time": wall_time,
+        "versions": {"keras": "3.6.0"},
+        "git_commit": "abc123",
+        "error": error,
+        "overrides": [f"rule={rule}", f"seed={seed}"],
+    }
+    (job / "result.json").write_text(json.dumps(result))
+
+
+def write_running_job(job: Path, rule: str, seed: int) -> None:
+    """A job Hydra has started: only .hydra/, with the unresolved config."""
+    (job / ".hydra").mkdir(parents=True)
+    unresolved = config(rule, seed)
+    unresolved["optimizer"]["learning_rate"] = "${trainer.lr}"
+    OmegaConf.save(OmegaConf.create(unresolved), job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create([f"rule={rule}", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """2 rules x 2 seeds (taylor seed 1 failed at epoch 2) plus a running job "10"."""
+    root = tmp_path / SWEEP
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    write_job(root / "0", "none", 0, final={"val_loss": 0.50, "val_mae": 0.20}, wall_time=10.0)
+    write_job(root / "1", "none", 1, final={"val_loss": 0.54, "val_mae": 0.24}, wall_time=12.0)
+    write_job(root / "2", "taylor_prune", 0, final={"val_loss": 0.30, "val_mae": 0.10}, wall_time=11.0)
+    error = {"type": "FloatingPointError", "message": "loss is NaN\n  at batch 3", "epoch": 2}
+    write_job(root / "3", "taylor_prune", 1, status="failed", epochs=2, wall_time=4.0, error=error)
+    write_running_job(root / "10", "taylor_prune", 2)
+    return tmp_path / "multirun"
+
+
+IDS = [f"2026-11-27/10-00-00/{j}" for j in (0, 1, 2, 3, 10)]
+
+
+def test_runs_table(sweep: Path) -> None:
+    runs = collect(sweep).runs
+    assert runs["run_id"].tolist() == IDS  # natural order: 10 after 2 and 3
+    assert runs["status"].tolist() == ["ok", "ok", "ok", "failed", "running"]
+    assert runs.columns[:2].tolist() == ["run_id", "status"]
+    assert runs.columns[-1] == "git_commit"
+    dtypes = runs.dtypes
+    assert dtypes["model.units"] == "Int64"
+    assert dtypes["trainer.lr"] == "Float64"
+    assert dtypes["through_time"] == "boolean"
+    assert dtypes["rule.name"] == "string"
+    assert dtypes["rule.fraction"] == "Float64"  # missing for rule none: nullable, not object
+    assert dtypes["final.val_loss"] == "Float64"
+    assert dtypes["epochs"] == "Int64"
+    assert dtypes["wall_time"] == "Float64"
+    assert dtypes["error.epoch"] == "Int64"
+    assert runs["rule.fraction"].isna().tolist() == [True, True, False, False, False]
+    assert runs["model.layers"].iloc[0] == "[4, 4]"
+    assert runs["data.features"].iloc[0] == '["x", "dx"]'
+    # the running job's config comes from .hydra/config.yaml, interpolation resolved
+    assert runs["optimizer.learning_rate"].tolist() == [0.001] * 5
+    assert runs["seed"].tolist() == [0, 1, 0, 1, 2]
+    failed = runs.iloc[3]
+    assert (failed["error.type"], failed["error.epoch"], failed["epochs"]) == ("FloatingPointError", 2, 2)
+    assert pd.isna(failed["final.val_loss"])
+    assert runs["epochs"].isna().tolist() == [False] * 4 + [True]
+    assert not any(c.startswith(("versions", "overrides")) for c in runs.columns)
+
+
+def test_history_units_actions(sweep: Path) -> None:
+    results = collect(sweep)
+    history_ = results.history
+    assert history_.columns.tolist() == ["run_id", "epoch", "metric", "value"]
+    assert len(history_) == 3 * 5 * len(METRICS) + 2 * len(METRICS)
+    assert history_["value"].dtype == "float64"
+    assert history_["epoch"].dtype == "int64"
+    assert history_["run_id"].unique().tolist() == IDS[:4]
+    first = history_[history_["run_id"] == IDS[0]]
+    assert first["metric"].iloc[: len(METRICS)].tolist() == METRICS  # epoch-major, metrics in file order
+    row = first[(first["epoch"] == 1) & (first["metric"] == "val_loss")]
+    assert row["value"].item() == pytest.approx(0.6)
+
+    units_ = results.units
+    assert units_.columns.tolist() == list(UNITS_COLUMNS)
+    assert len(units_) == 3 * 5 * 4 + 2 * 4
+    assert units_["active"].dtype == bool
+    assert units_.groupby("run_id", sort=False).size().tolist() == [20, 20, 20, 8]
+
+    actions = results.actions
+    assert actions.columns.tolist() == ["run_id", "epoch", "rule", "action", "unit", "value"]
+    assert actions["run_id"].tolist() == [IDS[2]] * 3 + [IDS[3]] * 3
+    assert actions["unit"].dtype == "Int64"
+    assert actions["unit"].isna().tolist() == [False, True, False] * 2
+
+
+def test_single_job_dir_and_running_only_give_empty_frames(sweep: Path) -> None:
+    job = sweep / "2026-11-27" / "10-00-00"
+    assert collect(job / "2").runs["run_id"].tolist() == ["2"]
+    running = collect(job / "10")
+    assert running.runs["status"].tolist() == ["running"]
+    for frame, columns in [
+        (running.history, ["run_id", "epoch", "metric", "value"]),
+        (running.units, list(UNITS_COLUMNS)),
+        (running.actions, ["run_id", "epoch", "rule", "action", "unit", "value"]),
+    ]:
+        assert frame.empty and frame.columns.tolist() == columns
+    assert running.units["active"].dtype == bool
+    assert collect(job).runs["run_id"].tolist() == ["0", "1", "2", "3", "10"]
+
+
+def test_missing_path_and_no_jobs(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope"):
+        collect(tmp_path / "nope")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no job dir"):
+        collect(tmp_path / "empty")
+
+
+def test_collect_is_idempotent(sweep: Path) -> None:
+    a, b = collect(sweep), collect(sweep)
+    for name in ("runs", "history", "units", "actions"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    assert a.config_columns == b.config_columns
+
+
+def test_varying_keys(sweep: Path, tmp_path: Path) -> None:
+    assert collect(sweep).varying_keys() == ["rule._target_", "rule.name", "rule.fraction"]
+    seeds_only = tmp_path / "seeds"
+    write_job(seeds_only / "0", "none", 0, final={"val_loss": 0.5})
+    write_job(seeds_only / "1", "none", 1, final={"val_loss": 0.7})
+    results = collect(seeds_only)
+    assert results.varying_keys() == []
+    table = results.summary(["val_loss"])
+    assert table.columns.tolist() == ["n", "final.val_loss mean", "final.val_loss std"]
+    assert table["n"].tolist() == [2]
+    assert table["final.val_loss mean"].item() == pytest.approx(0.6)
+    assert table["final.val_loss std"].item() == pytest.approx(math.sqrt(0.02))
+
+
+def test_summary_by_hand(sweep: Path) -> None:
+    table = collect(sweep).summary()
+    by = ["rule._target_", "rule.name", "rule.fraction"]
+    stats = [f"{m} {s}" for m in ("final.val_loss", "final.val_mae", "epochs", "wall_time") for s in ("mean", "std")]
+    assert table.columns.tolist() == [*by, "n", *stats]
+    assert table["rule.name"].tolist() == ["none", "taylor_prune"]
+    assert table["n"].tolist() == [2, 1]  # the failed and running jobs are left out
+    none, taylor = table.iloc[0], table.iloc[1]
+    assert none["final.val_loss mean"] == pytest.approx(0.52)
+    assert none["final.val_loss std"] == pytest.approx(0.02 * math.sqrt(2))  # sqrt((0.02**2 + 0.02**2) / 1)
+    assert none["final.val_mae mean"] == pytest.approx(0.22)
+    assert none["wall_time mean"] == pytest.approx(11.0)
+    assert none["wall_time std"] == pytest.approx(math.sqrt(2))
+    assert (none["epochs mean"], none["epochs std"]) == (5, 0)
+    assert pd.isna(none["rule.fraction"])
+    assert taylor["final.val_loss mean"] == pytest.approx(0.30)
+    assert pd.isna(taylor["final.val_loss std"])
+
+    grouped = collect(sweep).summary(metrics=["val_loss", "wall_time"], by=["rule.name"])
+    assert grouped.columns.tolist() == ["rule.name", "n", *stats[:2], *stats[-2:]]
+    with pytest.raises(ValueError, match="unknown metric"):
+        collect(sweep).summary(metrics=["nope"])
+    with pytest.raises(ValueError, match="group by"):
+        collect(sweep).summary(by=["nope"])
+
+
+def test_cli_markdown(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == ["rule._target_", "rule.name", "rule.fraction", "n", "final.val_loss", "final.val_mae", "epochs", "wall_time"]
+    assert set(lines[1]) <= {"|", "-", ":"}
+    none = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert none == ["adaptgrad.rules.NoRule", "none", "", "2", "0.52 ± 0.03", "0.22 ± 0.03", "5 ± 0", "11.0 ± 1.4"]
+    taylor = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert taylor[:5] == ["adaptgrad.rules.TaylorPrune", "taylor_prune", "0.1", "1", "0.3"]
+    assert len(lines) == 4
+    assert err.splitlines() == [f"{IDS[3]} failed loss is NaN at batch 3", f"{IDS[4]} running"]
+
+
+def test_cli_csv_and_parquet(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(sweep), "--format", "csv", "--metric", "val_loss"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert table.columns.tolist() == ["rule._target_", "rule.name", "rule.fraction", "n", "final.val_loss mean", "final.val_loss std"]
+    assert table["final.val_loss mean"].tolist() == pytest.approx([0.52, 0.30])
+
+    out = tmp_path / "summary.parquet"
+    assert main([str(sweep), "--format", "parquet", "--output", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    expected = collect(sweep).summary()
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected, check_dtype=False)
+
+    assert main([str(sweep), "--format", "parquet"]) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_cli_plot(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plots = tmp_path / "plots"
+    assert main([str(sweep), "--plot", str(plots), "--format", "csv"]) == 0
+    for name in ("val_loss.png", "active_units.png"):
+        data = (plots / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_cli_plot_without_matplotlib(sweep: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main([str(sweep), "--plot", str(tmp_path / "plots")]) == 2
+    out, err = capsys.readouterr()
+    assert "pip install 'adaptgrad[plot]'" in err and "Traceback" not in err
+    assert out == ""
+
+
+def test_cli_bad_input(tmp_path: Path, sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no job dir" in capsys.readouterr().err
+    assert main([str(sweep), "--metric", "nope"]) == 2
+    assert "unknown metric 'nope'" in capsys.readouterr().err
+    assert main(["--format", "xml", str(sweep)]) == 2
+
+
+def test_corrupt_files_warn_and_do_not_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_job(tmp_path / "0", "none", 0, final={"val_loss": 0.5})
+    write_job(tmp_path / "1", "none", 1, final={"val_loss": 0.6})
+    (tmp_path / "1" / "result.json").write_text('{"status": "ok", "final": {')
+    (tmp_path / "1" / "units.parquet").write_bytes(b"not parquet")
+    (tmp_path / "0" / "config.yaml").write_text("model: [unclosed\n")  # falls back to .hydra/config.yaml
+    with pytest.warns(UserWarning) as caught:
+        results = collect(tmp_path)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "result.json" in messages and "units.parquet" in messages and "config.yaml" in messages
+    assert results.runs["status"].tolist() == ["ok", "unknown"]
+    assert results.runs["model.units"].tolist() == [4, 4]
+    assert results.units["run_id"].unique().tolist() == ["0"]
+    assert results.summary(["val_loss"])["n"].tolist() == [1]
+
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "Traceback" not in err
+    assert err.splitlines()[-1] == "1 unknown"
+
+
+def test_hydra_only_interpolations_stay_text(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(
+        "trainer:\n  lr: 0.01\noptimizer:\n  lr: ${trainer.lr}\nout: ${hydra:runtime.output_dir}\nname: ???\n"
+    )
+    runs = collect(job).runs
+    assert runs["optimizer.lr"].item() == 0.01
+    assert runs["out"].item() == "${hydra:runtime.output_dir}"
+    assert runs["name"].item() == "???"
+    assert runs["status"].item() == "running"
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "text"),
+    [
+        (0.12345, 0.0042, "0.123 ± 0.004"),
+        (0.11, 0.0141, "0.110 ± 0.014"),
+        (622.5, 864.79, "622 ± 865"),
+        (5, 0, "5 ± 0"),
+        (0.3, float("nan"), "0.3"),
+        (pd.NA, pd.NA, "n/a"),
+        (1.5e-8, 2e-9, "1.5e-08 ± 2e-09"),
+    ],
+)
+def test_mean_std_format(mean: Any, std: Any, text: str) -> None:
+    assert _format_mean_std(mean, std) == text

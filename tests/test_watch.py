@@ -1,0 +1,225 @@
+"""Every captured statistic equals an independent reference, in every way Keras trains."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adaptgrad
+from reference import assert_stats_equal, build, data, reference_fit
+
+
+def twin(kind, cell="minimal", units=4, return_sequences=False):
+    """Two models with identical weights: one to watch, one for the reference."""
+    watched, *_ = build(kind, cell, units, return_sequences)
+    ref = build(kind, cell, units, return_sequences)
+    ref[0].set_weights(watched.get_weights())
+    return watched, ref
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
+@pytest.mark.parametrize(
+    "compile_kwargs",
+    [{}, {"jit_compile": True}, {"steps_per_execution": 3}, {"run_eagerly": True}],
+    ids=["graph", "jit", "steps_per_execution", "eager"],
+)
+def test_output_mode_matches_split_forward_pass(kind, compile_kwargs):
+    model, (ref_model, rnn, head) = twin(kind)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **compile_kwargs)
+    w = adaptgrad.watch(model, "rnn")
+    x, y = data(10)  # batch 4 does not divide 10 and validation_split takes 2 of them
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, validation_split=0.2, verbose=0)
+    want = reference_fit(ref_model, rnn, head, x[:8], y[:8], batch_size=4, epochs=2, optimizer=keras.optimizers.SGD(0.1))
+    assert_stats_equal(w.stats(), want)
+
+
+@pytest.mark.parametrize("cell", ["minimal", "simple", "gru", "lstm"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_through_time_matches_manual_unroll(cell, return_sequences):
+    model, (ref_model, rnn, head) = twin("functional", cell, 5, return_sequences)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    w = adaptgrad.watch(model, "rnn", through_time=True)
+    x, y = data(7, return_sequences)
+    model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
+    want = reference_fit(
+        ref_model, rnn, head, x, y, batch_size=3, epochs=2, optimizer=keras.optimizers.SGD(0.1), through_time=True
+    )
+    assert_stats_equal(w.stats(), want)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "subclassed"])
+@pytest.mark.parametrize("compile_kwargs", [{"jit_compile": True}, {"run_eagerly": True}, {"steps_per_execution": 2}])
+def test_through_time_in_every_compile_mode(kind, compile_kwargs):
+    model, (ref_model, rnn, head) = twin(kind, "gru", 3)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **compile_kwargs)
+    w = adaptgrad.watch(model, "rnn", through_time=True)
+    x, y = data(5)
+    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    want = reference_fit(ref_model, rnn, head, x, y, batch_size=2, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=True)
+    assert_stats_equal(w.stats(), want)
+
+
+@pytest.mark.parametrize("through_time", [False, True])
+@pytest.mark.parametrize("in_function", [False, True], ids=["eager_tape", "tf_function"])
+def test_users_own_gradient_tape_loop(through_time, in_function):
+    """The question's second version: a hand-written GradientTape loop with Adam(0.01)."""
+    model, (ref_model, rnn, head) = twin("subclassed")
+    w = adaptgrad.watch(model, "rnn", through_time=through_time)
+    optimizer = keras.optimizers.Adam(0.01)
+    loss_fn = keras.losses.MeanSquaredError()
+    x, y = data(4)
+
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    step = tf.function(train_step) if in_function else train_step
+    for _ in range(3):
+        step(tf.constant(x), tf.constant(y))
+    want = reference_fit(ref_model, rnn, head, x, y, batch_size=4, epochs=3, optimizer=keras.optimizers.Adam(0.01), through_time=through_time)
+    assert_stats_equal(w.stats(), want)
+
+
+@pytest.mark.parametrize("through_time", [False, True])
+def test_mirrored_strategy_sums_equal_single_device(through_time):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    x, y = data(8)
+    single, *_ = build("functional", "lstm", 4)
+    weights = single.get_weights()
+    single.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    single_watch = adaptgrad.watch(single, "rnn", through_time=through_time)
+    single.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    with strategy.scope():
+        mirrored, *_ = build("functional", "lstm", 4)
+        mirrored.set_weights(weights)
+        mirrored.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        mirrored_watch = adaptgrad.watch(mirrored, "rnn", through_time=through_time)
+    mirrored.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    got, want = mirrored_watch.stats(), single_watch.stats()
+    assert_stats_equal(got, {**want.as_dict()})
+
+
+@pytest.mark.parametrize("through_time", [False, True])
+def test_mixed_precision_divides_out_the_loss_scale(through_time):
+    x, y = data(6)
+    full, (ref_model, rnn, head) = twin("functional", "gru", 4)
+    weights = full.get_weights()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    half, *_ = build("functional", "gru", 4)
+    half.set_weights(weights)
+    half.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    assert isinstance(half.optimizer, keras.optimizers.LossScaleOptimizer)
+    w = adaptgrad.watch(half, "rnn", through_time=through_time)
+    half.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
+    keras.mixed_precision.set_global_policy("float32")
+    want = reference_fit(ref_model, rnn, head, x, y, batch_size=3, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=through_time)
+    # float16 activations: about three significant digits
+    assert_stats_equal(w.stats(), want, rtol=2e-2)
+
+
+def test_question_model_is_answered_in_fit_and_batches_are_counted():
+    from adaptgrad.question import question_model, toy_data
+
+    model = question_model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = toy_data()
+    with adaptgrad.watch(model, "minimalrnn") as w:
+        model.fit(x, y, epochs=10, batch_size=1, validation_split=0.2, verbose=0)
+        stats = w.stats()
+    assert (stats.batches, stats.count) == (10, 10)  # 1 training sample per epoch, 10 epochs
+    assert stats.grad_sum.shape == (2,) and np.all(stats.grad_abs_sum > 0)
+
+
+def test_snapshot_reset_and_remove():
+    model, *_ = build("sequential")
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = data(8)
+    initial = model.get_weights()
+    w = adaptgrad.watch(model, "rnn")
+    model.fit(x, y, batch_size=4, verbose=0)
+    first = w.stats()
+    model.fit(x, y, batch_size=4, verbose=0)
+    assert first.batches == 2 and w.stats().batches == 4
+    w.reset()
+    with pytest.raises(RuntimeError, match="no gradient has reached layer 'rnn'"):
+        w.stats()
+    w.remove()
+    assert "call" not in vars(model.get_layer("rnn"))
+    # after remove, training is exactly that of a model that was never watched
+    model.set_weights(initial)
+    plain, *_ = build("sequential")
+    plain.set_weights(initial)
+    for m in (model, plain):
+        m.compile(optimizer="sgd", loss="mse")
+        m.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeError, match="removed"):
+        w.stats()
+
+
+def test_watch_a_dense_layer_by_object():
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(5, activation="tanh", name="hidden")
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden(inputs)))
+    model.compile(optimizer="sgd", loss="mse")
+    w = adaptgrad.watch(model, hidden)
+    model.fit(np.ones((6, 3)), np.ones((6, 1)), batch_size=6, verbose=0)
+    assert w.stats().units == 5 and w.stats().count == 6
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_unknown_layer_name_lists_the_layers():
+    model, *_ = build("subclassed")
+    with pytest.raises(ValueError, match=r"no layer named 'rnnn'.*'rnn'.*'head'"):
+        adaptgrad.watch(model, "rnnn")
+
+
+def test_through_time_on_dense_layer_fails_before_training():
+    model, *_ = build("functional")
+    with pytest.raises(ValueError, match="through_time=True needs a recurrent layer.*'head' is a Dense"):
+        adaptgrad.watch(model, "head", through_time=True)
+
+
+def test_watching_a_layer_twice():
+    model, *_ = build("functional")
+    adaptgrad.watch(model, "rnn")
+    with pytest.raises(ValueError, match="already watched"):
+        adaptgrad.watch(model, "rnn", through_time=True)
+
+
+class SideBranch(keras.Model):
+    """Computes a Dense branch whose result never reaches the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = keras.layers.Dense(1, name="used")
+        self.unused = keras.layers.Dense(2, name="unused")
+
+    def call(self, x):
+        self.unused(x)
+        return self.used(x)
+
+
+def test_layer_off_the_loss_path_is_an_error_not_zeros():
+    model = SideBranch()
+    model.compile(optimizer="sgd", loss="mse")
+    w = adaptgrad.watch(model, "unused")
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
+    with pytest.raises(RuntimeError, match="does not reach the loss, or nothing trainable lies upstream"):
+        w.stats()
+
+
+def test_nothing_trainable_upstream_is_an_error_not_zeros():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Rescaling(2.0, name="scale"), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    w = adaptgrad.watch(model, "scale")
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
+    with pytest.raises(RuntimeError, match="no gradient has reached layer 'scale'"):
+        w.stats()
