@@ -12,8 +12,11 @@ Example:
     (2,)
 """
 
+from adaptgrad.adapt import Adapt
+from adaptgrad.rules import AdaptationRule
 from adaptgrad.stats import OutputGradientStats
+from adaptgrad.units import UnitView, unit_view
 from adaptgrad.watch import GradientWatch, watch
 
-__all__ = ["GradientWatch", "OutputGradientStats", "watch"]
+__all__ = ["Adapt", "AdaptationRule", "GradientWatch", "OutputGradientStats", "UnitView", "unit_view", "watch"]
 __version__ = "0.1.0"

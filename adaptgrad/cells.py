@@ -4,7 +4,7 @@ Example:
     >>> import keras
     >>> from adaptgrad.cells import MinimalRNNCell
     >>> layer = keras.layers.RNN(MinimalRNNCell(2), name="minimalrnn")
-    >>> layer(keras.ops.ones((1, 5, 1))).shape
+    >>> tuple(layer(keras.ops.ones((1, 5, 1))).shape)
     (1, 2)
 
 Keras 3 has no ``AbstractRNNCell`` and no ``keras.backend.dot``: a cell is a plain ``Layer``
@@ -26,7 +26,7 @@ class MinimalRNNCell(keras.layers.Layer):
         >>> import keras
         >>> from adaptgrad.cells import MinimalRNNCell
         >>> rnn = keras.layers.RNN(MinimalRNNCell(4), return_sequences=True)
-        >>> rnn(keras.ops.zeros((2, 3, 1))).shape
+        >>> tuple(rnn(keras.ops.zeros((2, 3, 1))).shape)
         (2, 3, 4)
 
     Both weights use the ``'uniform'`` initialiser by default, as in the question. The cell

@@ -4,8 +4,8 @@ Example:
     >>> from adaptgrad.question import question_model, toy_data
     >>> model = question_model()
     >>> x, y = toy_data()
-    >>> model(x).shape
-    TensorShape([2, 4])
+    >>> tuple(model(x).shape)
+    (2, 4)
 
 The question: a subclassed ``MyModel(size)`` with ``self.minimalrnn = RNN(MinimalRNNCell(size),
 name='minimalrnn')`` and ``self.out = Dense(4)``, trained with SGD/MSE (or Adam(0.01) in a

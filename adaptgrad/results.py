@@ -28,7 +28,7 @@ Decisions worth knowing:
 * The config comes from ``config.yaml``, else from Hydra's ``.hydra/config.yaml``, whose
   interpolations are resolved where possible (one that needs Hydra's runtime stays text).
   Nested keys become dotted columns, lists become JSON text (``'["a", "b"]'``).
-* Column dtypes follow the values of all jobs: integers ``Int64``, other numbers
+* ``runs`` column dtypes follow the values of all jobs: integers ``Int64``, other numbers
   ``Float64``, booleans ``boolean``, text ``string``, so missing values are ``pd.NA``
   whatever the type; a mix of types stays ``object``.
 """
@@ -63,7 +63,12 @@ RESULT_COLUMNS: dict[str, str] = {
 }
 """Columns of :attr:`Results.runs` present in every collection, with their dtypes."""
 
-HISTORY_COLUMNS: dict[str, str] = {"run_id": "string", "epoch": "int64", "metric": "string", "value": "float64"}
+HISTORY_COLUMNS: dict[str, str] = {
+    "run_id": "string",
+    "epoch": "int64",
+    "metric": "string",
+    "value": "float64",
+}
 """Columns and dtypes of :attr:`Results.history`."""
 
 UNITS_COLUMNS: dict[str, str] = {
@@ -111,8 +116,8 @@ class Results:
     Attributes:
         runs: One row per job, in natural ``run_id`` order: ``run_id``, ``status``, the
             flattened config (dotted columns such as ``model.units``), the final metrics
-            as ``final.<metric>``, ``epochs``, ``wall_time``, ``error.<field>`` (only when
-            some job reported an error) and ``git_commit``.
+            as ``final.<metric>`` (``Float64`` when numeric), ``epochs``, ``wall_time``,
+            ``error.<field>`` (only when some job reported an error) and ``git_commit``.
         history: Long table of ``history.csv``: ``run_id``, ``epoch``, ``metric``,
             ``value``; one row per job, epoch and metric (NaN values are kept).
         units: The ``units.parquet`` tables, one row per (job, epoch, unit), with a
@@ -141,7 +146,9 @@ class Results:
             if not _is_replicate_key(column) and config[column].nunique(dropna=False) > 1
         ]
 
-    def summary(self, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
+    def summary(
+        self, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Mean and sample standard deviation of final metrics over the ok runs of each group.
 
         Args:
@@ -168,9 +175,10 @@ class Results:
         ok = self.runs[self.runs["status"] == "ok"]
         grouping: list[str] | Callable[[Any], str] = keys if keys else (lambda _: "all")
         grouped = ok.groupby(grouping, dropna=False, sort=True)
-        table = grouped[columns].agg(["mean", "std"])
+        counts = grouped.size()
+        table = grouped[columns].agg(["mean", "std"]) if columns else pd.DataFrame(index=counts.index)
         table.columns = [f"{metric} {stat}" for metric, stat in table.columns]
-        table.insert(0, "n", grouped.size().to_numpy())
+        table.insert(0, "n", counts.to_numpy())
         return table.reset_index(drop=not keys)
 
     def _metric_columns(self, metrics: Sequence[str] | None) -> list[str]:
@@ -186,8 +194,8 @@ class Results:
         for name in metrics:
             column = name if name in self.runs.columns else f"final.{name}"
             if column not in self.runs.columns:
-                known = [c for c in self.runs.columns if c.startswith("final.")] + ["epochs", "wall_time"]
-                raise ValueError(f"unknown metric {name!r}; known: {', '.join(known)}")
+                known = ", ".join(self._metric_columns(None))
+                raise ValueError(f"unknown metric {name!r}; known: {known}")
             if not pd.api.types.is_numeric_dtype(self.runs[column]):
                 raise ValueError(f"metric {column!r} is not numeric (dtype {self.runs[column].dtype})")
             columns.append(column)
@@ -243,10 +251,15 @@ def _is_job_dir(directory: Path) -> bool:
     return (directory / "result.json").is_file() or (directory / ".hydra").is_dir()
 
 
-def _natural_key(run_id: str) -> tuple[tuple[tuple[tuple[int, int | str], ...], ...], str]:
-    """Sort key comparing the digit runs of each path component as numbers ("2" < "10")."""
+def _natural_key(run_id: str) -> tuple[tuple[tuple[int | str, ...], ...], str]:
+    """Sort key comparing the digit runs of each path component as numbers ("2" < "10").
+
+    Splitting at digit runs puts text at even and numbers at odd positions, so the parts
+    compared with each other always have the same type; ``run_id`` itself breaks ties
+    such as ``"01"``/``"1"``.
+    """
     parts = tuple(
-        tuple((0, int(chunk)) if chunk.isdigit() else (1, chunk) for chunk in re.split(r"([0-9]+)", part) if chunk)
+        tuple(int(chunk) if i % 2 else chunk for i, chunk in enumerate(re.split(r"([0-9]+)", part)))
         for part in run_id.split("/")
     )
     return parts, run_id
@@ -321,7 +334,7 @@ def _read_config(job_dir: Path) -> dict[str, Any]:
 
 
 def _read_result(job_dir: Path) -> dict[str, Any]:
-    """The ``runs`` columns from ``result.json``: status, final.*, epochs, wall_time, error.*, git_commit."""
+    """The ``runs`` fields from ``result.json``: status, final.*, epochs, wall_time, error.*, ..."""
     path = job_dir / "result.json"
     if not path.is_file():
         return {"status": "running"}
@@ -351,15 +364,19 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _dtype(values: list[Any]) -> str:
-    """The nullable pandas dtype that holds all ``values``, or ``object`` for a mix."""
+def _dtype(values: list[Any], usual: str | None = None) -> str:
+    """The nullable pandas dtype that holds all ``values``, or ``object`` for a mix.
+
+    ``usual``, the column's dtype when it has one, wins when no value is present and when
+    it is ``Float64`` and the values happen to be whole numbers.
+    """
     present = [value for value in values if not _is_missing(value)]
     if not present:
-        return "object"
+        return usual or "object"
     if all(isinstance(value, bool) for value in present):
         return "boolean"
     if all(isinstance(value, int) and not isinstance(value, bool) for value in present):
-        return "Int64"
+        return "Float64" if usual == "Float64" else "Int64"
     if all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in present):
         return "Float64"
     if all(isinstance(value, str) for value in present):
@@ -378,11 +395,8 @@ def _runs_table(rows: list[dict[str, Any]], config_columns: list[str]) -> pd.Dat
     data = {}
     for column in order:
         values = [row.get(column) for row in rows]
-        dtype = _dtype(values)
-        usual = RESULT_COLUMNS.get(column)
-        if usual and (all(_is_missing(value) for value in values) or (dtype, usual) == ("Int64", "Float64")):
-            dtype = usual
-        data[column] = pd.Series([None if _is_missing(value) else value for value in values], dtype=dtype)
+        dtype = _dtype(values, "Float64" if column.startswith("final.") else RESULT_COLUMNS.get(column))
+        data[column] = pd.Series([None if _is_missing(v) else v for v in values], dtype=dtype)
     return pd.DataFrame(data)
 
 
@@ -392,8 +406,9 @@ def _history_table(path: Path) -> pd.DataFrame:
     if "epoch" not in wide.columns:
         raise ValueError("no 'epoch' column")
     metrics = wide.drop(columns="epoch").apply(pd.to_numeric, errors="coerce")
-    long = metrics.assign(epoch=wide["epoch"]).melt(id_vars="epoch", var_name="metric", value_name="value")
-    return long.sort_values("epoch", kind="stable").astype({c: t for c, t in HISTORY_COLUMNS.items() if c != "run_id"})
+    long = metrics.assign(epoch=wide["epoch"]).melt("epoch", var_name="metric", value_name="value")
+    dtypes = {column: dtype for column, dtype in HISTORY_COLUMNS.items() if column != "run_id"}
+    return long.sort_values("epoch", kind="stable").astype(dtypes)
 
 
 def _actions_table(path: Path) -> pd.DataFrame:
@@ -402,8 +417,10 @@ def _actions_table(path: Path) -> pd.DataFrame:
     return actions.astype({c: t for c, t in ACTIONS_COLUMNS.items() if c in actions.columns})
 
 
-def _read_table(path: Path, run_id: str, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame | None:
-    """``reader(path)`` with a leading ``run_id`` column; ``None`` if the file is absent or unreadable."""
+def _read_table(
+    path: Path, run_id: str, reader: Callable[[Path], pd.DataFrame]
+) -> pd.DataFrame | None:
+    """``reader(path)`` with a leading ``run_id`` column; ``None`` if absent or unreadable."""
     if not path.is_file():
         return None
     try:
@@ -427,9 +444,10 @@ def _concat(tables: list[pd.DataFrame | None], schema: Mapping[str, str]) -> pd.
 
 
 def _format_mean_std(mean: Any, std: Any) -> str:
-    """``mean ± std`` rounded at the std's leading digit (two digits if it is a 1), not before the units.
+    """``mean ± std`` rounded at the std's leading digit (two digits if that is a 1).
 
-    A missing std (a group of one run) shows the mean alone, to 4 significant digits.
+    Rounding never goes left of the units ("622 ± 865"). A missing std (a group of one
+    run) shows the mean alone, to 4 significant digits.
     """
     if pd.isna(mean):
         return "n/a"
@@ -446,7 +464,7 @@ def _format_mean_std(mean: Any, std: Any) -> str:
     decimals = digits - 1 - exponent
     if decimals > 6 or abs(mean) >= 1e9:
         return f"{mean:.3g} ± {std:.{digits}g}"
-    decimals = max(decimals, 0)  # never round to tens: "622 ± 865", not "600 ± 900"
+    decimals = max(decimals, 0)
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
@@ -493,7 +511,10 @@ def _plot(results: Results, by: Sequence[str], directory: Path) -> list[Path]:
 
     ok = results.runs[results.runs["status"] == "ok"]
     labels = pd.Series(
-        [", ".join(f"{key}={_cell(row[key])}" for key in by if not pd.isna(row[key])) or "all runs" for _, row in ok.iterrows()],
+        [
+            ", ".join(f"{key}={_cell(row[key])}" for key in by if not pd.isna(row[key])) or "all runs"
+            for _, row in ok.iterrows()
+        ],
         index=ok["run_id"].to_numpy(),
     )
     history = results.history[results.history["run_id"].isin(labels.index)]
@@ -550,9 +571,15 @@ def _parser() -> argparse.ArgumentParser:
         "config keys that vary between runs. Jobs that are not ok are listed on stderr.",
     )
     parser.add_argument("path", help="a sweep dir, a run dir, or any directory above them")
-    parser.add_argument("--format", choices=("markdown", "csv", "parquet"), default="markdown", help="output format")
-    parser.add_argument("--output", type=Path, help="write the table to FILE instead of stdout (required for parquet)")
-    parser.add_argument("--plot", type=Path, metavar="DIR", help="write val_loss.png and active_units.png into DIR")
+    parser.add_argument(
+        "--format", choices=("markdown", "csv", "parquet"), default="markdown", help="output format"
+    )
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE", help="write the table to FILE (needed for parquet)"
+    )
+    parser.add_argument(
+        "--plot", type=Path, metavar="DIR", help="write val_loss.png and active_units.png into DIR"
+    )
     parser.add_argument(
         "--metric",
         nargs="+",
@@ -564,7 +591,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``adaptgrad-results`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    """Run ``adaptgrad-results`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    The summary table goes to stdout or ``--output``; warnings, the written plot files and
+    one ``run_id status error.message`` line per job that is not ok go to stderr, so that
+    stdout stays machine-readable. Returns 0, or 2 (with a message, no traceback) for bad
+    arguments, a path without jobs, an unknown metric, a missing matplotlib or an
+    unwritable output.
+    """
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -589,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
         if not written:
-            print(f"{PROG}: no val_loss, loss or active_units history of ok runs to plot", file=sys.stderr)
+            print(f"{PROG}: no ok run has a val_loss, loss or active_units history", file=sys.stderr)
 
     try:
         if args.format == "parquet":

@@ -37,8 +37,8 @@ def config(rule: str, seed: int) -> dict[str, Any]:
     }
 
 
-def history(epochs: int, offset: float) -> pd.DataFrame:
-    """A history.csv table: loss falls with the epoch, active_units from 4 down."""
+def history(epochs: int, offset: float, pruning: bool) -> pd.DataFrame:
+    """A history.csv table: loss falls with the epoch; active_units falls from 4 if pruning."""
     rows = [
         {
             "epoch": e,
@@ -46,7 +46,7 @@ def history(epochs: int, offset: float) -> pd.DataFrame:
             "val_loss": 1.2 / (e + 1) + offset,
             "mae": 0.5 / (e + 1),
             "val_mae": 0.6 / (e + 1),
-            "active_units": 4 - min(e, 2) if offset < 0.1 else 4,
+            "active_units": 4 - min(e, 2) if pruning else 4,
             "epoch_time": 0.5,
         }
         for e in range(epochs)
@@ -80,7 +80,8 @@ def write_job(
     OmegaConf.save(OmegaConf.create(config(rule, seed)), job / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create([f"rule={rule}", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
     OmegaConf.save(OmegaConf.create(config(rule, seed)), job / "config.yaml")
-    history(epochs, 0.0 if rule == "none" else 0.2).to_csv(job / "history.csv", index=False)
+    offset = (0.0 if rule == "none" else 0.2) + 0.01 * seed
+    history(epochs, offset, pruning=rule != "none").to_csv(job / "history.csv", index=False)
     units(epochs).to_parquet(job / "units.parquet", index=False)
     if rule == "taylor_prune":
         actions = pd.DataFrame(
@@ -132,6 +133,7 @@ def sweep(tmp_path: Path) -> Path:
 
 
 IDS = [f"2026-11-27/10-00-00/{j}" for j in (0, 1, 2, 3, 10)]
+BY = ["rule._target_", "rule.name", "rule.fraction"]
 
 
 def test_runs_table(sweep: Path) -> None:
@@ -157,7 +159,8 @@ def test_runs_table(sweep: Path) -> None:
     assert runs["optimizer.learning_rate"].tolist() == [0.001] * 5
     assert runs["seed"].tolist() == [0, 1, 0, 1, 2]
     failed = runs.iloc[3]
-    assert (failed["error.type"], failed["error.epoch"], failed["epochs"]) == ("FloatingPointError", 2, 2)
+    assert failed["error.type"] == "FloatingPointError"
+    assert (failed["error.epoch"], failed["epochs"]) == (2, 2)
     assert pd.isna(failed["final.val_loss"])
     assert runs["epochs"].isna().tolist() == [False] * 4 + [True]
     assert not any(c.startswith(("versions", "overrides")) for c in runs.columns)
@@ -220,7 +223,7 @@ def test_collect_is_idempotent(sweep: Path) -> None:
 
 
 def test_varying_keys(sweep: Path, tmp_path: Path) -> None:
-    assert collect(sweep).varying_keys() == ["rule._target_", "rule.name", "rule.fraction"]
+    assert collect(sweep).varying_keys() == BY
     seeds_only = tmp_path / "seeds"
     write_job(seeds_only / "0", "none", 0, final={"val_loss": 0.5})
     write_job(seeds_only / "1", "none", 1, final={"val_loss": 0.7})
@@ -235,14 +238,15 @@ def test_varying_keys(sweep: Path, tmp_path: Path) -> None:
 
 def test_summary_by_hand(sweep: Path) -> None:
     table = collect(sweep).summary()
-    by = ["rule._target_", "rule.name", "rule.fraction"]
-    stats = [f"{m} {s}" for m in ("final.val_loss", "final.val_mae", "epochs", "wall_time") for s in ("mean", "std")]
-    assert table.columns.tolist() == [*by, "n", *stats]
+    metrics = ("final.val_loss", "final.val_mae", "epochs", "wall_time")
+    stats = [f"{m} {s}" for m in metrics for s in ("mean", "std")]
+    assert table.columns.tolist() == [*BY, "n", *stats]
     assert table["rule.name"].tolist() == ["none", "taylor_prune"]
     assert table["n"].tolist() == [2, 1]  # the failed and running jobs are left out
     none, taylor = table.iloc[0], table.iloc[1]
     assert none["final.val_loss mean"] == pytest.approx(0.52)
-    assert none["final.val_loss std"] == pytest.approx(0.02 * math.sqrt(2))  # sqrt((0.02**2 + 0.02**2) / 1)
+    # sample std of (0.50, 0.54): sqrt((0.02**2 + 0.02**2) / (2 - 1))
+    assert none["final.val_loss std"] == pytest.approx(0.02 * math.sqrt(2))
     assert none["final.val_mae mean"] == pytest.approx(0.22)
     assert none["wall_time mean"] == pytest.approx(11.0)
     assert none["wall_time std"] == pytest.approx(math.sqrt(2))
@@ -264,10 +268,11 @@ def test_cli_markdown(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, err = capsys.readouterr()
     lines = out.splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header == ["rule._target_", "rule.name", "rule.fraction", "n", "final.val_loss", "final.val_mae", "epochs", "wall_time"]
+    assert header == [*BY, "n", "final.val_loss", "final.val_mae", "epochs", "wall_time"]
     assert set(lines[1]) <= {"|", "-", ":"}
     none = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert none == ["adaptgrad.rules.NoRule", "none", "", "2", "0.52 ± 0.03", "0.22 ± 0.03", "5 ± 0", "11.0 ± 1.4"]
+    assert none[:4] == ["adaptgrad.rules.NoRule", "none", "", "2"]
+    assert none[4:] == ["0.52 ± 0.03", "0.22 ± 0.03", "5 ± 0", "11.0 ± 1.4"]
     taylor = [cell.strip() for cell in lines[3].strip("|").split("|")]
     assert taylor[:5] == ["adaptgrad.rules.TaylorPrune", "taylor_prune", "0.1", "1", "0.3"]
     assert len(lines) == 4
@@ -277,7 +282,7 @@ def test_cli_markdown(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_csv_and_parquet(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(sweep), "--format", "csv", "--metric", "val_loss"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    assert table.columns.tolist() == ["rule._target_", "rule.name", "rule.fraction", "n", "final.val_loss mean", "final.val_loss std"]
+    assert table.columns.tolist() == [*BY, "n", "final.val_loss mean", "final.val_loss std"]
     assert table["final.val_loss mean"].tolist() == pytest.approx([0.52, 0.30])
 
     out = tmp_path / "summary.parquet"
@@ -299,7 +304,9 @@ def test_cli_plot(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "wrote" in capsys.readouterr().err
 
 
-def test_cli_plot_without_matplotlib(sweep: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_plot_without_matplotlib(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
     assert main([str(sweep), "--plot", str(tmp_path / "plots")]) == 2
@@ -345,7 +352,10 @@ def test_hydra_only_interpolations_stay_text(tmp_path: Path) -> None:
     job = tmp_path / "job"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "config.yaml").write_text(
-        "trainer:\n  lr: 0.01\noptimizer:\n  lr: ${trainer.lr}\nout: ${hydra:runtime.output_dir}\nname: ???\n"
+        "trainer:\n  lr: 0.01\n"
+        "optimizer:\n  lr: ${trainer.lr}\n"
+        "out: ${hydra:runtime.output_dir}\n"
+        "name: ???\n"
     )
     runs = collect(job).runs
     assert runs["optimizer.lr"].item() == 0.01
@@ -368,3 +378,23 @@ def test_hydra_only_interpolations_stay_text(tmp_path: Path) -> None:
 )
 def test_mean_std_format(mean: Any, std: Any, text: str) -> None:
     assert _format_mean_std(mean, std) == text
+
+
+def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_job(tmp_path / "0", "none", 0, status="diverged", final={"val_loss": float("nan")})
+    write_job(tmp_path / "1", "taylor_prune", 0, status="failed", error={"type": "E", "message": "m"})
+    results = collect(tmp_path)
+    assert results.runs["final.val_loss"].dtype == "Float64"  # a NaN final metric is missing
+    table = results.summary()
+    assert table.empty
+    assert table.columns.tolist()[:4] == [*BY, "n"]
+
+    out = tmp_path / "table.md"
+    assert main([str(tmp_path), "--output", str(out), "--plot", str(tmp_path / "plots")]) == 0
+    assert out.read_text().splitlines()[0].split("|")[1].strip() == "rule._target_"
+    assert len(out.read_text().splitlines()) == 2  # header and rule only
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no ok run" in captured.err
+    assert captured.err.splitlines()[-2:] == ["0 diverged", "1 failed m"]
+    assert not (tmp_path / "plots").exists()

@@ -1,0 +1,30 @@
+"""Adaptation rules: the base class, the registry of shipped rules, and lookup by short name.
+
+Example:
+    >>> from adaptgrad import rules
+    >>> sorted(rules.REGISTRY)[:2]
+    ['dormant_reset', 'drop_regrow']
+    >>> rules.get("taylor_prune", fraction=0.2)
+    TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.2)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptgrad.rules.base import REGISTRY, AdaptationRule
+from adaptgrad.rules.none import NoOp
+from adaptgrad.rules.taylor_prune import TaylorPrune
+
+__all__ = ["REGISTRY", "AdaptationRule", "NoOp", "TaylorPrune", "get"]
+
+
+def get(name: str, **kwargs: Any) -> AdaptationRule:
+    """Build the shipped or registered rule called ``name`` with keyword arguments ``kwargs``.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown rule {name!r}; valid: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](**kwargs)
