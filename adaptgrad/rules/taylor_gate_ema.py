@@ -1,0 +1,103 @@
+"""Per-batch Taylor gating with an EMA across epochs (Molchanov et al., CVPR 2019)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adaptgrad.rules.base import AdaptationRule, check_range
+from adaptgrad.rules.taylor_prune import lowest_active
+from adaptgrad.stats import OutputGradientStats
+from adaptgrad.units import UnitView
+
+
+def per_batch(total: np.ndarray, batches: int) -> np.ndarray:
+    """``total / batches`` as float64 (all zeros when no batch was accumulated).
+
+    The statistics sum over batches; dividing by ``batches`` rather than ``count`` gives a
+    per-batch mean, the scale of a per-batch gradient (of a unit gain, of a weight).
+
+    Example:
+        >>> import numpy as np
+        >>> from adaptgrad.rules.taylor_gate_ema import per_batch
+        >>> per_batch(np.array([2.0, -4.0]), 4), per_batch(np.array([2.0, -4.0]), 0)
+        (array([ 0.5, -1. ]), array([0., 0.]))
+    """
+    total = np.asarray(total, dtype=np.float64)
+    return total / batches if batches > 0 else np.zeros_like(total)
+
+
+class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
+    """Gate off the active units with the smallest per-batch Taylor score, smoothed by an EMA.
+
+    Example:
+        >>> import numpy as np
+        >>> from adaptgrad.rules import TaylorGateEMA
+        >>> s = TaylorGateEMA.scores(np.array([8.0, 2.0, 0.0]), batches=2)
+        >>> s
+        array([4., 1., 0.])
+        >>> TaylorGateEMA.smooth(s, np.array([0.0, 1.0, 10.0]), momentum=0.5)
+        array([2., 1., 5.])
+
+    Score (Molchanov, Mallya, Tyree, Frosio, Kautz: "Importance Estimation for Neural Network
+    Pruning", CVPR 2019), per unit j with ``a`` its output and ``g = dL/da``::
+
+        s_j = mean_b (sum_{n,t in b} a*g)**2 = act_grad_batch_sq_sum_j / batches
+
+    the squared first-order loss change of removing unit j, computed per batch and averaged
+    over the epoch's batches. Across the epochs at which the rule acts it is smoothed::
+
+        e <- momentum * e + (1 - momentum) * s        (the first time: e = s)
+
+    and ``round(fraction * n_active)`` (at least one) active units with the lowest ``e`` are
+    gated, never leaving fewer than ``min_active``. The paper ranks globally over all layers;
+    an :class:`~adaptgrad.Adapt` callback adapts one layer, so the ranking here is within the
+    layer. Gated units keep an EMA entry (their score decays towards 0) but are never ranked.
+    The EMA is updated only when the schedule fires (statistics of other epochs are not seen).
+    It is state: :meth:`get_state` / :meth:`set_state` carry it across a resume. With no batch
+    accumulated the rule does nothing.
+
+    Args:
+        fraction: share of the active units gated each time the rule acts, in (0, 1).
+        momentum: EMA momentum, in [0, 1) (0: no smoothing).
+        **schedule: ``start_epoch``, ``every``, ``stop_epoch``, ``min_active``
+            (see :class:`~adaptgrad.rules.AdaptationRule`).
+    """
+
+    def __init__(self, *, fraction: float = 0.1, momentum: float = 0.9, **schedule: int | None) -> None:
+        super().__init__(**schedule)
+        self.fraction = check_range(self.label, "fraction", fraction, 0.0, 1.0)
+        self.momentum = check_range(self.label, "momentum", momentum, 0.0, 1.0, closed="left")
+        self.ema: np.ndarray | None = None
+
+    @staticmethod
+    def scores(act_grad_batch_sq_sum: np.ndarray, batches: int) -> np.ndarray:
+        """s_j = mean over batches of (sum over the batch of a*g)**2."""
+        return per_batch(act_grad_batch_sq_sum, batches)
+
+    @staticmethod
+    def smooth(previous: np.ndarray | None, scores: np.ndarray, momentum: float) -> np.ndarray:
+        """``momentum * previous + (1 - momentum) * scores``; ``scores`` if there is no previous."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if previous is None:
+            return scores.copy()
+        return momentum * np.asarray(previous, dtype=np.float64) + (1.0 - momentum) * scores
+
+    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
+        if stats.batches == 0:
+            return
+        if self.ema is not None and self.ema.shape != (stats.units,):
+            raise ValueError(f"{self.label}: EMA state has {self.ema.size} units but the layer has {stats.units}")
+        self.ema = self.smooth(self.ema, self.scores(stats.act_grad_batch_sq_sum, stats.batches), self.momentum)
+        units.gate(lowest_active(self.ema, units.active, self.fraction))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "fraction": self.fraction, "momentum": self.momentum}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"ema": None if self.ema is None else self.ema.tolist()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        ema = state.get("ema")
+        self.ema = None if ema is None else np.array(ema, dtype=np.float64).ravel()

@@ -1,0 +1,178 @@
+"""Unit surgery: a gated unit is exactly 0 at every step and stays so; edits touch only its slices."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import adaptgrad
+from adaptgrad.cells import MinimalRNNCell
+from reference import Subclassed, data
+
+LAYERS = {
+    "dense": None,  # built in sequence_model: Dense acts on the last axis of every step
+    "simple_rnn": lambda: keras.layers.SimpleRNN(5, return_sequences=True, name="layer"),
+    "gru": lambda: keras.layers.GRU(5, return_sequences=True, name="layer"),
+    "lstm": lambda: keras.layers.LSTM(5, return_sequences=True, name="layer"),
+    "rnn_simple_cell": lambda: keras.layers.RNN(keras.layers.SimpleRNNCell(5), return_sequences=True, name="layer"),
+    "rnn_gru_cell": lambda: keras.layers.RNN(keras.layers.GRUCell(5), return_sequences=True, name="layer"),
+    "rnn_lstm_cell": lambda: keras.layers.RNN(keras.layers.LSTMCell(5), return_sequences=True, name="layer"),
+    "rnn_minimal_cell": lambda: keras.layers.RNN(MinimalRNNCell(5), return_sequences=True, name="layer"),
+}
+OPTIMIZERS = {
+    "adam": lambda: keras.optimizers.Adam(0.05),
+    "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+}
+
+
+def sequence_model(kind: str) -> keras.Model:
+    """Input (6, 3) -> the layer under test (every step's output) -> Dense(2) on each step."""
+    if kind == "dense":
+        layer = keras.layers.Dense(5, activation="sigmoid", name="layer")  # Dense acts on the last axis
+    else:
+        layer = LAYERS[kind]()
+    return keras.Sequential([keras.Input((6, 3)), layer, keras.layers.Dense(2, name="head")])
+
+
+def incoming(units: adaptgrad.UnitView, unit: int) -> list[np.ndarray]:
+    return [np.array(v.numpy()[..., units.columns(unit, blocks)]) for v, blocks, _ in units.weights]
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_gated_unit_is_exactly_zero_and_stays_zero_then_learns_again(kind, optimizer):
+    model = sequence_model(kind)
+    model.compile(optimizer=OPTIMIZERS[optimizer](), loss="mse")
+    x, y = data(32, return_sequences=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # optimizer slots exist and are non-zero
+    units = adaptgrad.unit_view(model, "layer")
+    layer = model.get_layer("layer")
+    assert units.gate([1]) == [1]
+    frozen, others = incoming(units, 1), incoming(units, 2)
+
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    outputs = keras.ops.convert_to_numpy(layer(x))
+    assert np.all(outputs[..., 1] == 0.0), "gated unit must output exactly 0 at every step"
+    assert np.all(np.abs(outputs[..., [0, 2, 3, 4]]).max(axis=(0, 1)) > 0)
+    for before, after in zip(frozen, incoming(units, 1)):
+        np.testing.assert_array_equal(before, after)  # no optimizer state moves a gated unit
+    assert any(not np.array_equal(b, a) for b, a in zip(others, incoming(units, 2))), "other units learn"
+
+    assert units.ungate([1]) == [1]
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.abs(keras.ops.convert_to_numpy(layer(x))[..., 1]).max() > 0
+    assert any(not np.array_equal(b, a) for b, a in zip(frozen, incoming(units, 1))), "ungated unit learns again"
+
+
+@pytest.mark.parametrize("kind", ["dense", "gru", "lstm", "rnn_minimal_cell"])
+def test_scale_changes_exactly_the_units_incoming_slices(kind):
+    model = sequence_model(kind)
+    units = adaptgrad.unit_view(model, "layer")
+    before = [v.numpy().copy() for v in model.weights]
+    units.scale([3], 2.5)
+    changed = np.zeros(sum(b.size for b in before), bool)
+    offset = 0
+    for b, v in zip(before, model.weights):
+        after = v.numpy()
+        owned = next((blocks for w, blocks, _ in units.weights if w is v), None)
+        expected = b.copy()
+        if owned is not None:
+            expected[..., units.columns(3, owned)] *= 2.5
+        np.testing.assert_allclose(after, expected, rtol=1e-7, err_msg=v.path)
+        changed[offset : offset + b.size] = (after != b).ravel()
+        offset += b.size
+    assert changed.any()
+    np.testing.assert_array_equal(units.scales, [1, 1, 1, 2.5, 1])
+
+
+def test_reinit_draws_fresh_slices_resets_slots_and_zeroes_outgoing():
+    model = sequence_model("lstm")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    x, y = data(16, return_sequences=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    units = adaptgrad.unit_view(model, "layer")
+    cell = model.get_layer("layer").cell
+    head_kernel = model.get_layer("head").kernel
+    kernel_before = cell.kernel.numpy().copy()
+    recurrent_before = cell.recurrent_kernel.numpy().copy()
+    units.reinit([2], zero_outgoing=True)
+    cols = units.columns(2, 4)
+    other = np.setdiff1d(np.arange(20), cols)
+    assert not np.array_equal(cell.kernel.numpy()[:, cols], kernel_before[:, cols])
+    np.testing.assert_array_equal(cell.kernel.numpy()[:, other], kernel_before[:, other])
+    np.testing.assert_array_equal(cell.bias.numpy()[cols], [0.0, 1.0, 0.0, 0.0])  # unit_forget_bias
+    np.testing.assert_array_equal(head_kernel.numpy()[2], 0.0)
+    # recurrent row 2 is outgoing (to other units) except the unit's own columns
+    np.testing.assert_array_equal(cell.recurrent_kernel.numpy()[2, other], 0.0)
+    np.testing.assert_array_equal(cell.recurrent_kernel.numpy()[[0, 1, 3, 4]][:, other], recurrent_before[[0, 1, 3, 4]][:, other])
+    for slot in adaptgrad.units.optimizer_slots(model.optimizer, cell.kernel):
+        assert np.all(slot.numpy()[:, cols] == 0) and np.any(slot.numpy()[:, other] != 0)
+    assert [e.action for e in units.edits] == ["reinit", "zero_outgoing"]
+
+
+def test_min_active_floor_and_bad_unit_index():
+    model = sequence_model("gru")
+    units = adaptgrad.unit_view(model, "layer")
+    units.min_active = 2
+    assert units.gate([0, 1, 2, 3, 4]) == [0, 1, 2]
+    assert units.active.sum() == 2
+    with pytest.raises(ValueError, match=r"unit indices \[7\] out of range.*5 units"):
+        units.gate([7])
+
+
+def test_unsupported_layer_type_is_named():
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.Conv1D(4, 2, name="conv"), keras.layers.Dense(1)])
+    with pytest.raises(TypeError, match="'conv' \\(Conv1D\\).*supported: Dense, SimpleRNN"):
+        adaptgrad.unit_view(model, "conv")
+
+
+def test_unbuilt_subclassed_model_needs_a_build_and_next_layer_is_explicit():
+    from adaptgrad.question import question_model, toy_data
+
+    model = question_model()
+    with pytest.raises(ValueError, match="not built yet"):
+        adaptgrad.unit_view(model, "minimalrnn")
+    model(toy_data()[0])
+    units = adaptgrad.unit_view(model, "minimalrnn")
+    with pytest.raises(ValueError, match="pass next_layer"):
+        units.zero_outgoing([0])
+    units.remove()
+    units = adaptgrad.unit_view(model, "minimalrnn", next_layer="out")
+    units.zero_outgoing([0])
+    np.testing.assert_array_equal(model.out.kernel.numpy()[0], 0.0)
+
+
+class ScaledTanhCell(keras.layers.Layer):
+    """A user's own cell that opts in through the adaptgrad_unit_weights protocol."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = self.state_size = self.output_size = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform")
+        self.u = self.add_weight(shape=(self.units, self.units), initializer="orthogonal")
+
+    def call(self, inputs, states):
+        h = keras.ops.tanh(inputs @ self.w + states[0] @ self.u)
+        return h, [h]
+
+    def adaptgrad_unit_weights(self):
+        return [(self.w, 1, keras.initializers.GlorotUniform()), (self.u, 1, keras.initializers.Orthogonal())]
+
+
+@pytest.mark.parametrize("through_time", [False, True])
+def test_user_cell_protocol_and_a_watch_on_the_same_layer(through_time):
+    rnn = keras.layers.RNN(ScaledTanhCell(4), return_sequences=True, name="rnn")
+    model = Subclassed(rnn, keras.layers.Dense(2, name="head"))
+    x, y = data(16, return_sequences=True)
+    model(x)
+    model.compile(optimizer="adam", loss="mse")
+    units = adaptgrad.unit_view(model, "rnn", next_layer="head")
+    w = adaptgrad.watch(model, "rnn", through_time=through_time)
+    units.gate([0])
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    stats = w.stats()
+    assert stats.act_abs_sum[0] == 0.0 and np.all(stats.act_abs_sum[1:] > 0)
+    assert np.all(keras.ops.convert_to_numpy(rnn(x))[..., 0] == 0.0)
