@@ -337,11 +337,17 @@ class UnitView:
         return f"<UnitView layer={self.layer.name!r} size={self.size} active={int(self.active.sum())}>"
 
 
-def _consumer(model: keras.Model, layer: keras.layers.Layer) -> keras.layers.Layer | None:
-    """The single layer fed by ``layer`` in a Sequential/functional graph, if there is one."""
-    consumers = {id(node.operation): node.operation for node in getattr(layer, "_outbound_nodes", [])}
-    consumers = [c for c in consumers.values() if isinstance(c, keras.layers.Layer) and not isinstance(c, keras.Model)]
-    return consumers[0] if len(consumers) == 1 else None
+def _consumer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The first layer with weights fed by ``layer`` in a Sequential/functional graph, following a
+    single chain through weightless layers (pooling over time, dropout) that keep feature j."""
+    while True:
+        consumers = {id(node.operation): node.operation for node in getattr(layer, "_outbound_nodes", [])}
+        layers = [c for c in consumers.values() if isinstance(c, keras.layers.Layer) and not isinstance(c, keras.Model)]
+        if len(layers) != 1:
+            return None
+        layer = layers[0]
+        if layer.weights:
+            return layer
 
 
 def unit_view(
@@ -369,5 +375,5 @@ def unit_view(
             Found automatically in Sequential and functional models.
     """
     target = find_layer(model, layer)
-    consumer = find_layer(model, next_layer) if next_layer is not None else _consumer(model, target)
+    consumer = find_layer(model, next_layer) if next_layer is not None else _consumer(target)
     return UnitView(model, target, consumer)

@@ -13,10 +13,26 @@ from __future__ import annotations
 from typing import Any
 
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
+from adaptgrad.rules.dormant_reset import DormantReset
+from adaptgrad.rules.drop_regrow import DropRegrow
+from adaptgrad.rules.gain_rescale import GainRescale
 from adaptgrad.rules.none import NoOp
+from adaptgrad.rules.taylor_gate_ema import TaylorGateEMA
 from adaptgrad.rules.taylor_prune import TaylorPrune
+from adaptgrad.rules.trust_ratio import TrustRatio
 
-__all__ = ["REGISTRY", "AdaptationRule", "NoOp", "TaylorPrune", "get"]
+__all__ = [
+    "REGISTRY",
+    "AdaptationRule",
+    "DormantReset",
+    "DropRegrow",
+    "GainRescale",
+    "NoOp",
+    "TaylorGateEMA",
+    "TaylorPrune",
+    "TrustRatio",
+    "get",
+]
 
 
 def get(name: str, **kwargs: Any) -> AdaptationRule:

@@ -1,0 +1,100 @@
+"""The ``adaptgrad`` command: a Hydra 1.3 app that runs one job, or a sweep with ``-m``.
+
+Example (shell)::
+
+    adaptgrad                                         # the default job, < 60 s on 2 cores
+    adaptgrad model=gru data=digits rule=dormant_reset trainer.epochs=5
+    adaptgrad -m rule=none,taylor_prune seed=0,1,2 hydra/launcher=joblib
+    adaptgrad experiment=adding_gru                   # a preset from experiments/
+
+Each job writes its files (see :mod:`adaptgrad.recorder`) into its Hydra output dir and never
+raises: a failed job is recorded as such and the sweep goes on. The command exits non-zero, with
+one line per job that did not complete, if any job failed or diverged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from adaptgrad.run import CONF_DIR, EXPERIMENTS_DIR, run, summary_table
+
+log = logging.getLogger("adaptgrad")
+
+LAUNCHERS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+}
+"""Launcher name -> (plugin module, adaptgrad extra that installs it)."""
+
+_failed_jobs: list[str] = []
+
+
+def register_experiments() -> None:
+    """Make every ``experiments/*.yaml`` selectable as ``experiment=NAME`` (package _global_)."""
+    store = ConfigStore.instance()
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def missing_launcher(argv: list[str]) -> str | None:
+    """A clear message if ``hydra/launcher=NAME`` names a launcher whose plugin is not installed."""
+    for arg in argv:
+        key, _, name = arg.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and name in LAUNCHERS:
+            module, extra = LAUNCHERS[name]
+            if importlib.util.find_spec(module.split(".")[0]) is None or _find(module) is None:
+                return (
+                    f"error: hydra/launcher={name} needs the {extra} launcher plugin, which is not installed.\n"
+                    f"Install it with:  pip install 'adaptgrad[{extra}]'"
+                )
+    return None
+
+
+def _find(module: str) -> Any:
+    try:
+        return importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        return None
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    result = run(
+        cfg,
+        output_dir,
+        rule_preset=hydra_cfg.runtime.choices.get("rule"),
+        overrides=list(hydra_cfg.overrides.task),
+    )
+    print(summary_table(result, output_dir), flush=True)
+    if result["status"] != "ok":
+        message = (result.get("error") or {}).get("message", "")
+        _failed_jobs.append(f"{output_dir}: {result['status']}: {message}")
+    return float(result.get("final", {}).get("val_loss", float("nan")))
+
+
+def main() -> None:
+    """Console-script entry point (``adaptgrad`` and ``python -m adaptgrad``)."""
+    message = missing_launcher(sys.argv[1:])
+    if message:
+        print(message, file=sys.stderr)
+        raise SystemExit(2)
+    register_experiments()
+    _app()
+    if _failed_jobs:
+        print(f"{len(_failed_jobs)} job(s) did not complete:", file=sys.stderr)
+        for line in _failed_jobs:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(1)
