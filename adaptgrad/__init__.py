@@ -10,13 +10,43 @@ Example:
     >>> _ = model.fit(x, y, epochs=1, batch_size=1, verbose=0)
     >>> w.stats().grad_sum.shape
     (2,)
+
+The public names are imported on first use, so ``adaptgrad.results`` and ``adaptgrad.data``
+load without TensorFlow.
 """
 
-from adaptgrad.adapt import Adapt
-from adaptgrad.rules import AdaptationRule
-from adaptgrad.stats import OutputGradientStats
-from adaptgrad.units import UnitView, unit_view
-from adaptgrad.watch import GradientWatch, watch
+from __future__ import annotations
 
-__all__ = ["Adapt", "AdaptationRule", "GradientWatch", "OutputGradientStats", "UnitView", "unit_view", "watch"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adaptgrad.adapt import Adapt
+    from adaptgrad.rules import AdaptationRule
+    from adaptgrad.stats import OutputGradientStats
+    from adaptgrad.units import UnitView, unit_view
+    from adaptgrad.watch import GradientWatch, watch
+
+_EXPORTS = {
+    "Adapt": "adaptgrad.adapt",
+    "AdaptationRule": "adaptgrad.rules",
+    "GradientWatch": "adaptgrad.watch",
+    "OutputGradientStats": "adaptgrad.stats",
+    "UnitView": "adaptgrad.units",
+    "unit_view": "adaptgrad.units",
+    "watch": "adaptgrad.watch",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'adaptgrad' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -31,8 +31,6 @@ import pandas as pd
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-FILES = ("config.yaml", "history.csv", "units.parquet", "actions.csv", "result.json")
-
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(temp_path)`` on a temp file beside ``path``, then rename it over ``path``."""

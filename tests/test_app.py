@@ -1,0 +1,150 @@
+"""The Hydra runner: configs compose, jobs write their files, sweeps run under real launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+
+from adaptgrad.app import missing_launcher
+from adaptgrad.results import collect
+from adaptgrad.run import CONF_DIR, EXPERIMENTS_DIR, compose, prepare, run
+
+TINY = ["data=toy", "model.units=3", "trainer.epochs=2", "trainer.batch_size=1"]
+GROUPS = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("model", "data", "rule", "optimizer", "trainer")}
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m adaptgrad ARGS`` in a fresh process, as a user would from a shell."""
+    return subprocess.run(
+        [sys.executable, "-m", "adaptgrad", *args],
+        cwd=cwd,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_every_group_has_its_options():
+    assert GROUPS["model"] == ["gru", "lstm", "minimal_rnn", "simple_rnn"]
+    assert GROUPS["data"] == ["adding", "copy_memory", "digits", "sunspots", "toy"]
+    assert GROUPS["optimizer"] == ["adam", "sgd"]
+    assert {"none", "taylor_prune", "taylor_gate_ema", "gain_rescale", "dormant_reset", "drop_regrow", "trust_ratio"} <= set(GROUPS["rule"])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_config_option_composes_and_instantiates(group, option):
+    cfg = compose([f"{group}={option}"])
+    job = prepare(cfg, rule_preset=option if group == "rule" else None)
+    assert job.dataset.x_train.ndim == 3 and job.trainer.epochs >= 1
+    assert job.model["cell"] in GROUPS["model"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+def test_every_experiment_preset_composes(name):
+    cfg = compose([f"experiment={name}"])
+    instantiate(cfg.rule)
+    instantiate(cfg.data)
+
+
+def test_a_job_runs_in_process_and_writes_its_files(tmp_path):
+    result = run(compose([*TINY, "rule=taylor_prune", "rule.fraction=0.5"]), tmp_path, rule_preset="taylor_prune")
+    assert result["status"] == "ok" and result["epochs"] == 2
+    for name in ("config.yaml", "history.csv", "units.parquet", "actions.csv", "result.json"):
+        assert (tmp_path / name).is_file(), name
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history.epoch.tolist() == [0, 1] and {"loss", "val_loss", "active_units"} <= set(history.columns)
+    units = pd.read_parquet(tmp_path / "units.parquet")
+    assert len(units) == 2 * 3 and units.active.dtype == bool
+    actions = pd.read_csv(tmp_path / "actions.csv")
+    assert (actions.action == "gate").sum() == 2  # 3 units -> 2 gated (min_active=1 stops the 3rd)
+    assert json.loads((tmp_path / "result.json").read_text())["final"]["active_units"] == 1
+    assert "${" not in (tmp_path / "config.yaml").read_text()  # resolved
+
+
+def test_a_failing_job_records_its_error_and_does_not_raise(tmp_path):
+    result = run(compose([*TINY, "layer=nope"]), tmp_path)
+    assert result["status"] == "failed"
+    assert result["error"]["type"] == "ValueError" and "no layer named 'nope'" in result["error"]["message"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+def test_user_rule_by_target_shows_up_in_actions(tmp_path, monkeypatch):
+    (tmp_path / "my_rules.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            from adaptgrad import AdaptationRule
+
+            class HalveNoisiest(AdaptationRule):
+                def apply(self, stats, units, epoch):
+                    units.scale([int(np.argmax(stats.rms_grad))], 0.5)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    result = run(compose([*TINY, "rule._target_=my_rules.HalveNoisiest"]), out, rule_preset="gain_rescale")
+    assert result["status"] == "ok", result
+    actions = collect(out).actions
+    assert actions.rule.unique().tolist() == ["HalveNoisiest"]
+    assert actions.action.tolist() == ["scale", "scale"] and actions.value.tolist() == [0.5, 0.5]
+
+
+def test_cli_user_rule_through_own_config_folder(tmp_path):
+    (tmp_path / "my_rules.py").write_text(
+        "from adaptgrad import AdaptationRule\n"
+        "class GateFirst(AdaptationRule, name='gate_first'):\n"
+        "    def apply(self, stats, units, epoch):\n"
+        "        units.gate([0])\n"
+    )
+    (tmp_path / "my_conf" / "rule").mkdir(parents=True)
+    (tmp_path / "my_conf" / "rule" / "gate_first.yaml").write_text("_target_: my_rules.GateFirst\nmin_active: 1\n")
+    proc = cli(
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "rule=gate_first", *TINY, f"hydra.run.dir={tmp_path / 'out'}",
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    actions = collect(tmp_path / "out").actions
+    assert actions[["epoch", "rule", "action", "unit"]].values.tolist() == [[0, "gate_first", "gate", 0]]
+
+
+def test_joblib_sweep_runs_four_jobs_in_parallel(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli("-m", "rule=none,taylor_prune", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = collect(sweep)
+    assert len(results.runs) == 4 and (results.runs.status == "ok").all()
+    assert results.history.groupby("run_id").epoch.nunique().tolist() == [2, 2, 2, 2]
+    assert sorted(results.runs["seed"].tolist()) == [0, 0, 1, 1]
+    assert set(results.varying_keys()) >= {"rule._target_"}
+
+
+def test_submitit_local_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli("-m", "rule=none,dormant_reset", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = collect(sweep).runs
+    assert len(runs) == 2 and (runs.status == "ok").all()
+
+
+def test_bad_group_option_lists_the_valid_ones(tmp_path):
+    proc = cli("model=transformer", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "model/transformer" in proc.stderr and "minimal_rnn" in proc.stderr
+
+
+def test_missing_launcher_plugin_message():
+    assert missing_launcher(["rule=none"]) is None
+    message = missing_launcher(["hydra/launcher=ray"])
+    if message is not None:  # the ray extra is not installed here
+        assert "pip install 'adaptgrad[ray]'" in message
+    assert missing_launcher(["hydra/launcher=joblib"]) is None
