@@ -25,16 +25,16 @@ if TYPE_CHECKING:
     from adaptgrad.rules import AdaptationRule
     from adaptgrad.stats import OutputGradientStats
     from adaptgrad.units import UnitView, unit_view
-    from adaptgrad.watch import GradientWatch, watch
+    from adaptgrad.capture import GradientWatch, watch
 
 _EXPORTS = {
     "Adapt": "adaptgrad.adapt",
     "AdaptationRule": "adaptgrad.rules",
-    "GradientWatch": "adaptgrad.watch",
+    "GradientWatch": "adaptgrad.capture",
     "OutputGradientStats": "adaptgrad.stats",
     "UnitView": "adaptgrad.units",
     "unit_view": "adaptgrad.units",
-    "watch": "adaptgrad.watch",
+    "watch": "adaptgrad.capture",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -147,7 +147,6 @@ def through_time_loop(
     states of every step (in input order) are handed to the probe for the activation terms.
     """
     cell = layer.cell
-    features = sequences.shape[-1]
     units = hidden_units(layer)
     anchor = next((w for w in cell.trainable_weights), None)
     if anchor is None:
@@ -161,8 +160,8 @@ def through_time_loop(
     z = time_probe(z, lambda: states["h"])
     cell_kwargs = {"training": training} if cell._call_has_training_arg else {}
 
-    def step(inputs: tf.Tensor, step_states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        x, z_t = inputs[..., :features], inputs[..., features:]
+    def step(inputs: tuple[tf.Tensor, tf.Tensor], step_states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        x, z_t = inputs
         output, new_states = cell(x, step_states, **cell_kwargs)
         new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
         new_states[0] = new_states[0] + z_t
@@ -170,7 +169,7 @@ def through_time_loop(
 
     last_output, outputs, new_states = keras_backend.rnn(
         step,
-        tf.concat([sequences, z], axis=-1),
+        (sequences, z),
         initial_state,
         go_backwards=layer.go_backwards,
         mask=mask,

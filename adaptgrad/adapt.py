@@ -27,7 +27,7 @@ import pandas as pd
 from adaptgrad.rules.base import AdaptationRule
 from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
 from adaptgrad.units import UnitView, unit_view
-from adaptgrad.watch import GradientWatch
+from adaptgrad.capture import GradientWatch
 
 UNIT_COLUMNS = ["epoch", "unit", "active", "scale", "batches", "count", *SUM_FIELDS, *DERIVED_FIELDS]
 ACTION_COLUMNS = ["epoch", "rule", "action", "unit", "value"]
@@ -41,7 +41,8 @@ class Adapt(keras.callbacks.Callback):
         rules: rules applied in order; a rule whose schedule does not fire is not called, and a
             rule facing NaN/inf statistics is skipped and the skip recorded as an action.
         units: the :class:`~adaptgrad.UnitView` to edit; made from the watched layer if None
-            (the model must be built). ``next_layer`` is passed to :func:`~adaptgrad.unit_view`.
+            (the model must be built). ``next_layer`` and ``seed`` are passed to
+            :func:`~adaptgrad.unit_view`.
 
     Records, as pandas DataFrames: :meth:`units_frame` (one row per epoch and unit: the
     epoch's statistics and the unit's ``active`` flag and cumulative ``scale`` after the
@@ -57,6 +58,7 @@ class Adapt(keras.callbacks.Callback):
         units: UnitView | None = None,
         *,
         next_layer: str | keras.layers.Layer | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.watch = watch
@@ -64,7 +66,13 @@ class Adapt(keras.callbacks.Callback):
         for rule in self.rules:
             if not isinstance(rule, AdaptationRule):
                 raise TypeError(f"rules must be AdaptationRule instances, got {type(rule).__name__}: {rule!r}")
-        self.units = units if units is not None else unit_view(watch.model, watch.layer, next_layer=next_layer)
+        self.units = units if units is not None else unit_view(watch.model, watch.layer, next_layer=next_layer, seed=seed)
+        for rule in self.rules:
+            if rule.min_active > self.units.size:
+                raise ValueError(
+                    f"{rule.label}: min_active={rule.min_active} exceeds the {self.units.size} units of "
+                    f"layer {watch.layer.name!r}; valid: 1..{self.units.size}"
+                )
         self._unit_rows: list[pd.DataFrame] = []
         self._action_rows: list[tuple[int, str, str, int, float]] = []
 
@@ -89,6 +97,23 @@ class Adapt(keras.callbacks.Callback):
         self._unit_rows.append(frame[UNIT_COLUMNS])
         if logs is not None:
             logs["active_units"] = int(active.sum())
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: unit gates/scales, rule states, recorded rows."""
+        return {
+            "units": self.units.get_state(),
+            "rules": [rule.get_state() for rule in self.rules],
+            "unit_rows": list(self._unit_rows),
+            "action_rows": list(self._action_rows),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned (same rules, same layer)."""
+        self.units.set_state(state["units"])
+        for rule, rule_state in zip(self.rules, state["rules"], strict=True):
+            rule.set_state(rule_state)
+        self._unit_rows = list(state["unit_rows"])
+        self._action_rows = list(state["action_rows"])
 
     def units_frame(self) -> pd.DataFrame:
         """One row per (epoch, unit): statistics, ``active`` and ``scale`` after the edits."""

@@ -15,17 +15,22 @@ one line per job that did not complete, if any job failed or diverged.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import os
 import sys
+import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from adaptgrad.run import CONF_DIR, EXPERIMENTS_DIR, run, summary_table
+from adaptgrad.run import CONF_DIR, EXPERIMENTS_DIR, INVOCATION_ENV, run, summary_table
 
 log = logging.getLogger("adaptgrad")
 
@@ -38,6 +43,47 @@ LAUNCHERS = {
 """Launcher name -> (plugin module, adaptgrad extra that installs it)."""
 
 _failed_jobs: list[str] = []
+
+
+class SweepReport(Callback):
+    """Hydra callback: at the end of a sweep, count what each job did in *this* invocation and
+    list the jobs that did not complete (the command then exits non-zero).
+
+    Jobs never raise (a failure is recorded in the job's files), so Hydra always reaches
+    ``on_multirun_end``; the counts come from each job's ``outcome.json``, tagged with an id
+    this callback puts in the environment that launcher workers inherit.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[INVOCATION_ENV] = uuid.uuid4().hex
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        invocation = os.environ.get(INVOCATION_ENV)
+        counts: Counter[str] = Counter()
+        for path in sorted(sweep.rglob("outcome.json")):
+            try:
+                outcome = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if outcome.get("invocation") != invocation:
+                continue
+            counts[outcome["outcome"]] += 1
+            if outcome.get("status") != "ok":
+                _failed_jobs.append(f"{path.parent}: {outcome.get('status')}: {_error_message(path.parent)}")
+        print(
+            f"sweep {sweep}: {counts['ran']} ran, {counts['resumed']} resumed, {counts['skipped']} skipped "
+            f"(completed earlier), {len(_failed_jobs)} did not complete",
+            flush=True,
+        )
+
+
+def _error_message(job_dir: Path) -> str:
+    try:
+        result = json.loads((job_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "no readable result.json"
+    return str((result.get("error") or {}).get("message", ""))
 
 
 def register_experiments() -> None:
@@ -79,7 +125,7 @@ def _app(cfg: DictConfig) -> float:
         overrides=list(hydra_cfg.overrides.task),
     )
     print(summary_table(result, output_dir), flush=True)
-    if result["status"] != "ok":
+    if result["status"] != "ok" and hydra_cfg.mode.name == "RUN":  # sweeps: see SweepReport
         message = (result.get("error") or {}).get("message", "")
         _failed_jobs.append(f"{output_dir}: {result['status']}: {message}")
     return float(result.get("final", {}).get("val_loss", float("nan")))

@@ -4,7 +4,7 @@ Example:
     >>> from adaptgrad.models import build_model
     >>> model = build_model("gru", units=8, input_shape=(5, 2), outputs=3, task="classification")
     >>> [layer.name for layer in model.layers]
-    ['gru', 'head']
+    ['inputs', 'gru', 'head']
     >>> tuple(model.output.shape)
     (None, 3)
 """

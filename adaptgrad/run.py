@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import os
@@ -25,18 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from adaptgrad.adapt import Adapt
+from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.data import Dataset
 from adaptgrad.layers import find_layer
 from adaptgrad.models import LAYER_NAMES, build_model
 from adaptgrad.recorder import git_commit, versions, write_frame, write_json, write_text
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
-from adaptgrad.watch import watch
+from adaptgrad.capture import watch
 
 log = logging.getLogger("adaptgrad")
 
@@ -61,12 +64,47 @@ class Trainer:
     steps_per_execution: int = 1
     jit_compile: bool = False
     shuffle: bool = True
+    distribution: str = "none"
+    cpu_devices: int | None = None
+    mixed_precision: bool = False
+    checkpoint: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"trainer.{name}={value!r} must be an integer >= 1")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"trainer.distribution={self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+        if self.cpu_devices is not None and (not isinstance(self.cpu_devices, int) or self.cpu_devices < 1):
+            raise ValueError(f"trainer.cpu_devices={self.cpu_devices!r} must be null or an integer >= 1")
+
+    def strategy(self) -> tf.distribute.Strategy:
+        """The distribution strategy, after splitting the CPU into ``cpu_devices`` logical ones."""
+        if self.cpu_devices is not None:
+            split_cpu(self.cpu_devices)
+        if self.distribution == "mirrored":
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+
+
+DISTRIBUTIONS = ("none", "mirrored")
+
+
+def split_cpu(devices: int) -> None:
+    """Expose the CPU as ``devices`` logical devices (to run MirroredStrategy without GPUs).
+
+    Raises:
+        RuntimeError: TensorFlow has already started with fewer logical CPUs.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError as error:
+        if len(tf.config.list_logical_devices("CPU")) < devices:
+            raise RuntimeError(
+                f"trainer.cpu_devices={devices} must be set before TensorFlow starts in this process"
+            ) from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,13 +225,13 @@ class JobFiles(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
-        row["epoch_time"] = time.perf_counter() - self._started
         self.rows.append(row)
         self.flush()
-        shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "epoch_time", "active_units"))
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "active_units"))
         log.info(
             "epoch %d/%d  %s  active=%d/%d  (%.2fs)",
-            epoch + 1, self.epochs, shown, row.get("active_units", 0), self.adapt.units.size, row["epoch_time"],
+            epoch + 1, self.epochs, shown, row.get("active_units", 0), self.adapt.units.size,
+            time.perf_counter() - self._started,
         )
         if not math.isfinite(row.get("loss", 0.0)):
             self.diverged_at = epoch
@@ -209,56 +247,141 @@ class JobFiles(keras.callbacks.Callback):
 
 
 def train(job: Job, directory: Path) -> dict[str, Any]:
-    """Build the model, attach watch and rules, ``model.fit``, write the files; returns the result."""
+    """Build the model, attach watch and rules, train epoch by epoch with a checkpoint after each,
+    resuming from the newest checkpoint in ``directory``; returns the result."""
     data = job.dataset
-    model = build_model(
-        job.model["cell"],
-        units=job.model["units"],
-        input_shape=data.input_shape,
-        outputs=data.outputs,
-        task=data.task,
-        return_sequences=job.model.get("return_sequences", False),
-        head_units=job.model.get("head_units"),
-    )
-    layer = find_layer(model, job.layer or LAYER_NAMES[job.model["cell"]])
-    if data.task == "classification":
-        loss, metrics = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
-    else:
-        loss, metrics = "mse", ["mae"]
-    model.compile(
-        optimizer=job.optimizer,
-        loss=loss,
-        metrics=metrics,
-        steps_per_execution=job.trainer.steps_per_execution,
-        jit_compile=job.trainer.jit_compile,
-    )
-    adapt = Adapt(watch(model, layer, through_time=job.through_time), [job.rule])
-    files = JobFiles(directory, adapt, job.trainer.epochs)
-    model.fit(
-        data.x_train,
-        data.y_train,
-        validation_data=(data.x_val, data.y_val),
-        epochs=job.trainer.epochs,
-        batch_size=job.trainer.batch_size,
-        shuffle=job.trainer.shuffle,
-        callbacks=[adapt, files],
-        verbose=0,
-    )
+    strategy = job.trainer.strategy()
+    previous_policy = keras.mixed_precision.global_policy()
+    if job.trainer.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            model = build_model(
+                job.model["cell"],
+                units=job.model["units"],
+                input_shape=data.input_shape,
+                outputs=data.outputs,
+                task=data.task,
+                return_sequences=job.model.get("return_sequences", False),
+                head_units=job.model.get("head_units"),
+            )
+            layer = find_layer(model, job.layer or LAYER_NAMES[job.model["cell"]])
+            if data.task == "classification":
+                loss, metrics = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+            else:
+                loss, metrics = "mse", ["mae"]
+            model.compile(
+                optimizer=job.optimizer,
+                loss=loss,
+                metrics=metrics,
+                steps_per_execution=job.trainer.steps_per_execution,
+                jit_compile=job.trainer.jit_compile,
+            )
+            adapt = Adapt(watch(model, layer, through_time=job.through_time), [job.rule], seed=job.seed)
+        return _fit(job, model, adapt, directory)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[str, Any]:
+    data, trainer = job.dataset, job.trainer
+    files = JobFiles(directory, adapt, trainer.epochs)
+    checkpoints = Checkpoints(directory / "checkpoints")
+    start = 0
+    saved = checkpoints.latest() if trainer.checkpoint else None
+    if saved is not None:
+        start = saved[0] + 1
+        _restore(saved[1], model, adapt, files)
+        log.info("resuming after epoch %d from %s", start, checkpoints.directory)
+    for epoch in range(start, trainer.epochs):
+        order = epoch_order(job.seed, epoch, len(data.x_train), trainer.shuffle)
+        model.fit(
+            data.x_train[order],
+            data.y_train[order],
+            validation_data=(data.x_val, data.y_val),
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            batch_size=trainer.batch_size,
+            shuffle=False,
+            callbacks=[adapt, files],
+            verbose=0,
+        )
+        if files.diverged_at is not None:
+            break
+        if trainer.checkpoint:
+            checkpoints.save(epoch, _state(model, adapt, files))
     history = files.history()
-    final = {k: float(v) for k, v in history.iloc[-1].items() if k not in ("epoch", "epoch_time")} if len(history) else {}
-    result: dict[str, Any] = {"status": "ok", "final": final, "epochs": len(history)}
+    final = {k: float(v) for k, v in history.iloc[-1].items() if k != "epoch"} if len(history) else {}
+    result: dict[str, Any] = {"status": "ok", "final": final, "epochs": len(history), "resumed_from": start or None}
     if files.diverged_at is not None:
         result.update(status="diverged", error={"type": "Divergence", "message": "loss is NaN or inf", "epoch": files.diverged_at})
     return result
 
 
-def run(cfg: DictConfig, output_dir: str | os.PathLike, *, rule_preset: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def epoch_order(seed: int, epoch: int, size: int, shuffle: bool) -> np.ndarray:
+    """The order of the training examples in ``epoch``: a function of (seed, epoch) only, so a
+    resumed job sees exactly the batches an uninterrupted one would."""
+    if not shuffle:
+        return np.arange(size)
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def _state(model: keras.Model, adapt: Adapt, files: JobFiles) -> dict[str, Any]:
+    return {
+        "weights": model.get_weights(),
+        "optimizer": [np.array(v.numpy()) for v in model.optimizer.variables],
+        "adapt": adapt.get_state(),
+        "history": list(files.rows),
+    }
+
+
+def _restore(state: dict[str, Any], model: keras.Model, adapt: Adapt, files: JobFiles) -> None:
+    model.set_weights(state["weights"])
+    model.optimizer.build(model.trainable_variables)
+    variables = model.optimizer.variables
+    if len(variables) != len(state["optimizer"]):
+        raise ValueError(f"checkpoint holds {len(state['optimizer'])} optimizer variables, the optimizer has {len(variables)}")
+    for variable, value in zip(variables, state["optimizer"]):
+        variable.assign(value)
+    adapt.set_state(state["adapt"])
+    files.rows = list(state["history"])
+
+
+INVOCATION_ENV = "ADAPTGRAD_INVOCATION"
+"""Environment variable naming the current ``adaptgrad`` invocation, set by the sweep report."""
+
+
+def run(
+    cfg: DictConfig,
+    output_dir: str | os.PathLike,
+    *,
+    rule_preset: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     """Run one job into ``output_dir`` and return what was written to ``result.json``.
 
+    Rerun into the same dir with the same resolved config, a job that completed is skipped, one
+    that was interrupted resumes from its last checkpoint, and one that failed or diverged runs
+    again from scratch. A dir that holds another config is left untouched and the job fails.
     Never raises for a failure of the job itself: the error (type, message, epoch) is recorded
     with status ``failed``, the history up to that point is kept, and the result is returned.
     """
     directory = Path(output_dir)
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)
+    previous = _previous(directory)
+    if previous is not None and previous["config"] != config_text:
+        message = (
+            f"output dir {directory} holds a run of a different config; choose another dir "
+            f"(hydra.run.dir / hydra.sweep.dir) - nothing was overwritten"
+        )
+        log.error(message)
+        return {"status": "failed", "outcome": "refused", "error": {"type": "ValueError", "message": message, "epoch": 0}}
+    if previous is not None and previous["result"].get("status") == "ok":
+        log.info("skipping %s: it already completed with this config", directory)
+        _write_outcome(directory, "skipped", "ok")
+        return {**previous["result"], "outcome": "skipped"}
+    if previous is not None and previous["result"].get("status") in ("failed", "diverged"):
+        Checkpoints(directory / "checkpoints").clear()
     started = time.perf_counter()
     base = {
         "run_id": directory.name,
@@ -266,7 +389,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, *, rule_preset: str | No
         "git_commit": git_commit(Path.cwd()) or git_commit(Path(__file__).parent),
         "overrides": list(overrides or []),
     }
-    write_text(directory / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(directory / "config.yaml", config_text)
     write_json(directory / "result.json", {**base, "status": "running"})
     try:
         result = train(prepare(cfg, rule_preset), directory)
@@ -276,7 +399,27 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, *, rule_preset: str | No
         result = {"status": "failed", "epochs": epochs, "error": {"type": type(error).__name__, "message": str(error), "epoch": epochs}}
     result = {**base, **result, "wall_time": time.perf_counter() - started}
     write_json(directory / "result.json", result)
-    return result
+    outcome = "resumed" if result.get("resumed_from") else "ran"
+    _write_outcome(directory, outcome, result["status"])
+    return {**result, "outcome": outcome}
+
+
+def _previous(directory: Path) -> dict[str, Any] | None:
+    """The config text and result of an earlier attempt in ``directory``, if there was one."""
+    try:
+        config = (directory / "config.yaml").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        result = json.loads((directory / "result.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        result = {}
+    return {"config": config, "result": result}
+
+
+def _write_outcome(directory: Path, outcome: str, status: str) -> None:
+    """Record what this invocation did with the job, for the end-of-sweep report."""
+    write_json(directory / "outcome.json", {"invocation": os.environ.get(INVOCATION_ENV), "outcome": outcome, "status": status})
 
 
 def _epochs_written(directory: Path) -> int:

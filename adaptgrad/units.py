@@ -130,6 +130,14 @@ def optimizer_slots(optimizer: Any, variable: Any) -> list[Any]:
     return slots
 
 
+def _seeded(initializer: Any, seed: int) -> Any:
+    """A copy of a Keras initializer with a fixed seed (others, e.g. LSTM's bias, as they are)."""
+    config = initializer.get_config() if hasattr(initializer, "get_config") else None
+    if isinstance(config, dict) and "seed" in config:
+        return type(initializer).from_config({**config, "seed": seed})
+    return initializer
+
+
 def _edit_columns(variable: Any, columns: np.ndarray, values: np.ndarray | float) -> None:
     array = np.array(keras.ops.convert_to_numpy(variable))
     array[..., columns] = values
@@ -153,7 +161,9 @@ class UnitView:
     table).
     """
 
-    def __init__(self, model: keras.Model, layer: keras.layers.Layer, next_layer: keras.layers.Layer | None) -> None:
+    def __init__(
+        self, model: keras.Model, layer: keras.layers.Layer, next_layer: keras.layers.Layer | None, seed: int = 0
+    ) -> None:
         if not layer.built:
             raise ValueError(
                 f"layer {layer.name!r} is not built yet: call the model on a batch (or "
@@ -167,7 +177,9 @@ class UnitView:
         self.size = int(first.shape[-1]) // blocks
         self.min_active = 1
         self.edits: list[Edit] = []
+        self.seed = int(seed)
         self._scales = np.ones(self.size)
+        self._draws = 0  # reinit calls so far: each draws with its own seed, so resumes repeat them
         hooks = _instrument.hooks_of(layer)
         if hooks.cell_mask is not None or hooks.output_mask is not None:
             raise ValueError(f"layer {layer.name!r} already has a unit view; reuse it")
@@ -258,8 +270,11 @@ class UnitView:
         units = self._check(units)
         if not units:
             return
-        for variable, blocks, initializer in self.weights:
-            fresh = keras.ops.convert_to_numpy(initializer(tuple(variable.shape), dtype=variable.dtype))
+        seeds = np.random.SeedSequence([self.seed, self._draws]).generate_state(len(self.weights))
+        self._draws += 1
+        for (variable, blocks, initializer), seed in zip(self.weights, seeds):
+            draw = _seeded(initializer, int(seed) % 2**31)
+            fresh = keras.ops.convert_to_numpy(draw(tuple(variable.shape), dtype=variable.dtype))
             columns = np.concatenate([self.columns(unit, blocks) for unit in units])
             array = np.array(keras.ops.convert_to_numpy(variable))
             array[..., columns] = fresh[..., columns]
@@ -297,6 +312,16 @@ class UnitView:
                 slot_array[units] = 0.0
                 slot.assign(slot_array)
         self.edits.extend(Edit("zero_outgoing", unit) for unit in units)
+
+    def get_state(self) -> dict[str, Any]:
+        """Gates, scales and the reinit counter, as plain values (see :meth:`set_state`)."""
+        return {"mask": self._mask.numpy().copy(), "scales": self._scales.copy(), "draws": self._draws}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore gates, scales and the reinit counter saved by :meth:`get_state`."""
+        self._mask.assign(np.asarray(state["mask"], dtype=np.float32))
+        self._scales = np.asarray(state["scales"], dtype=np.float64).copy()
+        self._draws = int(state["draws"])
 
     def remove(self) -> None:
         """Ungate every unit and detach the mask from the layer."""
@@ -355,6 +380,7 @@ def unit_view(
     layer: str | keras.layers.Layer,
     *,
     next_layer: str | keras.layers.Layer | None = None,
+    seed: int = 0,
 ) -> UnitView:
     """A :class:`UnitView` on ``layer``'s units (installs the gating mask; call before ``fit``).
 
@@ -373,7 +399,8 @@ def unit_view(
             implements ``adaptgrad_unit_weights``).
         next_layer: the layer that consumes ``layer``'s output, needed to zero outgoing weights.
             Found automatically in Sequential and functional models.
+        seed: seeds the fresh weights that :meth:`UnitView.reinit` draws (each call its own).
     """
     target = find_layer(model, layer)
     consumer = find_layer(model, next_layer) if next_layer is not None else _consumer(target)
-    return UnitView(model, target, consumer)
+    return UnitView(model, target, consumer, seed)

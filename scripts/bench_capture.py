@@ -1,6 +1,6 @@
 """Benchmark: what does capturing dL/d(layer output) cost per training epoch?
 
-Run it from the project root (about a minute with the defaults on 2 cores)::
+Run it from the project root (about half a minute with the defaults on 2 cores)::
 
     python scripts/bench_capture.py
     python scripts/bench_capture.py --samples 1024 --repeats 3 --eager-batches 4   # quick look
@@ -24,8 +24,8 @@ Every variant is warmed up first (one epoch; ``--eager-batches`` batches for the
 tracing is excluded. Then each of ``--repeats`` rounds times one epoch of every variant in turn,
 so that slow phases of a shared machine hit all variants alike. The table gives each variant's
 median epoch time and the median over rounds of its time divided by the plain fit's time in the
-same round. The bars from the issue are printed as PASS/FAIL lines for information only: the
-script always exits 0.
+same round (the speed-ups over the eager loop are paired the same way). The bars from the issue
+are printed as PASS/FAIL lines for information only: the script always exits 0.
 """
 
 from __future__ import annotations

@@ -27,6 +27,13 @@ def highest(scores: np.ndarray, candidates: np.ndarray, count: int) -> list[int]
     return order[: max(int(count), 0)].tolist()
 
 
+def _whole_at_least_one(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value) == int(value) >= 1
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 class DropRegrow(AdaptationRule, name="drop_regrow"):
     """Swap the least important active units for the most promising gated ones, less each epoch.
 
@@ -65,7 +72,7 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
     def __init__(self, *, fraction: float = 0.3, end_epoch: int = 10, **schedule: int | None) -> None:
         super().__init__(**schedule)
         self.fraction = check_range(self.label, "fraction", fraction, 0.0, 1.0)
-        if isinstance(end_epoch, bool) or int(end_epoch) != end_epoch or end_epoch < 1:
+        if not _whole_at_least_one(end_epoch):
             raise ValueError(f"{self.label}: end_epoch={end_epoch!r} is out of range; valid: an integer >= 1")
         self.end_epoch = int(end_epoch)
 

@@ -24,8 +24,8 @@ class TrustRatio(AdaptationRule, name="trust_ratio"):
         >>> lam = TrustRatio.ratios(np.array([8.0, 2.0, 1.0]), batches=2, norms=np.array([2.0, 1.0, 1.0]))
         >>> lam                                 # ||W|| / (|mean_b x_b| / ||W||) = ||W||**2 / |m1|
         array([1., 1., 2.])
-        >>> TrustRatio.factors(lam, np.ones(3, bool), power=1.0, max_factor=1.5)
-        array([1. , 1. , 1.5])
+        >>> TrustRatio.factors(lam, np.ones(3, bool), power=1.0, max_factor=1.5).round(4)
+        array([1.    , 1.    , 0.6667])
 
     LARS (You, Gitman, Ginsburg: "Large Batch Training of Convolutional Networks", 2017) and
     LAMB (You et al., ICLR 2020) scale a layer's step by the trust ratio
@@ -46,13 +46,17 @@ class TrustRatio(AdaptationRule, name="trust_ratio"):
     Then::
 
         lambda_j = c * ||W_j|| / (r_j + beta * ||W_j||)
-        s_j = clip((lambda_j / median_{k active} lambda_k) ** power, 1/max_factor, max_factor)
+        s_j = clip((median_{k active} lambda_k / lambda_j) ** power, 1/max_factor, max_factor)
 
-    and each active unit's incoming weights are multiplied by ``s_j``: units with a large
-    weight norm relative to their gradient grow, the others shrink, gently (``power``) and
-    within ``max_factor``. ``c`` cancels in the ratio (kept for fidelity to the formula).
+    and each active unit's incoming weights are multiplied by ``s_j``. LARS equalises the
+    relative step ``||step|| / ||W||`` across layers through the learning rate; as an edit of
+    the weights, the same aim pulls every unit's ratio toward the layer's median: scaling W_j
+    by s scales ``lambda_j`` by about s (the output gradient is unchanged to first order), so
+    units with a large weight norm relative to their gradient shrink and the others grow,
+    gently (``power``) and within ``max_factor`` — a correction that converges instead of
+    compounding. ``c`` cancels in the ratio (kept for fidelity to the formula).
     Units with ``||W_j|| = 0`` are left alone; a unit with ``r_j = 0`` and ``beta = 0`` has
-    ``lambda_j = inf`` and gets ``max_factor``; if the median is not finite and positive (e.g.
+    ``lambda_j = inf`` and gets ``1/max_factor``; if the median is not finite and positive (e.g.
     no batch accumulated) the rule does nothing. Units with ``s_j = 1`` are not edited.
 
     Args:
@@ -84,14 +88,15 @@ class TrustRatio(AdaptationRule, name="trust_ratio"):
 
     @staticmethod
     def factors(ratios: np.ndarray, active: np.ndarray, *, power: float, max_factor: float) -> np.ndarray:
-        """s_j = clip((lambda_j / median of active finite-norm lambda) ** power, 1/max_factor,
+        """s_j = clip((median of active finite-norm lambda / lambda_j) ** power, 1/max_factor,
         max_factor); 1 for inactive units, units without a ratio, or when the median is unusable."""
         ratios = np.asarray(ratios, dtype=np.float64)
         judged = np.asarray(active, dtype=bool) & ~np.isnan(ratios)
         relative = relative_to_active(ratios, judged, np.median)
         if relative is None:
             return np.ones_like(ratios)
-        scaled = np.clip(relative**power, 1.0 / max_factor, max_factor)
+        with np.errstate(divide="ignore"):
+            scaled = np.clip(relative ** (-power), 1.0 / max_factor, max_factor)
         return np.where(judged, scaled, 1.0)
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:

@@ -165,7 +165,8 @@ class GradientWatch:
             def grad(g: tf.Tensor) -> tf.Tensor:
                 update = accumulators.update(hidden_states(), g, self._loss_scale())
                 with tf.control_dependencies([update]):
-                    return tf.zeros_like(g)  # z is a stand-in: nothing upstream depends on it
+                    # z is a stand-in: no gradient flows on to the weight it is tied to
+                    return None
 
             return tf.identity(x), grad
 
