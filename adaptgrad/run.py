@@ -23,7 +23,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -117,7 +117,7 @@ class Job:
     dataset: Dataset
     model: dict[str, Any]
     rule: AdaptationRule
-    optimizer: keras.optimizers.Optimizer
+    optimizer: Callable[[], keras.optimizers.Optimizer]
     trainer: Trainer
 
 
@@ -185,7 +185,8 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
         raise ValueError(f"data._target_ must return an adaptgrad.data.Dataset, got {type(dataset).__name__}")
     model = OmegaConf.to_container(cfg.model, resolve=True)
     try:
-        optimizer = instantiate(cfg.optimizer)
+        optimizer = instantiate(cfg.optimizer, _partial_=True)  # built inside the strategy scope
+        optimizer().get_config()  # bad arguments fail here, before training
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"optimizer {cfg.optimizer.get('_target_')!r}: {_cause(error)}") from error
     return Job(
@@ -271,7 +272,7 @@ def train(job: Job, directory: Path) -> dict[str, Any]:
             else:
                 loss, metrics = "mse", ["mae"]
             model.compile(
-                optimizer=job.optimizer,
+                optimizer=job.optimizer(),
                 loss=loss,
                 metrics=metrics,
                 steps_per_execution=job.trainer.steps_per_execution,
