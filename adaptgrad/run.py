@@ -16,6 +16,7 @@ objects once, at the top (:func:`prepare`), so nothing downstream reads Hydra's 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import logging
@@ -137,11 +138,14 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
     """Instantiate the rule; keys of a preset that a ``rule._target_`` override cannot take are
     dropped with a warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is
     selected), and anything else wrong gets a clear error."""
-    target = rule_cfg.get("_target_")
+    target = str(rule_cfg.get("_target_"))
+    module_name, _, attribute = target.rpartition(".")
     try:
-        cls = instantiate({"_target_": "hydra.utils.get_class", "path": target})
-    except Exception as error:  # noqa: BLE001 - any import failure is reported the same way
-        raise ValueError(f"rule._target_={target!r} cannot be imported: {error}") from error
+        cls = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"rule._target_={target!r} cannot be imported ({error}); give module.Class of a module on PYTHONPATH"
+        ) from error
     if not (isinstance(cls, type) and issubclass(cls, AdaptationRule)):
         raise ValueError(f"rule._target_={target!r} is not an adaptgrad.AdaptationRule subclass")
     kwargs = {k: v for k, v in OmegaConf.to_container(rule_cfg, resolve=True).items() if k != "_target_"}
