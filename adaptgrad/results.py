@@ -136,15 +136,18 @@ class Results:
         """Config columns whose value differs between runs (a missing key counts as a value).
 
         Seeds (``seed`` and any ``*.seed``) and ``hydra.*`` keys are left out, as are jobs
-        with no readable config at all.
+        with no readable config at all, and keys that vary only along with their group's
+        ``_target_`` (``rule.fraction`` when the sweep compares rule classes with their default
+        parameters): the ``_target_`` column already tells those groups apart.
         """
         config = self.runs[list(self.config_columns)]
         config = config[config.notna().any(axis=1)]
-        return [
+        varying = [
             column
             for column in self.config_columns
             if not _is_replicate_key(column) and config[column].nunique(dropna=False) > 1
         ]
+        return [column for column in varying if not _follows_target(config, column, varying)]
 
     def summary(
         self, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None
@@ -239,6 +242,17 @@ def collect(path: str | os.PathLike[str]) -> Results:
         actions=_concat(actions, ACTIONS_COLUMNS),
         config_columns=tuple(config_columns),
     )
+
+
+def _follows_target(config: pd.DataFrame, column: str, varying: list[str]) -> bool:
+    """Whether ``column`` (say ``rule.fraction``) only varies because its group's ``_target_``
+    does (each rule class has its own parameters): constant within every ``_target_`` value."""
+    group, _, key = column.rpartition(".")
+    target = f"{group}._target_"
+    if not group or key == "_target_" or target not in varying:
+        return False
+    values = config[[target, column]].astype(str)
+    return bool((values.groupby(target)[column].nunique() <= 1).all())
 
 
 def _is_replicate_key(column: str) -> bool:

@@ -16,6 +16,7 @@ objects once, at the top (:func:`prepare`), so nothing downstream reads Hydra's 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import json
@@ -81,12 +82,22 @@ class Trainer:
             raise ValueError(f"trainer.cpu_devices={self.cpu_devices!r} must be null or an integer >= 1")
 
     def strategy(self) -> tf.distribute.Strategy:
-        """The distribution strategy, after splitting the CPU into ``cpu_devices`` logical ones."""
+        """The distribution strategy, after splitting the CPU into ``cpu_devices`` logical ones
+        (which ``mirrored`` then runs on instead of the GPUs)."""
         if self.cpu_devices is not None:
             split_cpu(self.cpu_devices)
         if self.distribution == "mirrored":
-            return tf.distribute.MirroredStrategy()
+            devices = tuple(f"/cpu:{i}" for i in range(self.cpu_devices)) if self.cpu_devices else None
+            return mirrored_strategy(devices)
         return tf.distribute.get_strategy()
+
+
+@functools.cache
+def mirrored_strategy(devices: tuple[str, ...] | None = None) -> tf.distribute.MirroredStrategy:
+    """One ``MirroredStrategy`` per device set and process. A second strategy would reuse the
+    collective-op keys of the first, and TensorFlow rejects that once tensor shapes differ
+    (joblib runs many jobs in one worker process)."""
+    return tf.distribute.MirroredStrategy(list(devices) if devices else None)
 
 
 DISTRIBUTIONS = ("none", "mirrored")
@@ -317,7 +328,13 @@ def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[st
             checkpoints.save(epoch, _state(model, adapt, files))
     history = files.history()
     final = {k: float(v) for k, v in history.iloc[-1].items() if k != "epoch"} if len(history) else {}
-    result: dict[str, Any] = {"status": "ok", "final": final, "epochs": len(history), "resumed_from": start or None}
+    result: dict[str, Any] = {
+        "status": "ok",
+        "final": final,
+        "epochs": len(history),
+        "resumed_from": start or None,
+        "replicas": model.distribute_strategy.num_replicas_in_sync,
+    }
     if files.diverged_at is not None:
         result.update(status="diverged", error={"type": "Divergence", "message": "loss is NaN or inf", "epoch": files.diverged_at})
     return result

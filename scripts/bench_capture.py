@@ -26,6 +26,8 @@ so that slow phases of a shared machine hit all variants alike. The table gives 
 median epoch time and the median over rounds of its time divided by the plain fit's time in the
 same round (the speed-ups over the eager loop are paired the same way). The bars from the issue
 are printed as PASS/FAIL lines for information only: the script always exits 0.
+
+``scripts/bench.py`` runs the same measurement (:func:`measure`) as its ``capture`` section.
 """
 
 from __future__ import annotations
@@ -172,10 +174,12 @@ def build_variants(
     return variants, watches
 
 
-def time_rounds(variants: dict[str, Variant], repeats: int) -> None:
-    """Warm every variant up, then time ``repeats`` interleaved rounds into ``Variant.times``."""
-    for variant in variants.values():
-        variant.run()  # traces the train functions, builds the optimizers
+def time_rounds(variants: dict[str, Variant], repeats: int, *, warm_up: bool = True) -> None:
+    """Warm every variant up (unless ``warm_up`` is False), then time ``repeats`` interleaved
+    rounds into ``Variant.times``."""
+    if warm_up:
+        for variant in variants.values():
+            variant.run()  # traces the train functions, builds the optimizers
     for round_index in range(repeats):
         for variant in variants.values():
             start = time.perf_counter()
@@ -194,6 +198,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    """One line naming the platform, CPU model, core count and Python/TensorFlow/Keras versions."""
+    return (
+        f"Machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -217,11 +230,7 @@ def report(config: Config, variants: dict[str, Variant]) -> None:
             label += f" (timed on {config.eager_batches} batches, scaled x{variant.scale:g})"
         print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} |")
     print()
-    print(
-        f"Machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}"
-    )
+    print(machine_line())
     print(
         "Ratios and speed-ups: medians over rounds of the quotient of two epoch times measured "
         "in the same round."
@@ -238,12 +247,26 @@ def report(config: Config, variants: dict[str, Variant]) -> None:
         print(f"{verdict(ok)}: {EAGER} / {name} = {speedup:.1f}x >= {EAGER_SPEEDUP_BAR:g}x")
 
 
-def main() -> None:
-    config = parse_args()
-    started = time.perf_counter()
+def make_data(config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Random float32 inputs ``(samples, steps, features)`` and targets ``(samples, 1)``, seed 0."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((config.samples, config.steps, config.features), dtype=np.float32)
     y = rng.standard_normal((config.samples, 1), dtype=np.float32)
+    return x, y
+
+
+def capture_check(config: Config, watches: dict[str, adaptgrad.GradientWatch]) -> str:
+    """A line saying whether every watch accumulated every batch of the warm-up and the rounds."""
+    expected = (config.repeats + 1) * config.batches_per_epoch
+    seen = {name: watch.stats().batches for name, watch in watches.items()}
+    status = "ok" if all(batches == expected for batches in seen.values()) else "MISMATCH"
+    counts = ", ".join(f"{name}: {batches}" for name, batches in seen.items())
+    return f"Capture check, batches accumulated: {counts} (expected {expected}): {status}"
+
+
+def measure(config: Config) -> tuple[dict[str, Variant], str]:
+    """Build the variants, time them (printing each round) and return them with the capture check."""
+    x, y = make_data(config)
     variants, watches = build_variants(config, x, y)
     print(
         f"{config.samples} samples x {config.steps} steps x {config.features} features, "
@@ -253,13 +276,14 @@ def main() -> None:
         flush=True,
     )
     time_rounds(variants, config.repeats)
+    return variants, capture_check(config, watches)
 
-    expected = (config.repeats + 1) * config.batches_per_epoch
-    seen = {name: watch.stats().batches for name, watch in watches.items()}
-    status = "ok" if all(batches == expected for batches in seen.values()) else "MISMATCH"
-    counts = ", ".join(f"{name}: {batches}" for name, batches in seen.items())
-    print(f"Capture check, batches accumulated: {counts} (expected {expected}): {status}")
 
+def main() -> None:
+    config = parse_args()
+    started = time.perf_counter()
+    variants, check = measure(config)
+    print(check)
     report(config, variants)
     print(f"\nTotal wall time (after imports): {time.perf_counter() - started:.0f} s")
 

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import adaptgrad
+from adaptgrad.run import mirrored_strategy
 from reference import assert_stats_equal, build, data, reference_fit
 
 
@@ -86,7 +87,8 @@ def test_users_own_gradient_tape_loop(through_time, in_function):
 
 @pytest.mark.parametrize("through_time", [False, True])
 def test_mirrored_strategy_sums_equal_single_device(through_time):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy(("/cpu:0", "/cpu:1"))  # one per process: see its docstring
+    assert strategy.num_replicas_in_sync == 2
     x, y = data(8)
     single, *_ = build("functional", "lstm", 4)
     weights = single.get_weights()
