@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adaptgrad.adapt import Adapt
+    from adaptgrad.capture import GradientWatch, watch
     from adaptgrad.rules import AdaptationRule
     from adaptgrad.stats import OutputGradientStats
     from adaptgrad.units import UnitView, unit_view
-    from adaptgrad.capture import GradientWatch, watch
 
 _EXPORTS = {
     "Adapt": "adaptgrad.adapt",
@@ -36,7 +36,7 @@ _EXPORTS = {
     "unit_view": "adaptgrad.units",
     "watch": "adaptgrad.capture",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["Adapt", "AdaptationRule", "GradientWatch", "OutputGradientStats", "UnitView", "unit_view", "watch"]
 __version__ = "0.1.0"
 
 

@@ -17,7 +17,8 @@ between epochs (mask entries) live in variables the graph reads, so they need no
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf

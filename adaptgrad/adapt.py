@@ -24,10 +24,10 @@ import keras
 import numpy as np
 import pandas as pd
 
+from adaptgrad.capture import GradientWatch
 from adaptgrad.rules.base import AdaptationRule
 from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
 from adaptgrad.units import UnitView, unit_view
-from adaptgrad.capture import GradientWatch
 
 UNIT_COLUMNS = ["epoch", "unit", "active", "scale", "batches", "count", *SUM_FIELDS, *DERIVED_FIELDS]
 ACTION_COLUMNS = ["epoch", "rule", "action", "unit", "value"]

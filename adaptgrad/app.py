@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
-from adaptgrad.run import CONF_DIR, EXPERIMENTS_DIR, INVOCATION_ENV, run, summary_table
+from adaptgrad.config import CONF_DIR, register_experiments
+from adaptgrad.run import INVOCATION_ENV, run, summary_table
 
 log = logging.getLogger("adaptgrad")
 
@@ -85,12 +85,6 @@ def _error_message(job_dir: Path) -> str:
         return "no readable result.json"
     return str((result.get("error") or {}).get("message", ""))
 
-
-def register_experiments() -> None:
-    """Make every ``experiments/*.yaml`` selectable as ``experiment=NAME`` (package _global_)."""
-    store = ConfigStore.instance()
-    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-        store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
 def missing_launcher(argv: list[str]) -> str | None:

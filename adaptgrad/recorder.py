@@ -17,16 +17,24 @@ never leaves a half-written file: readers see the previous complete version or n
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import keras
 import pandas as pd
+
+if TYPE_CHECKING:
+    from adaptgrad.adapt import Adapt
+
+log = logging.getLogger("adaptgrad")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -102,3 +110,42 @@ def git_commit(directory: str | os.PathLike) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class JobFiles(keras.callbacks.Callback):
+    """Writes ``history.csv``, ``units.parquet``, ``actions.csv`` after every epoch and logs progress;
+    stops training when the loss is NaN/inf (the job is then ``diverged``)."""
+
+    def __init__(self, directory: Path, adapt: Adapt, epochs: int) -> None:
+        super().__init__()
+        self.directory = directory
+        self.adapt = adapt
+        self.epochs = epochs
+        self.rows: list[dict[str, float]] = []
+        self.diverged_at: int | None = None
+        self._started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
+        self.rows.append(row)
+        self.flush()
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "active_units"))
+        log.info(
+            "epoch %d/%d  %s  active=%d/%d  (%.2fs)",
+            epoch + 1, self.epochs, shown, row.get("active_units", 0), self.adapt.units.size,
+            time.perf_counter() - self._started,
+        )
+        if not math.isfinite(row.get("loss", 0.0)):
+            self.diverged_at = epoch
+            self.model.stop_training = True
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def flush(self) -> None:
+        write_frame(self.directory / "history.csv", self.history())
+        write_frame(self.directory / "units.parquet", self.adapt.units_frame())
+        write_frame(self.directory / "actions.csv", self.adapt.actions_frame())

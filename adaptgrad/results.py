@@ -52,6 +52,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
+
 PROG = "adaptgrad-results"
 
 RESULT_COLUMNS: dict[str, str] = {
@@ -79,22 +81,7 @@ UNITS_COLUMNS: dict[str, str] = {
     "scale": "float64",
     "batches": "int64",
     "count": "int64",
-    **{
-        name: "float64"
-        for name in (
-            "grad_sum",
-            "grad_abs_sum",
-            "grad_sq_sum",
-            "act_grad_sum",
-            "act_grad_batch_sq_sum",
-            "act_abs_sum",
-            "mean_grad",
-            "mean_abs_grad",
-            "rms_grad",
-            "taylor",
-            "mean_abs_act",
-        )
-    },
+    **{name: "float64" for name in (*SUM_FIELDS, *DERIVED_FIELDS)},
 }
 """Columns and dtypes of :attr:`Results.units` when no job wrote ``units.parquet``."""
 

@@ -30,8 +30,8 @@ A custom layer or cell becomes adaptable by defining ``adaptgrad_unit_weights(se
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import keras
 import numpy as np

@@ -1,6 +1,6 @@
 """Benchmark suite: what adaptgrad costs, as ratios measured side by side in one process.
 
-Run it from the project root (about 4-5 minutes with the defaults on 2 cores)::
+Run it from the project root (about 4 minutes with the defaults on 2 cores)::
 
     python scripts/bench.py                          # every section
     python scripts/bench.py --only sweep             # one section (or several: --only adapt memory)
@@ -16,28 +16,28 @@ Sections:
     ``--samples`` random sequences of 50 steps x 8 features, batch 64, SGD.
 ``adapt``
     One epoch of plain ``model.fit`` vs ``model.fit(callbacks=[adaptgrad.Adapt(adaptgrad.watch(
-    model, layer), [rule])])`` with ``GainRescale()`` (rescales every unit every epoch) and
-    ``TaylorPrune(fraction=0.05)`` (gates 5% of the active units every epoch), for a
-    ``--adapt-units`` layer of cell ``--adapt-cell`` (``adaptgrad.models.build_model``, Adam,
-    the same data as ``capture``). The callback is a subclass of ``Adapt`` that times each of
-    its ``on_epoch_end`` calls, so the table also gives that time as a share of its epoch (the
+    model, layer), [rule])])`` with ``GainRescale()`` (rescales every unit every epoch) and with
+    ``TaylorPrune(fraction=0.05)`` (gates 5% of the active units every epoch), for a layer of
+    ``--adapt-units`` units of cell ``--adapt-cell`` (``adaptgrad.models.build_model``, Adam, the
+    same data as ``capture``). The callback is a subclass of ``Adapt`` that times each of its
+    ``on_epoch_end`` calls, so the table also gives that time as a share of its epoch (the
     issue's bar: <= 1% for a 256-unit layer).
 ``sweep``
     Wall time of the whole command ``python -m adaptgrad -m rule=none,taylor_prune seed=0,1
-    data=adding model=gru trainer.epochs=E hydra.sweep.dir=...`` (4 jobs) with Hydra's basic
-    launcher vs with ``hydra/launcher=joblib hydra.launcher.n_jobs=2`` (bar: joblib >= 1.5x
-    faster). Run in subprocesses, each into a fresh temporary sweep dir; no warm-up.
+    data=adding data.length=50 model=gru trainer.epochs=E hydra.sweep.dir=...`` (4 jobs) with
+    Hydra's basic launcher vs with ``hydra/launcher=joblib hydra.launcher.n_jobs=2`` (bar: joblib
+    >= 1.5x faster). Each run is a subprocess writing into a fresh temporary sweep dir; no warm-up.
 ``memory``
-    One epoch of fit with a through-time watch on ``--memory-sizes`` samples: the bytes held by
-    the watch's accumulator variables and by a ``stats()`` snapshot must not depend on the data
-    size (O(units)); the growth of the process's peak RSS over each epoch is shown for context.
-    Runs before the other sections, so that their models have not yet raised the peak RSS.
+    One epoch of fit with a through-time watch on each of ``--memory-sizes`` datasets: the bytes
+    held by the watch's accumulator variables and by a ``stats()`` snapshot must not depend on
+    the data size (O(units)); the growth of the process's peak RSS over each epoch is shown for
+    context. It runs before the other sections, whose models would already have raised the peak.
 
-Timed sections run interleaved rounds: each round times every variant once, in turn, after a
-warm-up epoch per variant (tracing excluded), so that slow phases of a shared machine hit all
-variants alike. A ratio is the median over rounds of the quotient of two times measured in the
-same round; medians are over rounds. PASS/FAIL compares with the issue's bars and is for
-information only: the script always exits 0.
+Timed sections run interleaved rounds: each round times every variant once, in turn (after a
+warm-up epoch per variant for capture and adapt, so tracing is excluded), so that slow phases of
+a shared machine hit all variants alike. A ratio is the median over rounds of the quotient of two
+times measured in the same round; the medians A and B are over rounds. PASS/FAIL compares with
+the issue's bars and is for information only: the script always exits 0.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from typing import Any
 import bench_capture  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 import keras
 import numpy as np
+from omegaconf import OmegaConf
 
 import adaptgrad
 from adaptgrad.models import CELLS, LAYER_NAMES, build_model
@@ -77,14 +78,15 @@ ADAPT_BAR = 0.01
 """Largest acceptable share of an epoch spent in ``Adapt.on_epoch_end``."""
 SWEEP_SPEEDUP_BAR = 1.5
 """Smallest acceptable speed-up of the joblib launcher (2 workers) over the basic launcher."""
-SWEEP_JOBS = ["rule=none,taylor_prune", "seed=0,1"]
-SWEEP_DATA = ["data=adding", "data.length=50", "model=gru"]
+SWEEP_GRID = ["rule=none,taylor_prune", "seed=0,1"]
+SWEEP_JOBS = len(SWEEP_GRID[0].split(",")) * len(SWEEP_GRID[1].split(","))
+SWEEP_SETTINGS = ["data=adding", "data.length=50", "model=gru"]
 LAUNCHERS = {"basic launcher": [], "joblib n_jobs=2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One line of the table: ``ratio`` is A / B (as a quotient, a percentage or a speed-up)."""
+    """One line of the table; ``ratio`` is A / B (a quotient, a percentage or a speed-up)."""
 
     section: str
     comparison: str
@@ -95,8 +97,10 @@ class Row:
     result: str
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Section:
+    """What a section returns: its table rows and the notes printed under the table."""
+
     rows: list[Row]
     notes: list[str]
 
@@ -105,11 +109,16 @@ def seconds(value: float) -> str:
     return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 
-def megabytes(value: float) -> str:
+def median_time(variant: Variant) -> str:
+    return seconds(statistics.median(variant.times))
+
+
+def mebibytes(value: float) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
 def fit_config(args: argparse.Namespace, units: int, eager_batches: int = 0) -> Config:
+    """The shared data and batch shape of the in-process sections, for a layer of ``units``."""
     return Config(
         samples=args.samples,
         repeats=args.repeats,
@@ -132,27 +141,23 @@ def run_capture(args: argparse.Namespace) -> Section:
     for name, bar in bench_capture.BARS.items():
         ratio = paired_ratio(variants[name], plain)
         rows.append(
-            Row("capture", f"{name} / {PLAIN}", seconds(statistics.median(variants[name].times)),
-                seconds(statistics.median(plain.times)), f"{ratio:.3f}", f"<= {bar:g}", verdict(ratio <= bar))
+            Row("capture", f"{name} / {PLAIN}", median_time(variants[name]), median_time(plain), f"{ratio:.3f}",
+                f"<= {bar:g}", verdict(ratio <= bar))
         )
     if EAGER in variants:
-        eager = variants[EAGER]
+        bar = bench_capture.EAGER_SPEEDUP_BAR
         for name in bench_capture.BARS:
-            speedup = paired_ratio(eager, variants[name])
-            bar = bench_capture.EAGER_SPEEDUP_BAR
+            speedup = paired_ratio(variants[EAGER], variants[name])
             rows.append(
-                Row("capture", f"{EAGER} / {name}", seconds(statistics.median(eager.times)),
-                    seconds(statistics.median(variants[name].times)), f"{speedup:.1f}x", f">= {bar:g}x",
-                    verdict(speedup >= bar))
+                Row("capture", f"{EAGER} / {name}", median_time(variants[EAGER]), median_time(variants[name]),
+                    f"{speedup:.1f}x", f">= {bar:g}x", verdict(speedup >= bar))
             )
-    eager_note = (
-        f"; the eager loop is timed on {config.eager_batches} batches and scaled x{variants[EAGER].scale:g}"
-        if EAGER in variants else "; eager loop skipped (--eager-batches 0)"
-    )
+        eager = f"the eager loop timed on {config.eager_batches} batches, scaled x{variants[EAGER].scale:g}"
+    else:
+        eager = "eager loop skipped (--eager-batches 0)"
     notes = [
         f"capture: RNN(MinimalRNNCell({config.units})) -> Dense(1), {config.samples} samples x {STEPS} steps x "
-        f"{FEATURES} features, batch {BATCH_SIZE}, SGD, one epoch per variant per round, {config.repeats} "
-        f"rounds{eager_note}. {check}."
+        f"{FEATURES} features, batch {BATCH_SIZE}, SGD; repeats={config.repeats}; {eager}. {check}."
     ]
     return Section(rows, notes)
 
@@ -161,7 +166,7 @@ def run_capture(args: argparse.Namespace) -> Section:
 
 
 class TimedAdapt(adaptgrad.Adapt):
-    """:class:`adaptgrad.Adapt` that records the wall time of each of its ``on_epoch_end`` calls."""
+    """:class:`adaptgrad.Adapt` with one rule, recording the wall time of each ``on_epoch_end``."""
 
     def __init__(self, watch: adaptgrad.GradientWatch, rule: AdaptationRule) -> None:
         super().__init__(watch, [rule])
@@ -176,7 +181,7 @@ class TimedAdapt(adaptgrad.Adapt):
 def epoch_runner(
     model: keras.Model, x: np.ndarray, y: np.ndarray, callbacks: list[keras.callbacks.Callback]
 ) -> Callable[[], None]:
-    """A function that trains ``model`` for one more epoch each call (epochs numbered on)."""
+    """A function that trains ``model`` one more epoch per call, numbering the epochs on."""
     epochs = itertools.count()
 
     def run() -> None:
@@ -192,58 +197,58 @@ def epoch_runner(
 def adapt_model(cell: str, config: Config) -> keras.Model:
     """A fresh compiled model; the fixed seed gives every variant the same initial weights."""
     keras.utils.set_random_seed(0)
-    model = build_model(
-        cell, units=config.units, input_shape=(config.steps, config.features), outputs=1, task="regression"
-    )
+    model = build_model(cell, units=config.units, input_shape=(config.steps, config.features), outputs=1,
+                        task="regression")
     model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
     return model
+
+
+def edits_summary(callback: TimedAdapt, epochs: int) -> str:
+    """How many edits of which kind the callback's rule made per epoch, and the units left active."""
+    actions = callback.actions_frame()
+    per_epoch = actions.groupby("epoch").size().reindex(range(epochs), fill_value=0)
+    low, high = int(per_epoch.min()), int(per_epoch.max())
+    count = str(low) if low == high else f"{low}-{high}"
+    kinds = "/".join(actions.action.unique()) or "no"
+    active = int(callback.units.active.sum())
+    return f"{callback.rules[0].label} made {count} {kinds} edits per epoch ({active}/{callback.units.size} active at the end)"
 
 
 def run_adapt(args: argparse.Namespace) -> Section:
     config = fit_config(args, args.adapt_units)
     x, y = bench_capture.make_data(config)
-    layer = LAYER_NAMES[args.adapt_cell]
     variants = {PLAIN: Variant(epoch_runner(adapt_model(args.adapt_cell, config), x, y, []))}
     callbacks: dict[str, TimedAdapt] = {}
     for rule in (GainRescale(), TaylorPrune(fraction=0.05)):
         model = adapt_model(args.adapt_cell, config)
         name = f"fit + Adapt({type(rule).__name__})"
-        callbacks[name] = TimedAdapt(adaptgrad.watch(model, layer), rule)
+        callbacks[name] = TimedAdapt(adaptgrad.watch(model, LAYER_NAMES[args.adapt_cell]), rule)
         variants[name] = Variant(epoch_runner(model, x, y, [callbacks[name]]))
     print(
-        f"{args.adapt_cell} {config.units} units, {config.samples} samples x {STEPS} steps x {FEATURES} "
+        f"{args.adapt_cell} layer of {config.units} units, {config.samples} samples x {STEPS} steps x {FEATURES} "
         f"features, batch {BATCH_SIZE}; {config.repeats} interleaved rounds after a warm-up per variant",
         flush=True,
     )
     time_rounds(variants, config.repeats)
 
     plain = variants[PLAIN]
-    rows, edits = [], []
+    rows = []
     for name, callback in callbacks.items():
         variant = variants[name]
         ratio = paired_ratio(variant, plain)
-        rows.append(
-            Row("adapt", f"{name} / {PLAIN}", seconds(statistics.median(variant.times)),
-                seconds(statistics.median(plain.times)), f"{ratio:.3f}", "-", "info")
-        )
+        rows.append(Row("adapt", f"{name} / {PLAIN}", median_time(variant), median_time(plain), f"{ratio:.3f}",
+                        "-", "info"))
         timed = callback.durations[-config.repeats:]  # the warm-up epoch's call comes first
         share = statistics.median(d / t for d, t in zip(timed, variant.times))
         rows.append(
-            Row("adapt", f"{name}: on_epoch_end / its epoch", f"{statistics.median(timed) * 1e3:.1f} ms",
-                seconds(statistics.median(variant.times)), f"{share:.2%}", f"<= {ADAPT_BAR:.0%}",
-                verdict(share <= ADAPT_BAR))
+            Row("adapt", f"{name}: time in on_epoch_end / epoch", f"{statistics.median(timed) * 1e3:.1f} ms",
+                median_time(variant), f"{share:.2%}", f"<= {ADAPT_BAR:.0%}", verdict(share <= ADAPT_BAR))
         )
-        actions = callback.actions_frame()
-        per_epoch = actions.groupby("epoch").size().reindex(range(config.repeats + 1), fill_value=0)
-        edits.append(
-            f"{type(callback.rules[0]).__name__} made {int(per_epoch.min())}-{int(per_epoch.max())} "
-            f"'{'/'.join(actions.action.unique())}' edits per epoch ({int(callback.units.active.sum())}/"
-            f"{callback.units.size} units active at the end)"
-        )
+    edits = "; ".join(edits_summary(callback, config.repeats + 1) for callback in callbacks.values())
     notes = [
         f"adapt: {args.adapt_cell} layer of {config.units} units -> Dense(1), {config.samples} samples x {STEPS} "
-        f"steps x {FEATURES} features, batch {BATCH_SIZE}, Adam; watch in output mode; {config.repeats} rounds. "
-        f"The fit ratio includes the watch, the unit mask and the callback. {'; '.join(edits)}."
+        f"steps x {FEATURES} features, batch {BATCH_SIZE}, Adam, watch in output mode; repeats={config.repeats}. "
+        f"The fit ratios include the watch, the unit mask and the callback. {edits}."
     ]
     return Section(rows, notes)
 
@@ -251,55 +256,68 @@ def run_adapt(args: argparse.Namespace) -> Section:
 # -- sweep ----------------------------------------------------------------------------------------
 
 
-def sweep_runner(root: Path, label: str, launcher: list[str], epochs: int, job_times: list[float]) -> Callable[[], None]:
-    """A function that runs the 4-job sweep once, into a fresh dir, checking that every job completed;
-    it appends each job's own wall time (``result.json``) to ``job_times``."""
+def sweep_runner(root: Path, launcher: list[str], epochs: int, job_times: list[float]) -> Callable[[], None]:
+    """A function that runs the sweep once into a fresh dir under ``root``, raises unless every job
+    completed, and appends each job's own wall time (from its ``result.json``) to ``job_times``."""
     runs = itertools.count()
+    tag = launcher[0].split("=")[1] if launcher else "basic"
 
     def run() -> None:
-        sweep_dir = root / f"{label.split()[0]}-{next(runs)}"
+        sweep_dir = root / f"{tag}-{next(runs)}"
         command = [
-            sys.executable, "-m", "adaptgrad", "-m", *SWEEP_JOBS, *SWEEP_DATA, f"trainer.epochs={epochs}",
+            sys.executable, "-m", "adaptgrad", "-m", *SWEEP_GRID, *SWEEP_SETTINGS, f"trainer.epochs={epochs}",
             f"hydra.sweep.dir={sweep_dir}", *launcher,
         ]
         done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
-        results = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/result.json"))]
+        results = [json.loads(path.read_text()) for path in sweep_dir.glob("*/result.json")]
         ok = [result for result in results if result.get("status") == "ok"]
-        if done.returncode != 0 or len(ok) != 4:
-            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-            raise RuntimeError(f"{label}: exit code {done.returncode}, {len(ok)}/4 jobs ok:\n{tail}")
+        if done.returncode != 0 or len(ok) != SWEEP_JOBS:
+            tail = "; ".join(done.stderr.strip().splitlines()[-3:])
+            raise RuntimeError(f"{' '.join(command[1:])}: exit code {done.returncode}, "
+                               f"{len(ok)}/{SWEEP_JOBS} jobs ok: {tail}")
         job_times.extend(result["wall_time"] for result in ok)
 
     return run
+
+
+def job_description(config_file: Path) -> str:
+    """What a sweep job trained, read from the resolved config it wrote."""
+    cfg = OmegaConf.load(config_file)
+    validation = round(cfg.data.samples * cfg.data.val_fraction)
+    return (
+        f"{cfg.model.cell} of {cfg.model.units} units on {cfg.data._target_.rsplit('.', 1)[1]} (length "
+        f"{cfg.data.length}, {cfg.data.samples - validation} train / {validation} validation sequences), batch "
+        f"{cfg.trainer.batch_size}, {cfg.optimizer._target_.rsplit('.', 1)[1]}, watch "
+        f"{'through time' if cfg.through_time else 'in output mode'}, "
+        f"{'a checkpoint after every epoch' if cfg.trainer.checkpoint else 'no checkpoints'}"
+    )
 
 
 def run_sweep(args: argparse.Namespace) -> Section:
     job_times: dict[str, list[float]] = {label: [] for label in LAUNCHERS}
     with tempfile.TemporaryDirectory(prefix="adaptgrad-bench-") as tmp:
         variants = {
-            label: Variant(sweep_runner(Path(tmp), label, launcher, args.sweep_epochs, job_times[label]))
+            label: Variant(sweep_runner(Path(tmp), launcher, args.sweep_epochs, job_times[label]))
             for label, launcher in LAUNCHERS.items()
         }
-        print(
-            f"4-job sweep, {args.sweep_epochs} epochs per job; {args.sweep_repeats} interleaved rounds, no warm-up",
-            flush=True,
-        )
+        print(f"{SWEEP_JOBS}-job sweep, {args.sweep_epochs} epochs per job; {args.sweep_repeats} interleaved "
+              f"rounds, no warm-up", flush=True)
         time_rounds(variants, args.sweep_repeats, warm_up=False)
+        job = job_description(next(Path(tmp).glob("*/*/config.yaml")))
     basic, joblib = variants.values()
     speedup = paired_ratio(basic, joblib)
+    labels = list(LAUNCHERS)
     rows = [
-        Row("sweep", "basic launcher / joblib n_jobs=2 (whole command)", seconds(statistics.median(basic.times)),
-            seconds(statistics.median(joblib.times)), f"{speedup:.2f}x", f">= {SWEEP_SPEEDUP_BAR:g}x",
-            verdict(speedup >= SWEEP_SPEEDUP_BAR))
+        Row("sweep", f"{labels[0]} / {labels[1]} (whole command)", median_time(basic), median_time(joblib),
+            f"{speedup:.2f}x", f">= {SWEEP_SPEEDUP_BAR:g}x", verdict(speedup >= SWEEP_SPEEDUP_BAR))
     ]
     jobs = ", ".join(f"{label} {statistics.median(times):.1f} s" for label, times in job_times.items())
     notes = [
-        f"sweep: `python -m adaptgrad -m {' '.join(SWEEP_JOBS + SWEEP_DATA)} trainer.epochs={args.sweep_epochs}`: "
-        f"4 jobs, each a GRU of 32 units on the adding problem (length 50, 1600 train / 400 validation "
-        f"sequences, batch 32, Adam, checkpoint every epoch), watched through time; median job wall time "
-        f"(result.json: data, model, training) {jobs}. The rest of the command is Python/TensorFlow start-up: "
-        f"one process for the basic launcher, the main process and 2 loky workers for joblib. "
-        f"{args.sweep_repeats} rounds."
+        f"sweep: `python -m adaptgrad -m {' '.join(SWEEP_GRID + SWEEP_SETTINGS)} trainer.epochs={args.sweep_epochs}`, "
+        f"{SWEEP_JOBS} jobs, each a {job}, {args.sweep_epochs} epochs. Median "
+        f"wall time of one job (its result.json: data, model, training) with the {jobs}; the rest of the "
+        f"command's time is process start-up and shutdown (Python, TensorFlow, Hydra: one process with the "
+        f"basic launcher, the main process and 2 loky workers with joblib). repeats={args.sweep_repeats}."
     ]
     return Section(rows, notes)
 
@@ -308,20 +326,29 @@ def run_sweep(args: argparse.Namespace) -> Section:
 
 
 def peak_rss() -> int:
-    """The process's peak resident set size in bytes so far."""
+    """The process's peak resident set size so far, in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
 def accumulator_bytes(watch: adaptgrad.GradientWatch) -> int:
-    """Bytes of the watch's accumulator variables (per-unit sums, batch and position counters)."""
+    """Bytes of the watch's accumulator variables: the per-unit sums and the two counters."""
     accumulators = watch._accumulators
     variables = [*accumulators.sums.values(), accumulators.batches, accumulators.count]
     return sum(v.shape.num_elements() * v.dtype.size for v in variables)
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryPoint:
+    samples: int
+    batches: int
+    accumulators: int
+    snapshot: int
+    rss_growth: int
+
+
 def run_memory(args: argparse.Namespace) -> Section:
-    sizes = sorted(args.memory_sizes)
+    sizes = sorted(set(args.memory_sizes))
     config = dataclasses.replace(fit_config(args, CAPTURE_UNITS), samples=sizes[-1])
     x, y = bench_capture.make_data(config)
     model = bench_capture.build_model(config)
@@ -329,42 +356,41 @@ def run_memory(args: argparse.Namespace) -> Section:
     watch = adaptgrad.watch(model, "rnn", through_time=True)
     model.fit(x[:BATCH_SIZE], y[:BATCH_SIZE], batch_size=BATCH_SIZE, verbose=0)  # traces the train step
     watch.reset()
-    measured = []
+    points = []
     for size in sizes:
         before = peak_rss()
         model.fit(x[:size], y[:size], batch_size=BATCH_SIZE, shuffle=False, verbose=0)
         stats = watch.stats()
         snapshot = sum(getattr(stats, field).nbytes for field in SUM_FIELDS)
-        measured.append((size, stats.batches, accumulator_bytes(watch), snapshot, peak_rss() - before))
-        print(
-            f"{size} samples: {stats.batches} batches accumulated, accumulators {measured[-1][2]} B, "
-            f"stats() arrays {snapshot} B, peak RSS +{megabytes(measured[-1][4])}",
-            flush=True,
-        )
+        point = MemoryPoint(size, stats.batches, accumulator_bytes(watch), snapshot, peak_rss() - before)
+        points.append(point)
+        print(f"{size} samples: {point.batches} batches accumulated, accumulators {point.accumulators} B, "
+              f"stats() arrays {point.snapshot} B, peak RSS +{mebibytes(point.rss_growth)}", flush=True)
         watch.reset()
-    expected = len(SUM_FIELDS) * config.units * 8 + 2 * 8
-    all_batches = all(batches == math.ceil(size / BATCH_SIZE) for size, batches, *_ in measured)
-    (small, _, small_acc, small_snap, _), (large, _, large_acc, large_snap, _) = measured[0], measured[-1]
-    constant_acc = all(acc == expected for _, _, acc, _, _ in measured)
-    constant_snap = all(snap == expected - 16 for _, _, _, snap, _ in measured)
+
+    expected_sums = len(SUM_FIELDS) * config.units * np.dtype(np.float64).itemsize
+    expected = expected_sums + 2 * np.dtype(np.float64).itemsize
+    counted = all(p.batches == math.ceil(p.samples / BATCH_SIZE) for p in points)
+    small, large = points[0], points[-1]
     rows = [
-        Row("memory", f"watch accumulators: {large} / {small} samples", f"{large_acc:,} B", f"{small_acc:,} B",
-            f"{large_acc / small_acc:.3f}", f"= 1 ({expected:,} B)", verdict(constant_acc and all_batches)),
-        Row("memory", f"stats() snapshot arrays: {large} / {small} samples", f"{large_snap:,} B",
-            f"{small_snap:,} B", f"{large_snap / small_snap:.3f}", f"= 1 ({expected - 16:,} B)",
-            verdict(constant_snap and all_batches)),
+        Row("memory", f"watch accumulators: {large.samples} / {small.samples} samples", f"{large.accumulators:,} B",
+            f"{small.accumulators:,} B", f"{large.accumulators / small.accumulators:.3f}", f"= 1 ({expected:,} B)",
+            verdict(counted and all(p.accumulators == expected for p in points))),
+        Row("memory", f"stats() snapshot arrays: {large.samples} / {small.samples} samples", f"{large.snapshot:,} B",
+            f"{small.snapshot:,} B", f"{large.snapshot / small.snapshot:.3f}", f"= 1 ({expected_sums:,} B)",
+            verdict(counted and all(p.snapshot == expected_sums for p in points))),
     ]
     details = "; ".join(
-        f"{size} samples: {batches} batches, {acc:,} B / {snap:,} B, peak RSS +{megabytes(rss)} "
-        f"(input {megabytes(size * STEPS * FEATURES * 4)})"
-        for size, batches, acc, snap, rss in measured
+        f"{p.samples} samples: {p.batches} batches, {p.accumulators:,} B / {p.snapshot:,} B, peak RSS "
+        f"+{mebibytes(p.rss_growth)} (input {mebibytes(p.samples * STEPS * FEATURES * 4)})"
+        for p in points
     )
     notes = [
         f"memory: RNN(MinimalRNNCell({config.units})), through-time watch, one epoch per size, batch {BATCH_SIZE}; "
         f"expected {len(SUM_FIELDS)} x {config.units} float64 sums + 2 float64 counters. Per size (batches "
-        f"accumulated, accumulators / stats() arrays, growth of the peak RSS over the epoch, size of the "
-        f"input array): {details}. The RSS growth follows the input data that Keras copies into its "
-        f"input pipeline, not the statistics."
+        f"accumulated, accumulators / stats() arrays, growth of the peak RSS over the epoch, size of the input "
+        f"array): {details}. The RSS figures are context only: they include Keras' copy of the input arrays and "
+        f"TensorFlow's and the allocator's buffers; the statistics are the bytes above."
     ]
     return Section(rows, notes)
 
@@ -377,9 +403,9 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Section]] = {
     "sweep": run_sweep,
     "memory": run_memory,
 }
-"""Sections in table order."""
+"""The sections, in table order."""
 RUN_ORDER = ("memory", "capture", "adapt", "sweep")
-"""Execution order: ``memory`` first, before other models raise the process's peak RSS."""
+"""Execution order: ``memory`` first, before the other sections' models raise the peak RSS."""
 
 
 def positive(text: str) -> int:
@@ -392,21 +418,22 @@ def positive(text: str) -> int:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), metavar="NAME",
-                        help=f"sections to run, of: {', '.join(SECTIONS)} (all)")
+                        help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--repeats", type=positive, default=5, help="timed rounds of capture and adapt (5)")
-    parser.add_argument("--samples", type=positive, default=4096, help="training samples, capture and adapt (4096)")
+    parser.add_argument("--samples", type=positive, default=4096, help="training samples of capture and adapt (4096)")
     parser.add_argument("--eager-batches", type=int, default=16,
                         help="batches the eager loop runs per round, scaled up to an epoch; 0 skips it (16)")
     parser.add_argument("--adapt-units", type=positive, default=256, help="units of the adapted layer (256)")
-    parser.add_argument("--adapt-cell", choices=CELLS, default="gru", help="cell of the adapted layer (gru)")
+    parser.add_argument("--adapt-cell", choices=CELLS, default="minimal_rnn",
+                        help="cell of the adapted layer (minimal_rnn)")
     parser.add_argument("--sweep-repeats", type=positive, default=2, help="timed rounds of the sweep (2)")
-    parser.add_argument("--sweep-epochs", type=positive, default=8, help="epochs per sweep job (8)")
+    parser.add_argument("--sweep-epochs", type=positive, default=8, help="epochs of each sweep job (8)")
     parser.add_argument("--memory-sizes", type=positive, nargs="+", default=[1024, 4096, 16384], metavar="N",
                         help="dataset sizes of the memory section (1024 4096 16384)")
     args = parser.parse_args()
     batches = -(-args.samples // BATCH_SIZE)
     if "capture" in args.only and not 0 <= args.eager_batches <= batches:
-        parser.error(f"--eager-batches must be in [0, {batches}] (batches per epoch)")
+        parser.error(f"--eager-batches must be in [0, {batches}] (batches per epoch of --samples)")
     if len(set(args.memory_sizes)) < 2:
         parser.error("--memory-sizes needs at least two different sizes")
     return args
@@ -423,26 +450,27 @@ def main() -> None:
     args = parse_args()
     imported = time.perf_counter()
     sections: dict[str, Section] = {}
-    for name in (name for name in RUN_ORDER if name in args.only):
+    for name in RUN_ORDER:
+        if name not in args.only:
+            continue
         print(f"\n== {name} ==", flush=True)
         try:
             sections[name] = SECTIONS[name](args)
-        except Exception as error:  # noqa: BLE001 - a benchmark reports, it does not fail
-            message = f"{type(error).__name__}: {error}"
-            sections[name] = Section([Row(name, "section failed", "-", "-", "-", "-", "ERROR")], [f"{name}: {message}"])
-    print()
+        except Exception as error:  # noqa: BLE001 - a benchmark reports a failure, it does not raise it
+            sections[name] = Section([Row(name, "section failed (see notes)", "-", "-", "-", "-", "ERROR")],
+                                     [f"{name}: {type(error).__name__}: {error}"])
     ordered = [sections[name] for name in SECTIONS if name in sections]
+    print()
     print_table([row for section in ordered for row in section.rows])
     print()
-    print("Ratios: medians over rounds of the quotient of two times measured in the same round (memory: one "
+    print("Ratios are medians over rounds of the quotient of two times measured in the same round (memory: one "
           "deterministic measurement per size). Bars are the issue's; PASS/FAIL is for information only.")
     for section in ordered:
         for note in section.notes:
             print(f"- {note}")
     print()
     print(bench_capture.machine_line())
-    finished = time.perf_counter()
-    print(f"Total wall time: {finished - STARTED:.0f} s ({imported - STARTED:.0f} s of imports)")
+    print(f"Total wall time: {time.perf_counter() - STARTED:.0f} s, of which {imported - STARTED:.0f} s of imports")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         pattern = re.compile(rf"(<!-- study:{name} -->\n).*?(\n<!-- /study:{name} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"experiments/README.md has no <!-- study:{name} --> block")
-        readme = pattern.sub(lambda m: m.group(1) + block + m.group(2), readme)
+        readme = pattern.sub(lambda m, text=block: m.group(1) + text + m.group(2), readme)
         print(f"{name}: {out / (name + '.md')}")
     readme_path.write_text(readme, encoding="utf-8")
     return 0

@@ -7,7 +7,7 @@ forward pass under ``tf.GradientTape`` (output mode), or of a manual Python unro
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np

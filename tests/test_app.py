@@ -14,8 +14,9 @@ import pytest
 from hydra.utils import instantiate
 
 from adaptgrad.app import missing_launcher
+from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, compose, prepare
 from adaptgrad.results import collect
-from adaptgrad.run import CONF_DIR, EXPERIMENTS_DIR, compose, prepare, run
+from adaptgrad.run import run
 
 TINY = ["data=toy", "model.units=3", "trainer.epochs=2", "trainer.batch_size=1"]
 GROUPS = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("model", "data", "rule", "optimizer", "trainer")}

@@ -7,7 +7,9 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from adaptgrad.app import missing_launcher
-from adaptgrad.run import compose, run
+from adaptgrad.config import compose
+from adaptgrad.run import run
+
 from test_app import cli
 
 TINY = ["data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1"]

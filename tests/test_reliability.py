@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 
 from adaptgrad.checkpoint import Checkpoints
+from adaptgrad.config import compose
 from adaptgrad.results import collect
-from adaptgrad.run import compose, run
+from adaptgrad.run import run
+
 from test_app import cli
 
 TABLES = ("history.csv", "units.parquet", "actions.csv")

@@ -25,6 +25,7 @@ from adaptgrad.rules import (
     TrustRatio,
 )
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
+
 from reference import data
 
 SIZE = 6

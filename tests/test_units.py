@@ -8,6 +8,7 @@ import pytest
 
 import adaptgrad
 from adaptgrad.cells import MinimalRNNCell
+
 from reference import Subclassed, data
 
 LAYERS = {

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 import adaptgrad
-from adaptgrad.run import mirrored_strategy
+from adaptgrad.train import mirrored_strategy
+
 from reference import assert_stats_equal, build, data, reference_fit
 
 

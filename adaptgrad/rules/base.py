@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-
 from adaptgrad.stats import OutputGradientStats
 
 REGISTRY: dict[str, type[AdaptationRule]] = {}

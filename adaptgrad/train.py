@@ -1,0 +1,177 @@
+"""Training one job: build the model, attach the watch and rules, fit epoch by epoch.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from adaptgrad.config import compose, prepare
+    >>> from adaptgrad.train import train
+    >>> result = train(prepare(compose(["data=toy", "rule=none", "trainer.epochs=2"])), pathlib.Path(tempfile.mkdtemp()))
+    >>> result["status"], result["epochs"], result["replicas"]
+    ('ok', 2, 1)
+
+Each epoch is one ``model.fit`` call on the training set in an order that depends only on
+(seed, epoch), followed by a checkpoint; so a job resumed from its last checkpoint sees exactly
+the batches, weights, optimizer state, gates and rule state of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from adaptgrad.adapt import Adapt
+from adaptgrad.capture import watch
+from adaptgrad.checkpoint import Checkpoints
+from adaptgrad.config import Job, Trainer
+from adaptgrad.layers import find_layer
+from adaptgrad.models import LAYER_NAMES, build_model
+from adaptgrad.recorder import JobFiles
+
+log = logging.getLogger("adaptgrad")
+
+
+@functools.cache
+def mirrored_strategy(devices: tuple[str, ...] | None = None) -> tf.distribute.MirroredStrategy:
+    """One ``MirroredStrategy`` per device set and process. A second strategy would reuse the
+    collective-op keys of the first, and TensorFlow rejects that once tensor shapes differ
+    (joblib runs many jobs in one worker process)."""
+    return tf.distribute.MirroredStrategy(list(devices) if devices else None)
+
+
+def split_cpu(devices: int) -> None:
+    """Expose the CPU as ``devices`` logical devices (to run MirroredStrategy without GPUs).
+
+    Raises:
+        RuntimeError: TensorFlow has already started with fewer logical CPUs.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError as error:
+        if len(tf.config.list_logical_devices("CPU")) < devices:
+            raise RuntimeError(
+                f"trainer.cpu_devices={devices} must be set before TensorFlow starts in this process"
+            ) from error
+
+
+def strategy_for(trainer: Trainer) -> tf.distribute.Strategy:
+    """The distribution strategy, after splitting the CPU into ``trainer.cpu_devices`` logical
+    ones (which ``mirrored`` then runs on instead of the GPUs)."""
+    if trainer.cpu_devices is not None:
+        split_cpu(trainer.cpu_devices)
+    if trainer.distribution == "mirrored":
+        devices = tuple(f"/cpu:{i}" for i in range(trainer.cpu_devices)) if trainer.cpu_devices else None
+        return mirrored_strategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def train(job: Job, directory: Path) -> dict[str, Any]:
+    """Build the model, attach watch and rules, train epoch by epoch with a checkpoint after each,
+    resuming from the newest checkpoint in ``directory``; returns the result."""
+    data = job.dataset
+    strategy = strategy_for(job.trainer)
+    previous_policy = keras.mixed_precision.global_policy()
+    if job.trainer.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            model = build_model(
+                job.model["cell"],
+                units=job.model["units"],
+                input_shape=data.input_shape,
+                outputs=data.outputs,
+                task=data.task,
+                return_sequences=job.model.get("return_sequences", False),
+                head_units=job.model.get("head_units"),
+            )
+            layer = find_layer(model, job.layer or LAYER_NAMES[job.model["cell"]])
+            if data.task == "classification":
+                loss, metrics = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+            else:
+                loss, metrics = "mse", ["mae"]
+            model.compile(
+                optimizer=job.optimizer(),
+                loss=loss,
+                metrics=metrics,
+                steps_per_execution=job.trainer.steps_per_execution,
+                jit_compile=job.trainer.jit_compile,
+            )
+            adapt = Adapt(watch(model, layer, through_time=job.through_time), [job.rule], seed=job.seed)
+        return _fit(job, model, adapt, directory)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[str, Any]:
+    data, trainer = job.dataset, job.trainer
+    files = JobFiles(directory, adapt, trainer.epochs)
+    checkpoints = Checkpoints(directory / "checkpoints")
+    start = 0
+    saved = checkpoints.latest() if trainer.checkpoint else None
+    if saved is not None:
+        start = saved[0] + 1
+        _restore(saved[1], model, adapt, files)
+        log.info("resuming after epoch %d from %s", start, checkpoints.directory)
+    for epoch in range(start, trainer.epochs):
+        order = epoch_order(job.seed, epoch, len(data.x_train), trainer.shuffle)
+        model.fit(
+            data.x_train[order],
+            data.y_train[order],
+            validation_data=(data.x_val, data.y_val),
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            batch_size=trainer.batch_size,
+            shuffle=False,
+            callbacks=[adapt, files],
+            verbose=0,
+        )
+        if files.diverged_at is not None:
+            break
+        if trainer.checkpoint:
+            checkpoints.save(epoch, _state(model, adapt, files))
+    history = files.history()
+    final = {k: float(v) for k, v in history.iloc[-1].items() if k != "epoch"} if len(history) else {}
+    result: dict[str, Any] = {
+        "status": "ok",
+        "final": final,
+        "epochs": len(history),
+        "resumed_from": start or None,
+        "replicas": model.distribute_strategy.num_replicas_in_sync,
+    }
+    if files.diverged_at is not None:
+        result.update(status="diverged", error={"type": "Divergence", "message": "loss is NaN or inf", "epoch": files.diverged_at})
+    return result
+
+
+def epoch_order(seed: int, epoch: int, size: int, shuffle: bool) -> np.ndarray:
+    """The order of the training examples in ``epoch``: a function of (seed, epoch) only, so a
+    resumed job sees exactly the batches an uninterrupted one would."""
+    if not shuffle:
+        return np.arange(size)
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def _state(model: keras.Model, adapt: Adapt, files: JobFiles) -> dict[str, Any]:
+    return {
+        "weights": model.get_weights(),
+        "optimizer": [np.array(v.numpy()) for v in model.optimizer.variables],
+        "adapt": adapt.get_state(),
+        "history": list(files.rows),
+    }
+
+
+def _restore(state: dict[str, Any], model: keras.Model, adapt: Adapt, files: JobFiles) -> None:
+    model.set_weights(state["weights"])
+    model.optimizer.build(model.trainable_variables)
+    variables = model.optimizer.variables
+    if len(variables) != len(state["optimizer"]):
+        raise ValueError(f"checkpoint holds {len(state['optimizer'])} optimizer variables, the optimizer has {len(variables)}")
+    for variable, value in zip(variables, state["optimizer"]):
+        variable.assign(value)
+    adapt.set_state(state["adapt"])
+    files.rows = list(state["history"])
