@@ -1,4 +1,4 @@
-"""Benchmark suite: what adaptgrad costs, as ratios measured side by side in one process.
+"""Benchmark suite: what adaptgrad costs, as ratios of times measured side by side.
 
 Run it from the project root (about 4 minutes with the defaults on 2 cores)::
 
@@ -42,10 +42,6 @@ the issue's bars and is for information only: the script always exits 0.
 
 from __future__ import annotations
 
-import time
-
-STARTED = time.perf_counter()
-
 import argparse
 import dataclasses
 import itertools
@@ -56,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,13 +60,13 @@ from typing import Any
 import bench_capture  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 import keras
 import numpy as np
+from bench_capture import EAGER, PLAIN, Config, Variant, paired_ratio, time_rounds, verdict
 from omegaconf import OmegaConf
 
 import adaptgrad
 from adaptgrad.models import CELLS, LAYER_NAMES, build_model
 from adaptgrad.rules import AdaptationRule, GainRescale, TaylorPrune
 from adaptgrad.stats import SUM_FIELDS
-from bench_capture import EAGER, PLAIN, Config, Variant, paired_ratio, time_rounds, verdict
 
 STEPS, FEATURES, BATCH_SIZE = 50, 8, 64
 """Sequence shape and batch size of the capture, adapt and memory sections."""
@@ -141,16 +138,30 @@ def run_capture(args: argparse.Namespace) -> Section:
     for name, bar in bench_capture.BARS.items():
         ratio = paired_ratio(variants[name], plain)
         rows.append(
-            Row("capture", f"{name} / {PLAIN}", median_time(variants[name]), median_time(plain), f"{ratio:.3f}",
-                f"<= {bar:g}", verdict(ratio <= bar))
+            Row(
+                "capture",
+                f"{name} / {PLAIN}",
+                median_time(variants[name]),
+                median_time(plain),
+                f"{ratio:.3f}",
+                f"<= {bar:g}",
+                verdict(ratio <= bar),
+            )
         )
     if EAGER in variants:
         bar = bench_capture.EAGER_SPEEDUP_BAR
         for name in bench_capture.BARS:
             speedup = paired_ratio(variants[EAGER], variants[name])
             rows.append(
-                Row("capture", f"{EAGER} / {name}", median_time(variants[EAGER]), median_time(variants[name]),
-                    f"{speedup:.1f}x", f">= {bar:g}x", verdict(speedup >= bar))
+                Row(
+                    "capture",
+                    f"{EAGER} / {name}",
+                    median_time(variants[EAGER]),
+                    median_time(variants[name]),
+                    f"{speedup:.1f}x",
+                    f">= {bar:g}x",
+                    verdict(speedup >= bar),
+                )
             )
         eager = f"the eager loop timed on {config.eager_batches} batches, scaled x{variants[EAGER].scale:g}"
     else:
@@ -187,7 +198,13 @@ def epoch_runner(
     def run() -> None:
         epoch = next(epochs)
         model.fit(
-            x, y, batch_size=BATCH_SIZE, initial_epoch=epoch, epochs=epoch + 1, shuffle=False, verbose=0,
+            x,
+            y,
+            batch_size=BATCH_SIZE,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            shuffle=False,
+            verbose=0,
             callbacks=callbacks,
         )
 
@@ -197,8 +214,7 @@ def epoch_runner(
 def adapt_model(cell: str, config: Config) -> keras.Model:
     """A fresh compiled model; the fixed seed gives every variant the same initial weights."""
     keras.utils.set_random_seed(0)
-    model = build_model(cell, units=config.units, input_shape=(config.steps, config.features), outputs=1,
-                        task="regression")
+    model = build_model(cell, units=config.units, input_shape=(config.steps, config.features), outputs=1, task="regression")
     model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
     return model
 
@@ -236,13 +252,19 @@ def run_adapt(args: argparse.Namespace) -> Section:
     for name, callback in callbacks.items():
         variant = variants[name]
         ratio = paired_ratio(variant, plain)
-        rows.append(Row("adapt", f"{name} / {PLAIN}", median_time(variant), median_time(plain), f"{ratio:.3f}",
-                        "-", "info"))
-        timed = callback.durations[-config.repeats:]  # the warm-up epoch's call comes first
+        rows.append(Row("adapt", f"{name} / {PLAIN}", median_time(variant), median_time(plain), f"{ratio:.3f}", "-", "info"))
+        timed = callback.durations[-config.repeats :]  # the warm-up epoch's call comes first
         share = statistics.median(d / t for d, t in zip(timed, variant.times))
         rows.append(
-            Row("adapt", f"{name}: time in on_epoch_end / epoch", f"{statistics.median(timed) * 1e3:.1f} ms",
-                median_time(variant), f"{share:.2%}", f"<= {ADAPT_BAR:.0%}", verdict(share <= ADAPT_BAR))
+            Row(
+                "adapt",
+                f"{name}: time in on_epoch_end / epoch",
+                f"{statistics.median(timed) * 1e3:.1f} ms",
+                median_time(variant),
+                f"{share:.2%}",
+                f"<= {ADAPT_BAR:.0%}",
+                verdict(share <= ADAPT_BAR),
+            )
         )
     edits = "; ".join(edits_summary(callback, config.repeats + 1) for callback in callbacks.values())
     notes = [
@@ -265,16 +287,22 @@ def sweep_runner(root: Path, launcher: list[str], epochs: int, job_times: list[f
     def run() -> None:
         sweep_dir = root / f"{tag}-{next(runs)}"
         command = [
-            sys.executable, "-m", "adaptgrad", "-m", *SWEEP_GRID, *SWEEP_SETTINGS, f"trainer.epochs={epochs}",
-            f"hydra.sweep.dir={sweep_dir}", *launcher,
+            sys.executable,
+            "-m",
+            "adaptgrad",
+            "-m",
+            *SWEEP_GRID,
+            *SWEEP_SETTINGS,
+            f"trainer.epochs={epochs}",
+            f"hydra.sweep.dir={sweep_dir}",
+            *launcher,
         ]
         done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
         results = [json.loads(path.read_text()) for path in sweep_dir.glob("*/result.json")]
         ok = [result for result in results if result.get("status") == "ok"]
         if done.returncode != 0 or len(ok) != SWEEP_JOBS:
             tail = "; ".join(done.stderr.strip().splitlines()[-3:])
-            raise RuntimeError(f"{' '.join(command[1:])}: exit code {done.returncode}, "
-                               f"{len(ok)}/{SWEEP_JOBS} jobs ok: {tail}")
+            raise RuntimeError(f"{' '.join(command[1:])}: exit code {done.returncode}, {len(ok)}/{SWEEP_JOBS} jobs ok: {tail}")
         job_times.extend(result["wall_time"] for result in ok)
 
     return run
@@ -300,16 +328,25 @@ def run_sweep(args: argparse.Namespace) -> Section:
             label: Variant(sweep_runner(Path(tmp), launcher, args.sweep_epochs, job_times[label]))
             for label, launcher in LAUNCHERS.items()
         }
-        print(f"{SWEEP_JOBS}-job sweep, {args.sweep_epochs} epochs per job; {args.sweep_repeats} interleaved "
-              f"rounds, no warm-up", flush=True)
+        print(
+            f"{SWEEP_JOBS}-job sweep, {args.sweep_epochs} epochs per job; {args.sweep_repeats} interleaved rounds, no warm-up",
+            flush=True,
+        )
         time_rounds(variants, args.sweep_repeats, warm_up=False)
         job = job_description(next(Path(tmp).glob("*/*/config.yaml")))
     basic, joblib = variants.values()
     speedup = paired_ratio(basic, joblib)
     labels = list(LAUNCHERS)
     rows = [
-        Row("sweep", f"{labels[0]} / {labels[1]} (whole command)", median_time(basic), median_time(joblib),
-            f"{speedup:.2f}x", f">= {SWEEP_SPEEDUP_BAR:g}x", verdict(speedup >= SWEEP_SPEEDUP_BAR))
+        Row(
+            "sweep",
+            f"{labels[0]} / {labels[1]} (whole command)",
+            median_time(basic),
+            median_time(joblib),
+            f"{speedup:.2f}x",
+            f">= {SWEEP_SPEEDUP_BAR:g}x",
+            verdict(speedup >= SWEEP_SPEEDUP_BAR),
+        )
     ]
     jobs = ", ".join(f"{label} {statistics.median(times):.1f} s" for label, times in job_times.items())
     notes = [
@@ -340,6 +377,8 @@ def accumulator_bytes(watch: adaptgrad.GradientWatch) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPoint:
+    """What one epoch on ``samples`` samples left: batches counted, bytes held, peak RSS growth."""
+
     samples: int
     batches: int
     accumulators: int
@@ -364,8 +403,11 @@ def run_memory(args: argparse.Namespace) -> Section:
         snapshot = sum(getattr(stats, field).nbytes for field in SUM_FIELDS)
         point = MemoryPoint(size, stats.batches, accumulator_bytes(watch), snapshot, peak_rss() - before)
         points.append(point)
-        print(f"{size} samples: {point.batches} batches accumulated, accumulators {point.accumulators} B, "
-              f"stats() arrays {point.snapshot} B, peak RSS +{mebibytes(point.rss_growth)}", flush=True)
+        print(
+            f"{size} samples: {point.batches} batches accumulated, accumulators {point.accumulators} B, "
+            f"stats() arrays {point.snapshot} B, peak RSS +{mebibytes(point.rss_growth)}",
+            flush=True,
+        )
         watch.reset()
 
     expected_sums = len(SUM_FIELDS) * config.units * np.dtype(np.float64).itemsize
@@ -373,16 +415,28 @@ def run_memory(args: argparse.Namespace) -> Section:
     counted = all(p.batches == math.ceil(p.samples / BATCH_SIZE) for p in points)
     small, large = points[0], points[-1]
     rows = [
-        Row("memory", f"watch accumulators: {large.samples} / {small.samples} samples", f"{large.accumulators:,} B",
-            f"{small.accumulators:,} B", f"{large.accumulators / small.accumulators:.3f}", f"= 1 ({expected:,} B)",
-            verdict(counted and all(p.accumulators == expected for p in points))),
-        Row("memory", f"stats() snapshot arrays: {large.samples} / {small.samples} samples", f"{large.snapshot:,} B",
-            f"{small.snapshot:,} B", f"{large.snapshot / small.snapshot:.3f}", f"= 1 ({expected_sums:,} B)",
-            verdict(counted and all(p.snapshot == expected_sums for p in points))),
+        Row(
+            "memory",
+            f"watch accumulators: {large.samples} / {small.samples} samples",
+            f"{large.accumulators:,} B",
+            f"{small.accumulators:,} B",
+            f"{large.accumulators / small.accumulators:.3f}",
+            f"= 1 ({expected:,} B)",
+            verdict(counted and all(p.accumulators == expected for p in points)),
+        ),
+        Row(
+            "memory",
+            f"stats() snapshot arrays: {large.samples} / {small.samples} samples",
+            f"{large.snapshot:,} B",
+            f"{small.snapshot:,} B",
+            f"{large.snapshot / small.snapshot:.3f}",
+            f"= 1 ({expected_sums:,} B)",
+            verdict(counted and all(p.snapshot == expected_sums for p in points)),
+        ),
     ]
     details = "; ".join(
         f"{p.samples} samples: {p.batches} batches, {p.accumulators:,} B / {p.snapshot:,} B, peak RSS "
-        f"+{mebibytes(p.rss_growth)} (input {mebibytes(p.samples * STEPS * FEATURES * 4)})"
+        f"+{mebibytes(p.rss_growth)} (input {mebibytes(x[: p.samples].nbytes)})"
         for p in points
     )
     notes = [
@@ -417,19 +471,34 @@ def positive(text: str) -> int:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), metavar="NAME",
-                        help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(SECTIONS),
+        default=list(SECTIONS),
+        metavar="NAME",
+        help=f"sections to run: {', '.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--repeats", type=positive, default=5, help="timed rounds of capture and adapt (5)")
     parser.add_argument("--samples", type=positive, default=4096, help="training samples of capture and adapt (4096)")
-    parser.add_argument("--eager-batches", type=int, default=16,
-                        help="batches the eager loop runs per round, scaled up to an epoch; 0 skips it (16)")
+    parser.add_argument(
+        "--eager-batches",
+        type=int,
+        default=16,
+        help="batches the eager loop runs per round, scaled up to an epoch; 0 skips it (16)",
+    )
     parser.add_argument("--adapt-units", type=positive, default=256, help="units of the adapted layer (256)")
-    parser.add_argument("--adapt-cell", choices=CELLS, default="minimal_rnn",
-                        help="cell of the adapted layer (minimal_rnn)")
+    parser.add_argument("--adapt-cell", choices=CELLS, default="minimal_rnn", help="cell of the adapted layer (minimal_rnn)")
     parser.add_argument("--sweep-repeats", type=positive, default=2, help="timed rounds of the sweep (2)")
     parser.add_argument("--sweep-epochs", type=positive, default=8, help="epochs of each sweep job (8)")
-    parser.add_argument("--memory-sizes", type=positive, nargs="+", default=[1024, 4096, 16384], metavar="N",
-                        help="dataset sizes of the memory section (1024 4096 16384)")
+    parser.add_argument(
+        "--memory-sizes",
+        type=positive,
+        nargs="+",
+        default=[1024, 4096, 16384],
+        metavar="N",
+        help="dataset sizes of the memory section (1024 4096 16384)",
+    )
     args = parser.parse_args()
     batches = -(-args.samples // BATCH_SIZE)
     if "capture" in args.only and not 0 <= args.eager_batches <= batches:
@@ -448,7 +517,7 @@ def print_table(rows: Sequence[Row]) -> None:
 
 def main() -> None:
     args = parse_args()
-    imported = time.perf_counter()
+    started = time.perf_counter()
     sections: dict[str, Section] = {}
     for name in RUN_ORDER:
         if name not in args.only:
@@ -457,20 +526,24 @@ def main() -> None:
         try:
             sections[name] = SECTIONS[name](args)
         except Exception as error:  # noqa: BLE001 - a benchmark reports a failure, it does not raise it
-            sections[name] = Section([Row(name, "section failed (see notes)", "-", "-", "-", "-", "ERROR")],
-                                     [f"{name}: {type(error).__name__}: {error}"])
+            sections[name] = Section(
+                [Row(name, "section failed (see notes)", "-", "-", "-", "-", "ERROR")],
+                [f"{name}: {type(error).__name__}: {error}"],
+            )
     ordered = [sections[name] for name in SECTIONS if name in sections]
     print()
     print_table([row for section in ordered for row in section.rows])
     print()
-    print("Ratios are medians over rounds of the quotient of two times measured in the same round (memory: one "
-          "deterministic measurement per size). Bars are the issue's; PASS/FAIL is for information only.")
+    print(
+        "Ratios are medians over rounds of the quotient of two times measured in the same round (memory: one "
+        "deterministic measurement per size). Bars are the issue's; PASS/FAIL is for information only."
+    )
     for section in ordered:
         for note in section.notes:
             print(f"- {note}")
     print()
     print(bench_capture.machine_line())
-    print(f"Total wall time: {time.perf_counter() - STARTED:.0f} s, of which {imported - STARTED:.0f} s of imports")
+    print(f"Total wall time (after imports): {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

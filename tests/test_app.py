@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from adaptgrad.app import missing_launcher
 from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, compose, prepare
@@ -149,3 +150,32 @@ def test_missing_launcher_plugin_message():
     if message is not None:  # the ray extra is not installed here
         assert "pip install 'adaptgrad[ray]'" in message
     assert missing_launcher(["hydra/launcher=joblib"]) is None
+
+
+def test_optuna_search_minimises_the_returned_validation_loss(tmp_path):
+    sweep = tmp_path / "search"
+    proc = cli("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = collect(sweep).runs
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert len(runs) == 3 and (runs.status == "ok").all()
+    assert best.best_value == pytest.approx(runs["final.val_loss"].min())
+
+
+def test_installed_package_runs_from_another_directory(tmp_path):
+    """What `pip install .` puts in site-packages is enough: configs and presets ship inside."""
+    root = Path(__file__).resolve().parent.parent
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(root)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    assert (target / "adaptgrad" / "conf" / "config.yaml").is_file()
+    assert (target / "adaptgrad" / "experiments" / "question.yaml").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = cli("experiment=question", "trainer.epochs=2", f"hydra.run.dir={elsewhere / 'out'}", cwd=elsewhere, env={"PYTHONPATH": str(target)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((elsewhere / "out" / "result.json").read_text())["status"] == "ok"
+    # the configs came from the installed copy, not from this checkout
+    assert str(target / "adaptgrad" / "conf") in (elsewhere / "out" / ".hydra" / "hydra.yaml").read_text()
