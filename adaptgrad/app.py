@@ -14,10 +14,13 @@ one line per job that did not complete, if any job failed or diverged.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info lines
+
 import importlib.util
 import json
 import logging
-import os
 import sys
 import uuid
 from collections import Counter
