@@ -57,18 +57,18 @@ class _Accumulators:
         if loss_scale is not None:
             g = g / tf.cast(loss_scale, tf.float32)
         axes = list(range(len(g.shape) - 1))
-        hg = h * g
-        batch_hg = tf.reduce_sum(hg, axis=axes)
+        local_hg = tf.reduce_sum(h * g, axis=axes)
+        batch_hg = local_hg
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
         if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
-            batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, batch_hg)
+            batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_hg)
         positions = tf.cast(tf.reduce_prod(tf.shape(g)[:-1]), tf.float64)
         values = {
             "grad_sum": tf.reduce_sum(g, axis=axes),
             "grad_abs_sum": tf.reduce_sum(tf.abs(g), axis=axes),
             "grad_sq_sum": tf.reduce_sum(tf.square(g), axis=axes),
-            "act_grad_sum": tf.reduce_sum(hg, axis=axes),
+            "act_grad_sum": local_hg,
             "act_grad_batch_sq_sum": tf.square(batch_hg) / replicas,
             "act_abs_sum": tf.reduce_sum(tf.abs(h), axis=axes),
         }
