@@ -500,8 +500,17 @@ def _markdown(table: pd.DataFrame, by: Sequence[str]) -> str:
     return "\n".join([line(header), rule, *(line(cells) for cells in body)]) + "\n"
 
 
+def _short(value: Any) -> str:
+    """A label for a config value: the class name of a dotted ``_target_`` path."""
+    text = _cell(value)
+    return text.rsplit(".", 1)[-1] if isinstance(value, str) and "." in text and " " not in text else text
+
+
 def _plot(results: Results, by: Sequence[str], directory: Path) -> list[Path]:
     """Write ``val_loss.png`` and ``active_units.png`` (mean ± std over the ok runs of each group).
+
+    With two or more grouping keys, the first one with at most four values gets one panel per
+    value (e.g. one per model) and the others one line each (e.g. one per rule).
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -511,36 +520,43 @@ def _plot(results: Results, by: Sequence[str], directory: Path) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     ok = results.runs[results.runs["status"] == "ok"]
-    labels = pd.Series(
-        [
-            ", ".join(f"{key}={_cell(row[key])}" for key in by if not pd.isna(row[key])) or "all runs"
-            for _, row in ok.iterrows()
-        ],
+    facet = next((key for key in by if len(by) > 1 and ok[key].nunique(dropna=False) <= 4), None)
+    lines = [key for key in by if key != facet]
+    panel = pd.Series([_short(v) for v in ok[facet]] if facet else ["all runs"] * len(ok), index=ok["run_id"].to_numpy())
+    label = pd.Series(
+        [", ".join(_short(row[key]) for key in lines if not pd.isna(row[key])) or "all runs" for _, row in ok.iterrows()],
         index=ok["run_id"].to_numpy(),
     )
-    history = results.history[results.history["run_id"].isin(labels.index)]
-    history = history.assign(group=history["run_id"].map(labels))
+    history = results.history[results.history["run_id"].isin(label.index)]
+    history = history.assign(panel=history["run_id"].map(panel), line=history["run_id"].map(label))
     available = set(history["metric"])
     loss = "val_loss" if "val_loss" in available else "loss"
+    panels = list(dict.fromkeys(panel))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(label))}
     written = []
     for metric, filename in ((loss, "val_loss.png"), ("active_units", "active_units.png")):
         if metric not in available:
             continue
-        rows = history[history["metric"] == metric]
-        figure = Figure(figsize=(7, 4.5))
+        figure = Figure(figsize=(5.5 * len(panels), 4.5))
         FigureCanvasAgg(figure)
-        axes = figure.subplots()
-        for label, group in rows.groupby("group", sort=False):
-            stats = group.groupby("epoch")["value"].agg(["mean", "std"])
-            epochs = stats.index.to_numpy()
-            mean, std = stats["mean"].to_numpy(), stats["std"].fillna(0.0).to_numpy()
-            axes.plot(epochs, mean, marker="o", markersize=3, label=label)
-            axes.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.set_title(f"{metric}: mean ± std over seeds")
-        axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15))
+        axes_list = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+        for axes, name in zip(axes_list, panels):
+            rows = history[(history["metric"] == metric) & (history["panel"] == name)]
+            for line, group in rows.groupby("line", sort=False):
+                stats = group.groupby("epoch")["value"].agg(["mean", "std"])
+                epochs = stats.index.to_numpy()
+                mean, std = stats["mean"].to_numpy(), stats["std"].fillna(0.0).to_numpy()
+                axes.plot(epochs, mean, marker="o", markersize=2, label=line, color=colours[line])
+                axes.fill_between(epochs, mean - std, mean + std, alpha=0.15, color=colours[line])
+            if "loss" in metric and (rows["value"] > 0).all():
+                axes.set_yscale("log")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.set_xlabel("epoch")
+            axes.set_title(f"{facet}={name}" if facet else f"{metric}: mean ± std over seeds")
+        axes_list[0].set_ylabel(f"{metric} (mean ± std over seeds)")
+        handles, labels_ = axes_list[0].get_legend_handles_labels()
+        figure.legend(handles, labels_, fontsize="small", loc="lower center", ncol=min(4, len(labels_)), bbox_to_anchor=(0.5, -0.02))
+        figure.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels_) // 4), 1, 1))
         directory.mkdir(parents=True, exist_ok=True)
         figure.savefig(directory / filename, dpi=100, bbox_inches="tight")
         written.append(directory / filename)

@@ -52,7 +52,8 @@ def comparison(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
         control = control.iloc[0]
         diff = row["mean"] - control["mean"]
         se = math.sqrt(row["std"] ** 2 / row["count"] + control["std"] ** 2 / control["count"])
-        verdict = "within noise" if abs(diff) <= 2 * se else ("higher" if diff > 0 else "lower")
+        better = diff > 0 if "accuracy" in metric else diff < 0
+        verdict = "within noise" if abs(diff) <= 2 * se else ("better" if better else "worse")
         rows.append({"model": row["model.cell"], "rule": row.rule, f"Δ {metric}": f"{diff:+.4g}", "2·SE": f"{2 * se:.2g}", "vs none": verdict})
     return pd.DataFrame(rows)
 
@@ -67,8 +68,11 @@ def markdown(frame: pd.DataFrame) -> str:
 def study(name: str, sweeps: Path, out: Path) -> str:
     """Write the table and plots of one study; return the Markdown block for the README."""
     sweep = sweeps / name
+    runs = collect(sweep).runs
+    metric = "final.val_accuracy" if "final.val_accuracy" in runs else "final.val_loss"
+    shown = ["val_loss", "val_accuracy" if "accuracy" in metric else "val_mae", "active_units", "epochs", "wall_time"]
     table = subprocess.run(
-        [sys.executable, "-m", "adaptgrad.results", str(sweep), "--plot", str(out / f"{name}_plots")],
+        [sys.executable, "-m", "adaptgrad.results", str(sweep), "--metric", *shown, "--plot", str(out / f"{name}_plots")],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     for plot in ("val_loss", "active_units"):
@@ -77,8 +81,6 @@ def study(name: str, sweeps: Path, out: Path) -> str:
             shutil.move(source, out / f"{name}_{plot}.png")
     shutil.rmtree(out / f"{name}_plots", ignore_errors=True)
     (out / f"{name}.md").write_text(table + "\n", encoding="utf-8")
-    runs = collect(sweep).runs
-    metric = "final.val_accuracy" if "final.val_accuracy" in runs else "final.val_loss"
     statuses = runs.status.value_counts().to_dict()
     lines = [
         f"Jobs: {len(runs)} ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}).",
