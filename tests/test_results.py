@@ -18,8 +18,8 @@ from adaptgrad.results import UNITS_COLUMNS, _format_mean_std, collect, main
 SWEEP = Path("multirun") / "2026-11-27" / "10-00-00"
 METRICS = ["loss", "val_loss", "mae", "val_mae", "active_units", "epoch_time"]
 RULES = {
-    "none": {"_target_": "adaptgrad.rules.NoRule", "name": "none"},
-    "taylor_prune": {"_target_": "adaptgrad.rules.TaylorPrune", "name": "taylor_prune", "fraction": 0.1},
+    "none": {"_target_": "adaptgrad.rules.NoOp", "min_active": 1},
+    "taylor_prune": {"_target_": "adaptgrad.rules.TaylorPrune", "min_active": 1, "fraction": 0.1},
 }
 
 
@@ -133,7 +133,7 @@ def sweep(tmp_path: Path) -> Path:
 
 
 IDS = [f"2026-11-27/10-00-00/{j}" for j in (0, 1, 2, 3, 10)]
-BY = ["rule._target_", "rule.name", "rule.fraction"]
+BY = ["rule._target_"]  # rule.fraction only varies with the rule class: left out
 
 
 def test_runs_table(sweep: Path) -> None:
@@ -146,7 +146,7 @@ def test_runs_table(sweep: Path) -> None:
     assert dtypes["model.units"] == "Int64"
     assert dtypes["trainer.lr"] == "Float64"
     assert dtypes["through_time"] == "boolean"
-    assert dtypes["rule.name"] == "string"
+    assert dtypes["rule._target_"] == "string"
     assert dtypes["rule.fraction"] == "Float64"  # missing for rule none: nullable, not object
     assert dtypes["final.val_loss"] == "Float64"
     assert dtypes["epochs"] == "Int64"
@@ -229,6 +229,11 @@ def test_varying_keys(sweep: Path, tmp_path: Path) -> None:
     write_job(seeds_only / "1", "none", 1, final={"val_loss": 0.7})
     results = collect(seeds_only)
     assert results.varying_keys() == []
+    swept = tmp_path / "fractions"  # a parameter swept within one rule class does vary
+    write_job(swept / "0", "taylor_prune", 0)
+    write_job(swept / "1", "taylor_prune", 0)
+    OmegaConf.save(OmegaConf.create({**config("taylor_prune", 0), "rule": {**RULES["taylor_prune"], "fraction": 0.3}}), swept / "1" / "config.yaml")
+    assert collect(swept).varying_keys() == ["rule.fraction"]
     table = results.summary(["val_loss"])
     assert table.columns.tolist() == ["n", "final.val_loss mean", "final.val_loss std"]
     assert table["n"].tolist() == [2]
@@ -241,7 +246,7 @@ def test_summary_by_hand(sweep: Path) -> None:
     metrics = ("final.val_loss", "final.val_mae", "epochs", "wall_time")
     stats = [f"{m} {s}" for m in metrics for s in ("mean", "std")]
     assert table.columns.tolist() == [*BY, "n", *stats]
-    assert table["rule.name"].tolist() == ["none", "taylor_prune"]
+    assert table["rule._target_"].tolist() == ["adaptgrad.rules.NoOp", "adaptgrad.rules.TaylorPrune"]
     assert table["n"].tolist() == [2, 1]  # the failed and running jobs are left out
     none, taylor = table.iloc[0], table.iloc[1]
     assert none["final.val_loss mean"] == pytest.approx(0.52)
@@ -251,12 +256,11 @@ def test_summary_by_hand(sweep: Path) -> None:
     assert none["wall_time mean"] == pytest.approx(11.0)
     assert none["wall_time std"] == pytest.approx(math.sqrt(2))
     assert (none["epochs mean"], none["epochs std"]) == (5, 0)
-    assert pd.isna(none["rule.fraction"])
     assert taylor["final.val_loss mean"] == pytest.approx(0.30)
     assert pd.isna(taylor["final.val_loss std"])
 
-    grouped = collect(sweep).summary(metrics=["val_loss", "wall_time"], by=["rule.name"])
-    assert grouped.columns.tolist() == ["rule.name", "n", *stats[:2], *stats[-2:]]
+    grouped = collect(sweep).summary(metrics=["val_loss", "wall_time"], by=["rule.fraction"])
+    assert grouped.columns.tolist() == ["rule.fraction", "n", *stats[:2], *stats[-2:]]
     with pytest.raises(ValueError, match="unknown metric"):
         collect(sweep).summary(metrics=["nope"])
     with pytest.raises(ValueError, match="group by"):
@@ -271,10 +275,10 @@ def test_cli_markdown(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert header == [*BY, "n", "final.val_loss", "final.val_mae", "epochs", "wall_time"]
     assert set(lines[1]) <= {"|", "-", ":"}
     none = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert none[:4] == ["adaptgrad.rules.NoRule", "none", "", "2"]
-    assert none[4:] == ["0.52 ± 0.03", "0.22 ± 0.03", "5 ± 0", "11.0 ± 1.4"]
+    assert none[:2] == ["adaptgrad.rules.NoOp", "2"]
+    assert none[2:] == ["0.52 ± 0.03", "0.22 ± 0.03", "5 ± 0", "11.0 ± 1.4"]
     taylor = [cell.strip() for cell in lines[3].strip("|").split("|")]
-    assert taylor[:5] == ["adaptgrad.rules.TaylorPrune", "taylor_prune", "0.1", "1", "0.3"]
+    assert taylor[:3] == ["adaptgrad.rules.TaylorPrune", "1", "0.3"]
     assert len(lines) == 4
     assert err.splitlines() == [f"{IDS[3]} failed loss is NaN at batch 3", f"{IDS[4]} running"]
 
@@ -387,7 +391,7 @@ def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert results.runs["final.val_loss"].dtype == "Float64"  # a NaN final metric is missing
     table = results.summary()
     assert table.empty
-    assert table.columns.tolist()[:4] == [*BY, "n"]
+    assert table.columns.tolist()[:2] == [*BY, "n"]
 
     out = tmp_path / "table.md"
     assert main([str(tmp_path), "--output", str(out), "--plot", str(tmp_path / "plots")]) == 0
