@@ -91,10 +91,8 @@ class Adapt(keras.callbacks.Callback):
             self.units.edits.clear()
         self.watch.reset()
         active = self.units.active
-        frame = pd.DataFrame({"epoch": epoch, "unit": np.arange(self.units.size), "active": active, "scale": self.units.scales})
-        for key, value in stats.as_dict().items():
-            frame[key] = value
-        self._unit_rows.append(frame[UNIT_COLUMNS])
+        columns = {"epoch": epoch, "unit": np.arange(self.units.size), "active": active, "scale": self.units.scales}
+        self._unit_rows.append(pd.DataFrame({**columns, **stats.as_dict()}, columns=UNIT_COLUMNS))
         if logs is not None:
             logs["active_units"] = int(active.sum())
 

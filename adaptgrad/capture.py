@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from adaptgrad import _instrument
@@ -94,7 +95,7 @@ class _Accumulators:
 
     def reset(self) -> None:
         for variable in (*self.sums.values(), self.batches, self.count):
-            variable.assign(tf.zeros_like(variable.read_value()))
+            variable.assign(np.zeros(variable.shape, np.float64))
 
 
 class GradientWatch:

@@ -226,14 +226,13 @@ class UnitView:
         factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), (len(units),))
         if not np.all(np.isfinite(factors)):
             raise ValueError(f"scale factors must be finite, got {factors.tolist()}")
+        unit_factors = np.ones(self.size)
+        np.multiply.at(unit_factors, units, factors)  # a unit listed twice is scaled twice
         for variable, blocks, _ in self.weights:
-            array = np.array(keras.ops.convert_to_numpy(variable))
-            for unit, factor in zip(units, factors):
-                array[..., self.columns(unit, blocks)] *= factor
-            variable.assign(array)
-        for unit, factor in zip(units, factors):
-            self._scales[unit] *= factor
-            self.edits.append(Edit("scale", unit, float(factor)))
+            array = np.asarray(keras.ops.convert_to_numpy(variable))
+            variable.assign(array * np.tile(unit_factors, blocks).astype(array.dtype))
+        self._scales *= unit_factors
+        self.edits.extend(Edit("scale", unit, float(factor)) for unit, factor in zip(units, factors))
 
     def gate(self, units: Iterable[int]) -> list[int]:
         """Switch units off, in the order given, never leaving fewer than ``min_active`` active.
