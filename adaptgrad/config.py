@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from adaptgrad import runtime
 from adaptgrad.data import Dataset
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
 
@@ -57,6 +58,7 @@ class Trainer:
     cpu_devices: int | None = None
     mixed_precision: bool = False
     checkpoint: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
@@ -65,8 +67,10 @@ class Trainer:
                 raise ValueError(f"trainer.{name}={value!r} must be an integer >= 1")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"trainer.distribution={self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
-        if self.cpu_devices is not None and (not isinstance(self.cpu_devices, int) or self.cpu_devices < 1):
-            raise ValueError(f"trainer.cpu_devices={self.cpu_devices!r} must be null or an integer >= 1")
+        for name in ("cpu_devices", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"trainer.{name}={value!r} must be null or an integer >= 1")
 
 
 DISTRIBUTIONS = ("none", "mirrored")
@@ -146,6 +150,8 @@ def _keyword_names(cls: type) -> set[str]:
 
 def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     """Turn the config into plain objects, validating everything that can fail before training."""
+    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    runtime.configure(trainer.threads, trainer.cpu_devices)  # before TensorFlow's first op here
     seed = int(cfg.seed)
     keras.backend.clear_session()  # joblib reuses worker processes: no state from a previous job
     keras.utils.set_random_seed(seed)
@@ -170,7 +176,7 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
         model=model,
         rule=build_rule(cfg.rule, rule_preset),
         optimizer=optimizer,
-        trainer=Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True)),
+        trainer=trainer,
     )
 
 

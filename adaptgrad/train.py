@@ -15,66 +15,30 @@ the batches, weights, optimizer state, gates and rule state of an uninterrupted 
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from adaptgrad.adapt import Adapt
 from adaptgrad.capture import watch
 from adaptgrad.checkpoint import Checkpoints
-from adaptgrad.config import Job, Trainer
+from adaptgrad.config import Job
 from adaptgrad.layers import find_layer
 from adaptgrad.models import LAYER_NAMES, build_model
 from adaptgrad.recorder import JobFiles
+from adaptgrad.runtime import strategy_for
 
 log = logging.getLogger("adaptgrad")
-
-
-@functools.cache
-def mirrored_strategy(devices: tuple[str, ...] | None = None) -> tf.distribute.MirroredStrategy:
-    """One ``MirroredStrategy`` per device set and process. A second strategy would reuse the
-    collective-op keys of the first, and TensorFlow rejects that once tensor shapes differ
-    (joblib runs many jobs in one worker process)."""
-    return tf.distribute.MirroredStrategy(list(devices) if devices else None)
-
-
-def split_cpu(devices: int) -> None:
-    """Expose the CPU as ``devices`` logical devices (to run MirroredStrategy without GPUs).
-
-    Raises:
-        RuntimeError: TensorFlow has already started with fewer logical CPUs.
-    """
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
-    except RuntimeError as error:
-        if len(tf.config.list_logical_devices("CPU")) < devices:
-            raise RuntimeError(
-                f"trainer.cpu_devices={devices} must be set before TensorFlow starts in this process"
-            ) from error
-
-
-def strategy_for(trainer: Trainer) -> tf.distribute.Strategy:
-    """The distribution strategy, after splitting the CPU into ``trainer.cpu_devices`` logical
-    ones (which ``mirrored`` then runs on instead of the GPUs)."""
-    if trainer.cpu_devices is not None:
-        split_cpu(trainer.cpu_devices)
-    if trainer.distribution == "mirrored":
-        devices = tuple(f"/cpu:{i}" for i in range(trainer.cpu_devices)) if trainer.cpu_devices else None
-        return mirrored_strategy(devices)
-    return tf.distribute.get_strategy()
 
 
 def train(job: Job, directory: Path) -> dict[str, Any]:
     """Build the model, attach watch and rules, train epoch by epoch with a checkpoint after each,
     resuming from the newest checkpoint in ``directory``; returns the result."""
     data = job.dataset
-    strategy = strategy_for(job.trainer)
+    strategy = strategy_for(job.trainer.distribution, job.trainer.cpu_devices)
     previous_policy = keras.mixed_precision.global_policy()
     if job.trainer.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")

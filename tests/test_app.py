@@ -121,7 +121,7 @@ def test_cli_user_rule_through_own_config_folder(tmp_path):
 
 def test_joblib_sweep_runs_four_jobs_in_parallel(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "rule=none,taylor_prune", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = cli("-m", "rule=none,taylor_prune", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = collect(sweep)
     assert len(results.runs) == 4 and (results.runs.status == "ok").all()

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import adaptgrad
-from adaptgrad.train import mirrored_strategy
+from adaptgrad.runtime import mirrored_strategy
 
 from reference import assert_stats_equal, build, data, reference_fit
 
