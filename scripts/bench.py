@@ -25,8 +25,9 @@ Sections:
 ``sweep``
     Wall time of the whole command ``python -m adaptgrad -m rule=none,taylor_prune seed=0,1
     data=adding data.length=50 model=gru trainer.epochs=E hydra.sweep.dir=...`` (4 jobs) with
-    Hydra's basic launcher vs with ``hydra/launcher=joblib hydra.launcher.n_jobs=2`` (bar: joblib
-    >= 1.5x faster). Each run is a subprocess writing into a fresh temporary sweep dir; no warm-up.
+    Hydra's basic launcher (each job on all cores) vs with ``hydra/launcher=joblib
+    hydra.launcher.n_jobs=2 trainer.threads=1`` (one job per core; bar: joblib >= 1.5x faster).
+    Each run is a subprocess writing into a fresh temporary sweep dir; no warm-up.
 ``memory``
     One epoch of fit with a through-time watch on each of ``--memory-sizes`` datasets: the bytes
     held by the watch's accumulator variables and by a ``stats()`` snapshot must not depend on
@@ -78,7 +79,10 @@ SWEEP_SPEEDUP_BAR = 1.5
 SWEEP_GRID = ["rule=none,taylor_prune", "seed=0,1"]
 SWEEP_JOBS = len(SWEEP_GRID[0].split(",")) * len(SWEEP_GRID[1].split(","))
 SWEEP_SETTINGS = ["data=adding", "data.length=50", "model=gru"]
-LAUNCHERS = {"basic launcher": [], "joblib n_jobs=2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+LAUNCHERS = {
+    "basic launcher": [],
+    "joblib n_jobs=2, 1 thread per job": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1"],
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -490,7 +494,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--adapt-units", type=positive, default=256, help="units of the adapted layer (256)")
     parser.add_argument("--adapt-cell", choices=CELLS, default="minimal_rnn", help="cell of the adapted layer (minimal_rnn)")
     parser.add_argument("--sweep-repeats", type=positive, default=2, help="timed rounds of the sweep (2)")
-    parser.add_argument("--sweep-epochs", type=positive, default=8, help="epochs of each sweep job (8)")
+    parser.add_argument("--sweep-epochs", type=positive, default=20, help="epochs of each sweep job (20)")
     parser.add_argument(
         "--memory-sizes",
         type=positive,
