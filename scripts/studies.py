@@ -54,7 +54,7 @@ def comparison(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
         se = math.sqrt(row["std"] ** 2 / row["count"] + control["std"] ** 2 / control["count"])
         better = diff > 0 if "accuracy" in metric else diff < 0
         verdict = "within noise" if abs(diff) <= 2 * se else ("better" if better else "worse")
-        rows.append({"model": row["model.cell"], "rule": row.rule, f"Δ {metric}": f"{diff:+.4g}", "2·SE": f"{2 * se:.2g}", "vs none": verdict})
+        rows.append({"model": row["model.cell"], "rule": row.rule, f"Δ {metric}": f"{diff:+.2g}", "2·SE": f"{2 * se:.2g}", "vs none": verdict})
     return pd.DataFrame(rows)
 
 
