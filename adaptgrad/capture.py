@@ -151,8 +151,10 @@ class GradientWatch:
         @tf.custom_gradient
         def identity(x: tf.Tensor) -> Any:
             def grad(g: tf.Tensor) -> tf.Tensor:
-                with tf.control_dependencies([accumulators.update(x, g, self._loss_scale())]):
-                    return tf.identity(g)
+                # no control dependency: the update runs beside the rest of backpropagation, not
+                # in its way (tf.function runs every stateful op it traced; eager runs it now)
+                accumulators.update(x, g, self._loss_scale())
+                return g
 
             return tf.identity(x), grad
 
@@ -163,11 +165,9 @@ class GradientWatch:
 
         @tf.custom_gradient
         def identity(x: tf.Tensor) -> Any:
-            def grad(g: tf.Tensor) -> tf.Tensor:
-                update = accumulators.update(hidden_states(), g, self._loss_scale())
-                with tf.control_dependencies([update]):
-                    # z is a stand-in: no gradient flows on to the weight it is tied to
-                    return None
+            def grad(g: tf.Tensor) -> None:
+                accumulators.update(hidden_states(), g, self._loss_scale())
+                return None  # z is a stand-in: no gradient flows on to the weight it is tied to
 
             return tf.identity(x), grad
 
