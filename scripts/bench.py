@@ -61,7 +61,7 @@ from typing import Any
 import bench_capture  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 import keras
 import numpy as np
-from bench_capture import EAGER, PLAIN, Config, Variant, paired_ratio, time_rounds, verdict
+from bench_capture import EAGER, PLAIN, Config, Variant, add_eager_batches, paired_ratio, time_rounds, verdict
 from omegaconf import OmegaConf
 
 import adaptgrad
@@ -485,12 +485,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=positive, default=5, help="timed rounds of capture and adapt (5)")
     parser.add_argument("--samples", type=positive, default=4096, help="training samples of capture and adapt (4096)")
-    parser.add_argument(
-        "--eager-batches",
-        type=int,
-        default=16,
-        help="batches the eager loop runs per round, scaled up to an epoch; 0 skips it (16)",
-    )
+    add_eager_batches(parser)
     parser.add_argument("--adapt-units", type=positive, default=256, help="units of the adapted layer (256)")
     parser.add_argument("--adapt-cell", choices=CELLS, default="minimal_rnn", help="cell of the adapted layer (minimal_rnn)")
     parser.add_argument("--sweep-repeats", type=positive, default=2, help="timed rounds of the sweep (2)")

@@ -85,6 +85,16 @@ class Variant:
     times: list[float] = dataclasses.field(default_factory=list)
 
 
+def add_eager_batches(parser: argparse.ArgumentParser) -> None:
+    """The ``--eager-batches`` option, shared with scripts/bench.py."""
+    parser.add_argument(
+        "--eager-batches",
+        type=int,
+        default=16,
+        help="batches the eager loop runs per round, scaled up to an epoch; 0 skips it (16)",
+    )
+
+
 def parse_args() -> Config:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=4096, help="training samples (4096)")
@@ -93,12 +103,7 @@ def parse_args() -> Config:
     parser.add_argument("--steps", type=int, default=50, help="time steps per sequence (50)")
     parser.add_argument("--features", type=int, default=8, help="input features (8)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
-    parser.add_argument(
-        "--eager-batches",
-        type=int,
-        default=16,
-        help="batches the eager loop runs per round, scaled up to an epoch; 0 skips it (16)",
-    )
+    add_eager_batches(parser)
     config = Config(**vars(parser.parse_args()))
     sizes = (config.samples, config.repeats, config.units, config.steps, config.features)
     if min(*sizes, config.batch_size) < 1:
