@@ -32,8 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from adaptgrad.config import CONF_DIR, register_experiments
-from adaptgrad.run import INVOCATION_ENV, run, summary_table
+from adaptgrad.config import CONF_DIR, INVOCATION_ENV, register_experiments
 
 log = logging.getLogger("adaptgrad")
 
@@ -113,6 +112,8 @@ def _find(module: str) -> Any:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float:
+    from adaptgrad.run import run, summary_table  # TensorFlow loads in the process that trains
+
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     result = run(

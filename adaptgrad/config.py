@@ -18,19 +18,22 @@ import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import tensorflow as tf
 from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from adaptgrad import runtime
 from adaptgrad.data import Dataset
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
 
+if TYPE_CHECKING:
+    import keras
+
 log = logging.getLogger("adaptgrad")
+
+INVOCATION_ENV = "ADAPTGRAD_INVOCATION"
+"""Environment variable naming the current ``adaptgrad`` invocation, set by the sweep report."""
 
 
 def _shipped(name: str) -> Path:
@@ -150,6 +153,11 @@ def _keyword_names(cls: type) -> set[str]:
 
 def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     """Turn the config into plain objects, validating everything that can fail before training."""
+    import keras  # here, not at the top: the app's main process never needs TensorFlow
+    import tensorflow as tf
+
+    from adaptgrad import runtime
+
     trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))
     runtime.configure(trainer.threads, trainer.cpu_devices)  # before TensorFlow's first op here
     seed = int(cfg.seed)

@@ -27,15 +27,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from adaptgrad.checkpoint import Checkpoints
-from adaptgrad.config import prepare
+from adaptgrad.config import INVOCATION_ENV, prepare
 from adaptgrad.recorder import git_commit, versions, write_json, write_text
 from adaptgrad.train import train
 
 log = logging.getLogger("adaptgrad")
-
-
-INVOCATION_ENV = "ADAPTGRAD_INVOCATION"
-"""Environment variable naming the current ``adaptgrad`` invocation, set by the sweep report."""
 
 
 def run(

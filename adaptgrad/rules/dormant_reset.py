@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adaptgrad.rules.base import AdaptationRule, check_range
 from adaptgrad.stats import OutputGradientStats
-from adaptgrad.units import UnitView
+
+if TYPE_CHECKING:
+    from adaptgrad.units import UnitView
 
 SCORES: dict[str, str] = {"grad": "mean_abs_grad", "activation": "mean_abs_act"}
 """``score`` option -> the :class:`~adaptgrad.OutputGradientStats` field it reads."""

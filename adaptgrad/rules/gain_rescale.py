@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adaptgrad.rules.base import AdaptationRule, check_range
 from adaptgrad.rules.taylor_gate_ema import per_batch
 from adaptgrad.stats import OutputGradientStats
-from adaptgrad.units import UnitView
+
+if TYPE_CHECKING:
+    from adaptgrad.units import UnitView
 
 
 def scale_active(units: UnitView, factors: np.ndarray) -> list[int]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adaptgrad.rules.base import AdaptationRule, check_range
 from adaptgrad.rules.taylor_prune import lowest_active
 from adaptgrad.stats import OutputGradientStats
-from adaptgrad.units import UnitView
+
+if TYPE_CHECKING:
+    from adaptgrad.units import UnitView
 
 
 def per_batch(total: np.ndarray, batches: int) -> np.ndarray:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from adaptgrad.rules.base import AdaptationRule, check_range
 from adaptgrad.stats import OutputGradientStats
-from adaptgrad.units import UnitView
+
+if TYPE_CHECKING:
+    from adaptgrad.units import UnitView
 
 
 def lowest_active(scores: np.ndarray, active: np.ndarray, fraction: float) -> list[int]:

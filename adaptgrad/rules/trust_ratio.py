@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +12,9 @@ from adaptgrad.rules.dormant_reset import relative_to_active
 from adaptgrad.rules.gain_rescale import scale_active
 from adaptgrad.rules.taylor_gate_ema import per_batch
 from adaptgrad.stats import OutputGradientStats
-from adaptgrad.units import UnitView
+
+if TYPE_CHECKING:
+    from adaptgrad.units import UnitView
 
 
 class TrustRatio(AdaptationRule, name="trust_ratio"):
