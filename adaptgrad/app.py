@@ -95,7 +95,7 @@ def missing_launcher(argv: list[str]) -> str | None:
         key, _, name = arg.partition("=")
         if key.lstrip("+~") == "hydra/launcher" and name in LAUNCHERS:
             module, extra = LAUNCHERS[name]
-            if importlib.util.find_spec(module.split(".")[0]) is None or _find(module) is None:
+            if _find(module) is None:
                 return (
                     f"error: hydra/launcher={name} needs the {extra} launcher plugin, which is not installed.\n"
                     f"Install it with:  pip install 'adaptgrad[{extra}]'"
@@ -104,6 +104,7 @@ def missing_launcher(argv: list[str]) -> str | None:
 
 
 def _find(module: str) -> Any:
+    """The module's spec, or None when it (or its parent package) is not installed."""
     try:
         return importlib.util.find_spec(module)
     except ModuleNotFoundError:

@@ -80,7 +80,7 @@ def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[st
     if saved is not None:
         start = saved[0] + 1
         _restore(saved[1], model, adapt, files)
-        log.info("resuming after epoch %d from %s", start, checkpoints.directory)
+        log.info("resuming at epoch %d from %s", start + 1, checkpoints.directory)
     for epoch in range(start, trainer.epochs):
         order = epoch_order(job.seed, epoch, len(data.x_train), trainer.shuffle)
         model.fit(
