@@ -25,7 +25,9 @@ import tensorflow as tf
 from keras.src import backend as keras_backend
 
 Probe = Callable[[tf.Tensor], tf.Tensor]
-TimeProbe = Callable[[tf.Tensor, Callable[[], tf.Tensor]], tf.Tensor]
+TimeProbe = Callable[[tf.Tensor, Callable[[], tuple[tf.Tensor, tf.Tensor | None]]], tf.Tensor]
+"""``time_probe(z, hidden)``: ``hidden()`` gives the hidden states ``(steps, batch, units)`` and
+the 0/1 weights ``(steps, batch)`` of the steps the mask keeps (None: no mask)."""
 
 _ATTR = "_adaptgrad_hooks"
 _UNSET = object()
@@ -143,9 +145,15 @@ def through_time_loop(
     """The RNN time loop with an all-zero sequence ``z`` added to the hidden state at every step.
 
     ``z`` passes through ``time_probe`` outside the loop, so the probe's upstream gradient is
-    ``dL/dh_t`` at every step t, including the path through later steps. ``z`` is tied to the
-    cell's first trainable weight (times zero) so that the tape records it at all. The hidden
-    states of every step (in input order) are handed to the probe for the activation terms.
+    ``dL/dh_t`` at every step t, including the path through later steps. ``z`` is filled with
+    the cell's first trainable weight times zero so that the tape records it at all. The hidden
+    states of every step are handed to the probe for the activation terms, with the mask: a
+    masked step has no hidden state of its own (Keras carries the previous one), so it counts
+    for nothing.
+
+    The loop runs time-major (``z``, its gradient and the hidden states are never transposed),
+    and ``add_n`` adds ``z_t`` once to the state that is also the output: its gradient passes
+    ``dL/dh_t`` through without the broadcasting reductions of ``+``.
     """
     cell = layer.cell
     units = hidden_units(layer)
@@ -154,33 +162,39 @@ def through_time_loop(
         raise ValueError(
             f"through-time capture on layer {layer.name!r} needs a trainable weight in its cell"
         )
-    batch, steps = tf.shape(sequences)[0], tf.shape(sequences)[1]
+    time_major = tf.transpose(sequences, [1, 0, *range(2, len(sequences.shape))])
+    kept = None
+    if mask is not None:
+        mask = tf.transpose(mask, [1, 0, *range(2, len(mask.shape))])
+        kept = tf.reshape(tf.cast(mask, sequences.dtype), tf.shape(mask)[:2])
     zero = tf.cast(tf.reshape(anchor, [-1])[0], sequences.dtype) * 0
-    z = tf.zeros([batch, steps, units], dtype=sequences.dtype) + zero
-    states: dict[str, tf.Tensor] = {}
-    z = time_probe(z, lambda: states["h"])
+    z = tf.fill(tf.concat([tf.shape(time_major)[:2], [units]], axis=0), zero)
+    hidden: dict[str, tf.Tensor] = {}
+    z = time_probe(z, lambda: (hidden["h"], kept))
     cell_kwargs = {"training": training} if cell._call_has_training_arg else {}
 
-    def step(inputs: tuple[tf.Tensor, tf.Tensor], step_states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
         x, z_t = inputs
-        output, new_states = cell(x, step_states, **cell_kwargs)
+        output, new_states = cell(x, states, **cell_kwargs)
         new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
-        new_states[0] = new_states[0] + z_t
-        return output + z_t, new_states
+        shared = output is new_states[0]
+        new_states[0] = tf.math.add_n([new_states[0], z_t])
+        return (new_states[0] if shared else tf.math.add_n([output, z_t])), new_states
 
     last_output, outputs, new_states = keras_backend.rnn(
         step,
-        (sequences, z),
+        (time_major, z),
         initial_state,
         go_backwards=layer.go_backwards,
         mask=mask,
         unroll=layer.unroll,
         input_length=sequences.shape[1],
+        time_major=True,
         zero_output_for_mask=layer.zero_output_for_mask,
         return_all_outputs=True,
     )
-    states["h"] = tf.reverse(outputs, axis=[1]) if layer.go_backwards else outputs
-    return last_output, outputs, new_states
+    hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
+    return last_output, tf.transpose(outputs, [1, 0, 2]), new_states
 
 
 def hidden_units(layer: keras.layers.RNN) -> int:

@@ -51,20 +51,27 @@ class _Accumulators:
             self.count = variable((), "count")
         self.units = units
 
-    def update(self, h: tf.Tensor, g: tf.Tensor, loss_scale: tf.Tensor | None) -> tf.Operation:
-        """Add one batch's reductions of H and G (same shape, units on the last axis)."""
+    def update(
+        self, h: tf.Tensor, g: tf.Tensor, loss_scale: tf.Tensor | None, kept: tf.Tensor | None = None
+    ) -> tf.Operation:
+        """Add one batch's reductions of H and G (same shape, units on the last axis); ``kept``
+        (0/1, H's shape without the units) leaves out the positions that are 0 there."""
         h = tf.cast(h, tf.float32)
         g = tf.cast(g, tf.float32)
         if loss_scale is not None:
             g = g / tf.cast(loss_scale, tf.float32)
         axes = list(range(len(g.shape) - 1))
+        positions = tf.cast(tf.reduce_prod(tf.shape(g)[:-1]), tf.float64)
+        if kept is not None:
+            kept = tf.cast(kept, tf.float32)
+            h, g = h * kept[..., None], g * kept[..., None]
+            positions = tf.reduce_sum(tf.cast(kept, tf.float64))
         local_hg = tf.reduce_sum(h * g, axis=axes)
         batch_hg = local_hg
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
         if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
             batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_hg)
-        positions = tf.cast(tf.reduce_prod(tf.shape(g)[:-1]), tf.float64)
         values = {
             "grad_sum": tf.reduce_sum(g, axis=axes),
             "grad_abs_sum": tf.reduce_sum(tf.abs(g), axis=axes),
@@ -160,13 +167,14 @@ class GradientWatch:
 
         return identity(h)
 
-    def _time_probe(self, z: tf.Tensor, hidden_states: Any) -> tf.Tensor:
+    def _time_probe(self, z: tf.Tensor, hidden: Any) -> tf.Tensor:
         accumulators = self._accumulators_for(int(z.shape[-1]))
 
         @tf.custom_gradient
         def identity(x: tf.Tensor) -> Any:
             def grad(g: tf.Tensor) -> None:
-                accumulators.update(hidden_states(), g, self._loss_scale())
+                h, kept = hidden()
+                accumulators.update(h, g, self._loss_scale(), kept)
                 return None  # z is a stand-in: no gradient flows on to the weight it is tied to
 
             return tf.identity(x), grad

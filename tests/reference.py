@@ -26,9 +26,10 @@ CELLS: dict[str, Callable[[int], keras.layers.Layer]] = {
 }
 
 
-def rnn_layer(cell: str, units: int, return_sequences: bool) -> keras.layers.Layer:
-    """A recurrent layer named 'rnn': the built-in layer class, or RNN over MinimalRNNCell."""
-    kwargs = dict(return_sequences=return_sequences, name="rnn")
+def rnn_layer(cell: str, units: int, return_sequences: bool, **options) -> keras.layers.Layer:
+    """A recurrent layer named 'rnn': the built-in layer class, or RNN over MinimalRNNCell;
+    ``options`` are more RNN arguments (``go_backwards``, ``unroll``)."""
+    kwargs = dict(return_sequences=return_sequences, name="rnn", **options)
     if cell == "simple":
         return keras.layers.SimpleRNN(units, **kwargs)
     if cell == "gru":
@@ -48,30 +49,39 @@ class Subclassed(keras.Model):
         return self.head(self.rnn(inputs))
 
 
-def build(kind: str, cell: str = "minimal", units: int = 4, return_sequences: bool = False):
-    """A model 'rnn -> Dense head' of the given kind; returns (model, rnn_layer, head_layer)."""
-    rnn = rnn_layer(cell, units, return_sequences)
+def build(kind: str, cell: str = "minimal", units: int = 4, return_sequences: bool = False, masked: bool = False, **options):
+    """A model '[Masking(0) ->] rnn -> Dense head' of the given kind; returns (model, rnn_layer,
+    head_layer). ``options`` go to the recurrent layer."""
+    rnn = rnn_layer(cell, units, return_sequences, **options)
     head = keras.layers.Dense(HEAD, name="head")
     if kind == "sequential":
         model = keras.Sequential([keras.Input((STEPS, FEATURES)), rnn, head])
     elif kind == "functional":
         inputs = keras.Input((STEPS, FEATURES))
-        model = keras.Model(inputs, head(rnn(inputs)))
+        sequences = keras.layers.Masking(0.0)(inputs) if masked else inputs
+        model = keras.Model(inputs, head(rnn(sequences)))
     else:
         model = Subclassed(rnn, head)
         model(np.zeros((1, STEPS, FEATURES), np.float32))
     return model, rnn, head
 
 
-def data(n: int, return_sequences: bool = False, seed: int = 1):
+def data(n: int, return_sequences: bool = False, seed: int = 1, padded: bool = False):
+    """Random inputs and targets; ``padded``: example i's last ``i % STEPS`` steps are all 0."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, STEPS, FEATURES)).astype(np.float32)
+    if padded:
+        for i in range(n):
+            x[i, STEPS - i % STEPS :] = 0.0
     y_shape = (n, STEPS, HEAD) if return_sequences else (n, HEAD)
     return x, rng.normal(size=y_shape).astype(np.float32)
 
 
-def accumulate(totals: dict[str, np.ndarray], h: np.ndarray, g: np.ndarray) -> None:
-    """Add one batch's H and G (units on the last axis) to the float64 reference sums."""
+def accumulate(totals: dict[str, np.ndarray], h: np.ndarray, g: np.ndarray, kept: np.ndarray | None = None) -> None:
+    """Add one batch's H and G (units on the last axis) to the float64 reference sums, at the
+    positions where ``kept`` (H's shape without the units) is True."""
+    if kept is not None:
+        h, g = h[kept], g[kept]
     h = h.astype(np.float64).reshape(-1, h.shape[-1])
     g = g.astype(np.float64).reshape(-1, g.shape[-1])
     batch = {
@@ -88,40 +98,59 @@ def accumulate(totals: dict[str, np.ndarray], h: np.ndarray, g: np.ndarray) -> N
     totals["count"] = totals.get("count", 0) + h.shape[0]
 
 
-def unroll(rnn: keras.layers.Layer, x: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
-    """Manual Python unroll of ``rnn``'s cell; returns the hidden state of every step and the
-    layer output (last state, or the stacked sequence)."""
+def unroll(rnn: keras.layers.Layer, x: tf.Tensor, mask: np.ndarray | None = None) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """Manual Python unroll of ``rnn``'s cell, in its time order; returns the cell output of every
+    step and the layer output (last output, or the sequence). Where ``mask[:, t]`` is False the
+    step keeps the previous output and states."""
     cell = rnn.cell
     sizes = cell.state_size if isinstance(cell.state_size, (list, tuple)) else [cell.state_size]
     states = [tf.zeros((x.shape[0], size)) for size in sizes]
-    hidden = []
-    for t in range(x.shape[1]):
-        output, states = cell(x[:, t], states)
-        states = list(states) if isinstance(states, (list, tuple)) else [states]
-        hidden.append(output)
-    out = tf.stack(hidden, axis=1) if rnn.return_sequences else hidden[-1]
+    output = tf.zeros((x.shape[0], sizes[0]))
+    hidden, outputs = [], []
+    order = range(x.shape[1] - 1, -1, -1) if rnn.go_backwards else range(x.shape[1])
+    for t in order:
+        new_output, new_states = cell(x[:, t], states)
+        new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
+        hidden.append(new_output)
+        if mask is None:
+            output, states = new_output, new_states
+        else:
+            keep = mask[:, t : t + 1]
+            output = tf.where(keep, new_output, output)
+            states = [tf.where(keep, new, old) for new, old in zip(new_states, states)]
+        outputs.append(output)
+    out = tf.stack(outputs, axis=1) if rnn.return_sequences else outputs[-1]
     return hidden, out
 
 
-def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, through_time=False):
+def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, through_time=False, masked=False):
     """Train ``model`` batch by batch in order (as ``fit(shuffle=False)``) and return the
-    reference statistics of ``rnn``'s output gradient."""
+    reference statistics of ``rnn``'s output gradient; ``masked``: steps whose features are all
+    0 are masked (as ``keras.layers.Masking(0.0)`` does) and count for nothing."""
     loss_fn = keras.losses.MeanSquaredError()
     totals: dict[str, np.ndarray] = {}
     for _ in range(epochs):
         for start in range(0, len(x), batch_size):
             xb, yb = tf.constant(x[start : start + batch_size]), tf.constant(y[start : start + batch_size])
+            mask = np.any(x[start : start + batch_size] != 0, axis=-1) if masked else None
             with tf.GradientTape() as tape:
                 if through_time:
-                    hidden, h = unroll(rnn, xb)
+                    hidden, h = unroll(rnn, xb, mask)
                 else:
                     h = rnn(xb)
                     hidden = [h]
-                loss = loss_fn(yb, head(h))
+                if mask is not None and rnn.return_sequences:  # Keras masks the loss too
+                    per_step = tf.reduce_mean(tf.square(yb - head(h)), axis=-1)
+                    loss = tf.reduce_sum(per_step * mask) / np.sum(mask)
+                else:
+                    loss = loss_fn(yb, head(h))
             grads = tape.gradient(loss, hidden + model.trainable_variables)
             g, weight_grads = grads[: len(hidden)], grads[len(hidden) :]
             if through_time:
-                accumulate(totals, np.stack([t.numpy() for t in hidden], 1), np.stack([t.numpy() for t in g], 1))
+                kept = None
+                if mask is not None:
+                    kept = mask[:, ::-1] if rnn.go_backwards else mask
+                accumulate(totals, np.stack([t.numpy() for t in hidden], 1), np.stack([t.numpy() for t in g], 1), kept)
             else:
                 accumulate(totals, h.numpy(), g[0].numpy())
             optimizer.apply_gradients(zip(weight_grads, model.trainable_variables))

@@ -13,10 +13,10 @@ from adaptgrad.runtime import mirrored_strategy
 from reference import assert_stats_equal, build, data, reference_fit
 
 
-def twin(kind, cell="minimal", units=4, return_sequences=False):
+def twin(kind, cell="minimal", units=4, return_sequences=False, **options):
     """Two models with identical weights: one to watch, one for the reference."""
-    watched, *_ = build(kind, cell, units, return_sequences)
-    ref = build(kind, cell, units, return_sequences)
+    watched, *_ = build(kind, cell, units, return_sequences, **options)
+    ref = build(kind, cell, units, return_sequences, **options)
     ref[0].set_weights(watched.get_weights())
     return watched, ref
 
@@ -47,6 +47,33 @@ def test_through_time_matches_manual_unroll(cell, return_sequences):
     model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
     want = reference_fit(
         ref_model, rnn, head, x, y, batch_size=3, epochs=2, optimizer=keras.optimizers.SGD(0.1), through_time=True
+    )
+    assert_stats_equal(w.stats(), want)
+
+
+@pytest.mark.parametrize(
+    "cell, options",
+    [
+        ("minimal", {"go_backwards": True}),
+        ("lstm", {"go_backwards": True, "return_sequences": True}),
+        ("gru", {"unroll": True}),
+        ("minimal", {"masked": True}),
+        ("lstm", {"masked": True, "go_backwards": True}),
+        ("gru", {"masked": True, "return_sequences": True}),
+    ],
+    ids=["backwards", "backwards_sequences", "unrolled", "masked", "masked_backwards", "masked_sequences"],
+)
+def test_through_time_with_layer_options(cell, options):
+    """go_backwards, unroll and masked steps (a masked step has no hidden state of its own, so it
+    counts for nothing)."""
+    model, (ref_model, rnn, head) = twin("functional", cell, 4, **options)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    w = adaptgrad.watch(model, "rnn", through_time=True)
+    x, y = data(7, options.get("return_sequences", False), padded=options.get("masked", False))
+    model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
+    want = reference_fit(
+        ref_model, rnn, head, x, y, batch_size=3, epochs=2, optimizer=keras.optimizers.SGD(0.1),
+        through_time=True, masked=options.get("masked", False),
     )
     assert_stats_equal(w.stats(), want)
 
