@@ -4,6 +4,7 @@ Run it from the project root (about half a minute with the defaults on 2 cores):
 
     python scripts/bench_capture.py
     python scripts/bench_capture.py --samples 1024 --repeats 3 --eager-batches 4   # quick look
+    python scripts/bench_capture.py --unroll       # every variant's RNN with unroll=True
 
 It trains four separately built models of the same architecture, ``Input((steps, features)) ->
 RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)``, with MSE and SGD on random data, in input
@@ -70,6 +71,7 @@ class Config:
     features: int
     batch_size: int
     eager_batches: int
+    unroll: bool = False
 
     @property
     def batches_per_epoch(self) -> int:
@@ -103,6 +105,7 @@ def parse_args() -> Config:
     parser.add_argument("--steps", type=int, default=50, help="time steps per sequence (50)")
     parser.add_argument("--features", type=int, default=8, help="input features (8)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
+    parser.add_argument("--unroll", action="store_true", help="build the RNN with unroll=True")
     add_eager_batches(parser)
     config = Config(**vars(parser.parse_args()))
     sizes = (config.samples, config.repeats, config.units, config.steps, config.features)
@@ -117,7 +120,7 @@ def build_model(config: Config) -> keras.Model:
     """A fresh functional model; the fixed seed gives every variant the same initial weights."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((config.steps, config.features))
-    hidden = keras.layers.RNN(MinimalRNNCell(config.units), name="rnn")(inputs)
+    hidden = keras.layers.RNN(MinimalRNNCell(config.units), unroll=config.unroll, name="rnn")(inputs)
     outputs = keras.layers.Dense(1, name="head")(hidden)
     return keras.Model(inputs, outputs)
 
@@ -275,7 +278,7 @@ def measure(config: Config) -> tuple[dict[str, Variant], str]:
     variants, watches = build_variants(config, x, y)
     print(
         f"{config.samples} samples x {config.steps} steps x {config.features} features, "
-        f"{config.units} units, batch {config.batch_size} "
+        f"{config.units} units{' (unrolled)' if config.unroll else ''}, batch {config.batch_size} "
         f"({config.batches_per_epoch} batches/epoch); {config.repeats} interleaved rounds "
         f"after a warm-up per variant",
         flush=True,
