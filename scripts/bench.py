@@ -68,6 +68,7 @@ import adaptgrad
 from adaptgrad.models import CELLS, LAYER_NAMES, build_model
 from adaptgrad.rules import AdaptationRule, GainRescale, TaylorPrune
 from adaptgrad.stats import SUM_FIELDS
+from adaptgrad.train import batches
 
 STEPS, FEATURES, BATCH_SIZE = 50, 8, 64
 """Sequence shape and batch size of the capture, adapt and memory sections."""
@@ -198,19 +199,11 @@ def epoch_runner(
 ) -> Callable[[], None]:
     """A function that trains ``model`` one more epoch per call, numbering the epochs on."""
     epochs = itertools.count()
+    data = batches(x, y, BATCH_SIZE)
 
     def run() -> None:
         epoch = next(epochs)
-        model.fit(
-            x,
-            y,
-            batch_size=BATCH_SIZE,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            shuffle=False,
-            verbose=0,
-            callbacks=callbacks,
-        )
+        model.fit(data, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=callbacks)
 
     return run
 

@@ -10,7 +10,7 @@ It trains four separately built models of the same architecture, ``Input((steps,
 RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)``, with MSE and SGD on random data, in input
 order (``shuffle=False``), and measures the wall time of one epoch of:
 
-1. ``plain fit``: ``model.fit(..., epochs=1, verbose=0)`` without a watch (the baseline);
+1. ``plain fit``: ``model.fit(dataset, epochs=1, verbose=0)`` without a watch (the baseline);
 2. ``fit + watch (output)``: the same after ``adaptgrad.watch(model, 'rnn')``;
 3. ``fit + watch (through time)``: the same after
    ``adaptgrad.watch(model, 'rnn', through_time=True)``;
@@ -20,6 +20,10 @@ order (``shuffle=False``), and measures the wall time of one epoch of:
    per-unit sums the output-mode watch keeps, and applies the gradients with SGD. It is slow, so
    it runs only ``--eager-batches`` batches per round and its time is scaled up to a full epoch
    (``--eager-batches 0`` skips it).
+
+The data is fed as the runner feeds it (``adaptgrad.train.batches``: a ``tf.data`` pipeline
+without the autotuner, whose thread otherwise makes a ``fit`` call that ends early wait for it,
+up to ~0.3 s, at random).
 
 Every variant is warmed up first (one epoch; ``--eager-batches`` batches for the eager loop), so
 tracing is excluded. Then each of ``--repeats`` rounds times one epoch of every variant in turn,
@@ -50,6 +54,7 @@ import tensorflow as tf
 
 import adaptgrad
 from adaptgrad.cells import MinimalRNNCell
+from adaptgrad.train import batches
 from adaptgrad.stats import SUM_FIELDS
 
 PLAIN = "plain fit"
@@ -166,6 +171,7 @@ def build_variants(
 ) -> tuple[dict[str, Variant], dict[str, adaptgrad.GradientWatch]]:
     variants: dict[str, Variant] = {}
     watches: dict[str, adaptgrad.GradientWatch] = {}
+    data = batches(x, y, config.batch_size)
     for name, through_time in ((PLAIN, None), (WATCH_OUTPUT, False), (WATCH_TIME, True)):
         model = build_model(config)
         model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
@@ -173,7 +179,7 @@ def build_variants(
             watches[name] = adaptgrad.watch(model, "rnn", through_time=through_time)
 
         def fit_epoch(model: keras.Model = model) -> None:
-            model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
+            model.fit(data, epochs=1, verbose=0)
 
         variants[name] = Variant(fit_epoch)
     if config.eager_batches:
