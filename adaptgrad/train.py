@@ -90,6 +90,7 @@ def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[st
             validation_data=validation,
             initial_epoch=epoch,
             epochs=epoch + 1,
+            shuffle=False,  # the order is epoch_order's
             callbacks=[adapt, files],
             verbose=0,
         )

@@ -203,7 +203,7 @@ def epoch_runner(
 
     def run() -> None:
         epoch = next(epochs)
-        model.fit(data, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=callbacks)
+        model.fit(data, initial_epoch=epoch, epochs=epoch + 1, shuffle=False, verbose=0, callbacks=callbacks)
 
     return run
 

@@ -179,7 +179,7 @@ def build_variants(
             watches[name] = adaptgrad.watch(model, "rnn", through_time=through_time)
 
         def fit_epoch(model: keras.Model = model) -> None:
-            model.fit(data, epochs=1, verbose=0)
+            model.fit(data, epochs=1, shuffle=False, verbose=0)
 
         variants[name] = Variant(fit_epoch)
     if config.eager_batches:
