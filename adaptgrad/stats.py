@@ -12,7 +12,7 @@ over every batch/time position (n, t):
 ``act_grad_batch_sq_sum``  sum_b (sum_{n,t in b} H*G)**2  (Molchanov et al. 2019)
 ``act_abs_sum[j]``         sum |H|  (activity, ReDo)
 ``batches``                number of batches accumulated
-``count``                  number of (n, t) positions accumulated
+``count``                  number of (n, t) positions accumulated (masked steps excluded)
 =========================  =====================================================
 """
 
