@@ -20,9 +20,10 @@ LAYER_NAMES = {"minimal_rnn": "minimalrnn", "simple_rnn": "simple_rnn", "gru": "
 """The recurrent layer's name per cell; ``minimalrnn`` is the question's own name."""
 
 
-def recurrent_layer(cell: str, units: int, return_sequences: bool) -> keras.layers.Layer:
-    """The recurrent layer for ``cell`` (one of :data:`CELLS`), named by :data:`LAYER_NAMES`."""
-    kwargs = {"return_sequences": return_sequences, "name": LAYER_NAMES[cell]}
+def recurrent_layer(cell: str, units: int, return_sequences: bool, **options: object) -> keras.layers.Layer:
+    """The recurrent layer for ``cell`` (one of :data:`CELLS`), named by :data:`LAYER_NAMES`;
+    ``options`` are more arguments of the layer (``unroll=True``, another ``name``...)."""
+    kwargs = {"return_sequences": return_sequences, "name": LAYER_NAMES[cell], **options}
     if cell == "minimal_rnn":
         return keras.layers.RNN(MinimalRNNCell(units), **kwargs)
     return {"simple_rnn": keras.layers.SimpleRNN, "gru": keras.layers.GRU, "lstm": keras.layers.LSTM}[cell](units, **kwargs)

@@ -5,9 +5,11 @@ Run it from the project root (about half a minute with the defaults on 2 cores):
     python scripts/bench_capture.py
     python scripts/bench_capture.py --samples 1024 --repeats 3 --eager-batches 4   # quick look
     python scripts/bench_capture.py --unroll       # every variant's RNN with unroll=True
+    python scripts/bench_capture.py --cell gru     # a GRU layer instead of the MinimalRNN
 
 It trains four separately built models of the same architecture, ``Input((steps, features)) ->
-RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)``, with MSE and SGD on random data, in input
+RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)`` (``--cell``: another of the runner's cells;
+``--unroll``: the layer unrolled), with MSE and SGD on random data, in input
 order (``shuffle=False``), and measures the wall time of one epoch of:
 
 1. ``plain fit``: ``model.fit(dataset, epochs=1, verbose=0)`` without a watch (the baseline);
@@ -53,7 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 import adaptgrad
-from adaptgrad.cells import MinimalRNNCell
+from adaptgrad.models import CELLS, recurrent_layer
 from adaptgrad.train import batches
 from adaptgrad.stats import SUM_FIELDS
 
@@ -77,6 +79,7 @@ class Config:
     batch_size: int
     eager_batches: int
     unroll: bool = False
+    cell: str = "minimal_rnn"
 
     @property
     def batches_per_epoch(self) -> int:
@@ -111,6 +114,7 @@ def parse_args() -> Config:
     parser.add_argument("--features", type=int, default=8, help="input features (8)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
     parser.add_argument("--unroll", action="store_true", help="build the RNN with unroll=True")
+    parser.add_argument("--cell", choices=CELLS, default="minimal_rnn", help="the recurrent layer's cell (minimal_rnn)")
     add_eager_batches(parser)
     config = Config(**vars(parser.parse_args()))
     sizes = (config.samples, config.repeats, config.units, config.steps, config.features)
@@ -125,7 +129,7 @@ def build_model(config: Config) -> keras.Model:
     """A fresh functional model; the fixed seed gives every variant the same initial weights."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((config.steps, config.features))
-    hidden = keras.layers.RNN(MinimalRNNCell(config.units), unroll=config.unroll, name="rnn")(inputs)
+    hidden = recurrent_layer(config.cell, config.units, False, unroll=config.unroll, name="rnn")(inputs)
     outputs = keras.layers.Dense(1, name="head")(hidden)
     return keras.Model(inputs, outputs)
 
@@ -284,7 +288,7 @@ def measure(config: Config) -> tuple[dict[str, Variant], str]:
     variants, watches = build_variants(config, x, y)
     print(
         f"{config.samples} samples x {config.steps} steps x {config.features} features, "
-        f"{config.units} units{' (unrolled)' if config.unroll else ''}, batch {config.batch_size} "
+        f"{config.cell}, {config.units} units{' (unrolled)' if config.unroll else ''}, batch {config.batch_size} "
         f"({config.batches_per_epoch} batches/epoch); {config.repeats} interleaved rounds "
         f"after a warm-up per variant",
         flush=True,
