@@ -56,8 +56,8 @@ import tensorflow as tf
 
 import adaptgrad
 from adaptgrad.models import CELLS, recurrent_layer
-from adaptgrad.train import batches
 from adaptgrad.stats import SUM_FIELDS
+from adaptgrad.train import batches
 
 PLAIN = "plain fit"
 WATCH_OUTPUT = "fit + watch (output)"
