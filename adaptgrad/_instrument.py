@@ -151,9 +151,12 @@ def through_time_loop(
     masked step has no hidden state of its own (Keras carries the previous one), so it counts
     for nothing.
 
-    The loop runs time-major (``z``, its gradient and the hidden states are never transposed),
-    and ``add_n`` adds ``z_t`` once to the state that is also the output: its gradient passes
-    ``dL/dh_t`` through without the broadcasting reductions of ``+``.
+    How ``z`` enters the loop decides what the capture costs, because every op of a while loop
+    costs ~10 µs per step. Without a mask, ``z`` is a TensorList carried as one more state and
+    popped once per step: the backward loop then pushes each step's gradient, one op. With a
+    mask (Keras masks every state, and a list cannot be masked) ``z`` is a second input
+    sequence, whose per-step reads cost about six more ops in the backward loop. The loop runs
+    time-major, and ``add_n`` adds ``z_t`` once to the state that is also the output.
     """
     cell = layer.cell
     units = hidden_units(layer)
@@ -172,19 +175,16 @@ def through_time_loop(
     hidden: dict[str, tf.Tensor] = {}
     z = time_probe(z, lambda: (hidden["h"], kept))
     cell_kwargs = {"training": training} if cell._call_has_training_arg else {}
+    shared: list[bool] = []  # is the cell's output its first state? (seen when the step is traced)
 
-    def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        x, z_t = inputs
+    def cell_step(x: tf.Tensor, states: list[tf.Tensor], z_t: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         output, new_states = cell(x, states, **cell_kwargs)
         new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
-        shared = output is new_states[0]
+        shared[:] = [output is new_states[0]]
         new_states[0] = tf.math.add_n([new_states[0], z_t])
-        return (new_states[0] if shared else tf.math.add_n([output, z_t])), new_states
+        return (new_states[0] if shared[0] else tf.math.add_n([output, z_t])), new_states
 
-    last_output, outputs, new_states = keras_backend.rnn(
-        step,
-        (time_major, z),
-        initial_state,
+    loop = dict(
         go_backwards=layer.go_backwards,
         mask=mask,
         unroll=layer.unroll,
@@ -193,7 +193,28 @@ def through_time_loop(
         zero_output_for_mask=layer.zero_output_for_mask,
         return_all_outputs=True,
     )
-    hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
+    if mask is None:
+        element_shape = tf.constant([-1, units])
+        z_list = tf.raw_ops.TensorListFromTensor(tensor=z, element_shape=element_shape)
+
+        def step(x: tf.Tensor, states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+            *states, rest = states
+            rest, z_t = tf.raw_ops.TensorListPopBack(input_handle=rest, element_shape=element_shape, element_dtype=z.dtype)
+            output, new_states = cell_step(x, states, z_t)
+            return output, [*new_states, rest]
+
+        last_output, outputs, new_states = keras_backend.rnn(step, time_major, [*initial_state, z_list], **loop)
+        new_states = list(new_states)[:-1]
+        hidden["h"] = tf.reverse(outputs, axis=[0])  # step i popped z[T-1-i]
+        if shared[0]:  # the same value; this way no gradient flows into the collected outputs
+            last_output = new_states[0]
+    else:
+
+        def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+            return cell_step(inputs[0], list(states), inputs[1])
+
+        last_output, outputs, new_states = keras_backend.rnn(step, (time_major, z), initial_state, **loop)
+        hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
     return last_output, tf.transpose(outputs, [1, 0, 2]), new_states
 
 
