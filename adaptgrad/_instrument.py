@@ -152,11 +152,12 @@ def through_time_loop(
     for nothing.
 
     How ``z`` enters the loop decides what the capture costs, because every op of a while loop
-    costs ~10 µs per step. Without a mask, ``z`` is a TensorList carried as one more state and
-    popped once per step: the backward loop then pushes each step's gradient, one op. With a
-    mask (Keras masks every state, and a list cannot be masked) ``z`` is a second input
-    sequence, whose per-step reads cost about six more ops in the backward loop. The loop runs
-    time-major, and ``add_n`` adds ``z_t`` once to the state that is also the output.
+    costs ~10 µs per step. In a while loop without a mask, ``z`` is a TensorList carried as one
+    more state and popped once per step: the backward loop then pushes each step's gradient, one
+    op. Otherwise ``z`` is a second input sequence: Keras masks every state (a list cannot be
+    masked), and an unrolled loop slices its inputs cheaply, whereas a while loop's per-step
+    reads cost about six more ops in its backward loop. The loop runs time-major, and ``add_n``
+    adds ``z_t`` once to the state that is also the output.
     """
     cell = layer.cell
     units = hidden_units(layer)
@@ -193,7 +194,7 @@ def through_time_loop(
         zero_output_for_mask=layer.zero_output_for_mask,
         return_all_outputs=True,
     )
-    if mask is None:
+    if mask is None and not layer.unroll:
         element_shape = tf.constant([-1, units])
         z_list = tf.raw_ops.TensorListFromTensor(tensor=z, element_shape=element_shape)
 
