@@ -114,9 +114,19 @@ def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[st
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """``(x, y)`` in order, in batches of ``batch_size`` (the last one smaller), without tf.data's
-    autotuner: its background thread makes every ``fit`` call that ends before the thread's next
-    wake-up wait for it (up to ~0.3 s per call on a 2-core machine; measured), and the runner
-    calls ``fit`` once per epoch. Reading slices of arrays in memory needs no tuning."""
+    autotuner.
+
+    Example:
+        >>> import numpy as np
+        >>> from adaptgrad.train import batches
+        >>> data = batches(np.zeros((5, 3, 2), np.float32), np.zeros((5, 1), np.float32), 2)
+        >>> [int(x.shape[0]) for x, y in data]
+        [2, 2, 1]
+
+    The autotuner is off because its background thread makes every ``fit`` call that ends before
+    the thread's next wake-up wait for it (up to ~0.3 s per call on a 2-core machine; measured),
+    and the runner calls ``fit`` once per epoch. Reading slices of arrays in memory needs no
+    tuning."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).with_options(options)
