@@ -29,8 +29,9 @@ A custom layer or cell becomes adaptable by defining ``adaptgrad_unit_weights(se
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -179,6 +180,7 @@ class UnitView:
         self.edits: list[Edit] = []
         self.seed = int(seed)
         self._scales = np.ones(self.size)
+        self._age = np.zeros(self.size, dtype=np.int64)
         self._draws = 0  # reinit calls so far: each draws with its own seed, so resumes repeat them
         hooks = _instrument.hooks_of(layer)
         if hooks.cell_mask is not None or hooks.output_mask is not None:
@@ -205,6 +207,11 @@ class UnitView:
         """Cumulative factor applied to each unit's incoming weights by :meth:`scale`."""
         return self._scales.copy()
 
+    @property
+    def age(self) -> np.ndarray:
+        """Completed epochs since each unit's incoming weights were last made new (built, reinit, ungate)."""
+        return self._age.copy()
+
     def incoming_norms(self) -> np.ndarray:
         """L2 norm of each unit's incoming weights (all its slices of every incoming weight)."""
         squares = np.zeros(self.size)
@@ -219,6 +226,41 @@ class UnitView:
         return unit + self.size * np.arange(blocks)
 
     # -- editing ----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Add one completed epoch to every unit's :attr:`age` (:class:`adaptgrad.Adapt` calls it)."""
+        self._age += 1
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[UnitView]:
+        """Undo every change the view made inside the block if the block raises, then re-raise.
+
+        Example:
+            >>> import keras, adaptgrad
+            >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="h")])
+            >>> units = adaptgrad.unit_view(model, "h")
+            >>> try:
+            ...     with units.transaction():
+            ...         _ = units.gate([0])
+            ...         raise RuntimeError("rule failed")
+            ... except RuntimeError:
+            ...     pass
+            >>> units.active.tolist(), units.edits
+            ([True, True, True, True], [])
+
+        Covers incoming and outgoing weights, gates, optimizer slots of those weights, scales,
+        ages, the reinit draw counter and :attr:`edits`.
+        """
+        variables = self._touchable_variables()
+        saved = [np.array(keras.ops.convert_to_numpy(variable)) for variable in variables]
+        python = (self._scales.copy(), self._age.copy(), self._draws, list(self.edits))
+        try:
+            yield self
+        except BaseException:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            self._scales, self._age, self._draws, self.edits[:] = python[0], python[1], python[2], python[3]
+            raise
 
     def scale(self, units: Iterable[int], factors: float | Sequence[float]) -> None:
         """Multiply each unit's incoming weights (all gate blocks, bias included) by its factor."""
@@ -259,6 +301,7 @@ class UnitView:
         chosen = [unit for unit in self._check(units) if not active[unit]]
         self._set_mask(chosen, 1.0)
         self._reset_slots(chosen)
+        self._age[chosen] = 0
         self.edits.extend(Edit("ungate", unit) for unit in chosen)
         if zero_outgoing:
             self.zero_outgoing(chosen)
@@ -279,6 +322,7 @@ class UnitView:
             array[..., columns] = fresh[..., columns]
             variable.assign(array)
         self._scales[units] = 1.0
+        self._age[units] = 0
         self._reset_slots(units)
         self.edits.extend(Edit("reinit", unit) for unit in units)
         if zero_outgoing:
@@ -313,13 +357,14 @@ class UnitView:
         self.edits.extend(Edit("zero_outgoing", unit) for unit in units)
 
     def get_state(self) -> dict[str, Any]:
-        """Gates, scales and the reinit counter, as plain values (see :meth:`set_state`)."""
-        return {"mask": self._mask.numpy().copy(), "scales": self._scales.copy(), "draws": self._draws}
+        """Gates, scales, ages and the reinit counter, as plain values (see :meth:`set_state`)."""
+        return {"mask": self._mask.numpy().copy(), "scales": self._scales.copy(), "age": self._age.copy(), "draws": self._draws}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore gates, scales and the reinit counter saved by :meth:`get_state`."""
+        """Restore gates, scales, ages and the reinit counter saved by :meth:`get_state`."""
         self._mask.assign(np.asarray(state["mask"], dtype=np.float32))
         self._scales = np.asarray(state["scales"], dtype=np.float64).copy()
+        self._age = np.asarray(state["age"], dtype=np.int64).copy()
         self._draws = int(state["draws"])
 
     def remove(self) -> None:
@@ -335,6 +380,16 @@ class UnitView:
     @property
     def _optimizer(self) -> Any:
         return getattr(self.model, "optimizer", None)
+
+    def _touchable_variables(self) -> list[Any]:
+        """Every variable an edit can change: incoming weights, outgoing kernels, gates, their slots."""
+        weights = [variable for variable, _, _ in self.weights]
+        if self.next_layer is not None:
+            weights += list(self.next_layer.weights)
+        variables = [*weights, self._mask]
+        for variable in weights:
+            variables += optimizer_slots(self._optimizer, variable)
+        return list({id(variable): variable for variable in variables}.values())
 
     def _check(self, units: Iterable[int]) -> list[int]:
         units = np.asarray(units if np.isscalar(units) else list(units), dtype=np.int64).ravel().tolist()

@@ -177,3 +177,58 @@ def test_user_cell_protocol_and_a_watch_on_the_same_layer(through_time):
     stats = w.stats()
     assert stats.act_abs_sum[0] == 0.0 and np.all(stats.act_abs_sum[1:] > 0)
     assert np.all(keras.ops.convert_to_numpy(rnn(x))[..., 0] == 0.0)
+
+
+def test_age_counts_epochs_since_the_weights_were_made_new_and_travels_with_the_state():
+    model = sequence_model("gru")
+    units = adaptgrad.unit_view(model, "layer")
+    np.testing.assert_array_equal(units.age, 0)
+    units.tick()
+    units.tick()
+    units.reinit([1])
+    units.gate([3])  # gating keeps the weights, so it keeps the age
+    units.tick()
+    np.testing.assert_array_equal(units.age, [3, 1, 3, 3, 3])
+    units.ungate([3])
+    np.testing.assert_array_equal(units.age, [3, 1, 3, 0, 3])
+    assert units.age.dtype == np.int64
+    state = units.get_state()
+    units.tick()
+    units.set_state(state)
+    np.testing.assert_array_equal(units.age, [3, 1, 3, 0, 3])
+    units.age[0] = 99  # a copy
+    assert units.age[0] == 3
+
+
+def test_transaction_undoes_every_change_of_a_failed_block_and_re_raises():
+    model = sequence_model("lstm")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    x, y = data(16, return_sequences=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    units = adaptgrad.unit_view(model, "layer")
+    units.gate([4])
+    units.tick()
+    everything = [*model.weights, *model.optimizer.variables]
+    before = [np.array(v.numpy()) for v in everything]
+    state, edits = units.get_state(), list(units.edits)
+
+    with pytest.raises(RuntimeError, match="rule failed"):
+        with units.transaction():
+            units.scale([0], 3.0)
+            units.reinit([1, 2], zero_outgoing=True)
+            units.ungate([4])
+            units.gate([0])
+            units.tick()
+            raise RuntimeError("rule failed")
+
+    for variable, value in zip(everything, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    after = units.get_state()
+    for key in state:
+        np.testing.assert_array_equal(after[key], state[key], err_msg=key)
+    assert units.edits == edits
+    # the draw counter was restored: the next reinit draws what the failed one drew
+    with units.transaction():
+        units.reinit([1])
+    assert [e.action for e in units.edits[-1:]] == ["reinit"]
+    assert units.get_state()["draws"] == state["draws"] + 1
