@@ -8,15 +8,16 @@ Example:
     >>> model.compile(optimizer="adam", loss="mse")
     >>> adapt = adaptgrad.Adapt(adaptgrad.watch(model, "gru"), [TaylorPrune(fraction=0.25)])
     >>> x, y = np.ones((16, 5, 1)), np.ones((16, 1))
-    >>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[adapt])
-    >>> int(adapt.units.active.sum())
-    4
+    >>> history = model.fit(x, y, epochs=2, verbose=0, callbacks=[adapt])
+    >>> int(adapt.units.active.sum()), history.history["active_units/gru"]
+    (4, [6, 4])
     >>> adapt.actions_frame().action.unique().tolist()
     ['gate']
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,12 +30,15 @@ from adaptgrad.rules.base import AdaptationRule
 from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
 from adaptgrad.units import UnitView, unit_view
 
-UNIT_COLUMNS = ["epoch", "unit", "active", "scale", "batches", "count", *SUM_FIELDS, *DERIVED_FIELDS]
-ACTION_COLUMNS = ["epoch", "rule", "action", "unit", "value"]
+UNIT_COLUMNS = ["epoch", "layer", "unit", "active", "age", "scale", "batches", "count", *SUM_FIELDS, *DERIVED_FIELDS]
+ACTION_COLUMNS = ["epoch", "layer", "rule", "action", "unit", "value"]
+
+_ADAPTS: weakref.WeakKeyDictionary[keras.Model, weakref.WeakSet[Adapt]] = weakref.WeakKeyDictionary()
+"""Model -> the Adapt callbacks alive on it (weakly held: an Adapt that is dropped stops counting)."""
 
 
 class Adapt(keras.callbacks.Callback):
-    """At each epoch end: stats of ``watch`` -> each rule in order -> unit edits -> reset.
+    """At each epoch end: stats of ``watch`` -> unit ages + 1 -> each rule in order -> reset.
 
     Args:
         watch: the :class:`~adaptgrad.GradientWatch` on the layer to adapt (either mode).
@@ -44,11 +48,25 @@ class Adapt(keras.callbacks.Callback):
             (the model must be built). ``next_layer`` and ``seed`` are passed to
             :func:`~adaptgrad.unit_view`.
 
+    Raises:
+        ValueError: when built, if a rule cannot act correctly here (each rule's
+            :meth:`~adaptgrad.AdaptationRule.check`): the watch does not capture a statistic it
+            reads, it needs the next layer and that is unknown, its edit does not match the
+            capture mode, or ``min_active`` exceeds the layer.
+
+    Each rule's ``apply`` runs inside :meth:`UnitView.transaction`: if it raises, its edits of
+    that call are undone, a ``failed`` action is recorded, and the exception propagates (so
+    ``fit`` stops). Unit ages (:attr:`UnitView.age`) grow by one at every epoch end before the
+    rules run, so a unit re-initialised at the end of epoch t has age 1 when rules run at the
+    end of epoch t+1.
+
     Records, as pandas DataFrames: :meth:`units_frame` (one row per epoch and unit: the
-    epoch's statistics and the unit's ``active`` flag and cumulative ``scale`` after the
-    epoch's edits) and :meth:`actions_frame` (one row per edit). Adds ``active_units`` to the
-    epoch logs, so it shows in ``History``. Works at epoch level only: no per-batch hook, so
-    Keras keeps its asynchronous dispatch.
+    epoch's statistics and the unit's ``active`` flag, ``age`` and cumulative incoming ``scale``
+    after the epoch's edits) and :meth:`actions_frame` (one row per edit); both carry the
+    ``layer`` name, so the tables of several Adapts concatenate. Adds ``active_units/<layer>``
+    to the epoch logs (it shows in ``History``), and plain ``active_units`` too when this is the
+    only Adapt alive on the model (Adapts register themselves, weakly, per model when built).
+    Works at epoch level only: no per-batch hook, so Keras keeps its asynchronous dispatch.
     """
 
     def __init__(
@@ -67,37 +85,60 @@ class Adapt(keras.callbacks.Callback):
             if not isinstance(rule, AdaptationRule):
                 raise TypeError(f"rules must be AdaptationRule instances, got {type(rule).__name__}: {rule!r}")
         self.units = units if units is not None else unit_view(watch.model, watch.layer, next_layer=next_layer, seed=seed)
+        if self.units.layer is not watch.layer:
+            raise ValueError(f"units view layer {self.units.layer.name!r} is not the watched layer {watch.layer.name!r}")
         for rule in self.rules:
-            if rule.min_active > self.units.size:
-                raise ValueError(
-                    f"{rule.label}: min_active={rule.min_active} exceeds the {self.units.size} units of "
-                    f"layer {watch.layer.name!r}; valid: 1..{self.units.size}"
-                )
+            rule.check(watch, self.units)
+        self.layer_name = watch.layer.name
+        _ADAPTS.setdefault(watch.model, weakref.WeakSet()).add(self)
         self._unit_rows: list[pd.DataFrame] = []
-        self._action_rows: list[tuple[int, str, str, int, float]] = []
+        self._action_rows: list[tuple[int, str, str, str, int, float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         stats = self.watch.stats()
+        self.units.tick()
         for rule in self.rules:
             if not rule.applies_at(epoch):
                 continue
             if not stats.finite:
-                self._action_rows.append((epoch, rule.label, "skip_nonfinite", -1, float("nan")))
+                self._record(epoch, rule, "skip_nonfinite")
                 continue
-            self.units.min_active = rule.min_active
-            self.units.edits.clear()
-            rule.apply(stats, self.units, epoch)
-            self._action_rows.extend((epoch, rule.label, e.action, e.unit, e.value) for e in self.units.edits)
-            self.units.edits.clear()
+            self._apply(rule, stats, epoch)
         self.watch.reset()
         active = self.units.active
-        columns = {"epoch": epoch, "unit": np.arange(self.units.size), "active": active, "scale": self.units.scales}
+        columns = {
+            "epoch": epoch,
+            "layer": self.layer_name,
+            "unit": np.arange(self.units.size),
+            "active": active,
+            "age": self.units.age,
+            "scale": self.units.scales,
+        }
         self._unit_rows.append(pd.DataFrame({**columns, **stats.as_dict()}, columns=UNIT_COLUMNS))
         if logs is not None:
-            logs["active_units"] = int(active.sum())
+            logs[f"active_units/{self.layer_name}"] = int(active.sum())
+            if len(_ADAPTS.get(self.watch.model, ())) == 1:
+                logs["active_units"] = int(active.sum())
+
+    def _apply(self, rule: AdaptationRule, stats: Any, epoch: int) -> None:
+        """One rule's edits, all or none: a rule that raises leaves the layer as it found it."""
+        self.units.min_active = rule.floor(self.units.size)
+        self.units.edits.clear()
+        try:
+            with self.units.transaction():
+                rule.apply(stats, self.units, epoch)
+        except Exception:
+            self._record(epoch, rule, "failed")
+            raise
+        for edit in self.units.edits:
+            self._record(epoch, rule, edit.action, edit.unit, edit.value)
+        self.units.edits.clear()
+
+    def _record(self, epoch: int, rule: AdaptationRule, action: str, unit: int = -1, value: float = float("nan")) -> None:
+        self._action_rows.append((epoch, self.layer_name, rule.label, action, unit, value))
 
     def get_state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: unit gates/scales, rule states, recorded rows."""
+        """Everything needed to continue exactly: unit gates/scales/ages, rule states, recorded rows."""
         return {
             "units": self.units.get_state(),
             "rules": [rule.get_state() for rule in self.rules],
@@ -114,12 +155,13 @@ class Adapt(keras.callbacks.Callback):
         self._action_rows = list(state["action_rows"])
 
     def units_frame(self) -> pd.DataFrame:
-        """One row per (epoch, unit): statistics, ``active`` and ``scale`` after the edits."""
+        """One row per (epoch, unit): ``layer``, statistics, ``active``, ``age`` and ``scale`` after the edits."""
         if not self._unit_rows:
             return pd.DataFrame(columns=UNIT_COLUMNS)
         return pd.concat(self._unit_rows, ignore_index=True)
 
     def actions_frame(self) -> pd.DataFrame:
-        """One row per edit: ``epoch, rule, action, unit, value``."""
+        """One row per edit: ``epoch, layer, rule, action, unit, value`` (``failed``: a rule raised,
+        its edits undone; ``skip_nonfinite``: NaN/inf statistics, rule not run; unit -1 for both)."""
         frame = pd.DataFrame(self._action_rows, columns=ACTION_COLUMNS)
         return frame.astype({"epoch": "int64", "unit": "int64", "value": "float64"})

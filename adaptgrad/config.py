@@ -4,7 +4,7 @@ Example:
     >>> from adaptgrad.config import compose, prepare
     >>> job = prepare(compose(["data=toy", "rule=taylor_prune", "rule.fraction=0.5"]), "taylor_prune")
     >>> job.rule, job.trainer.epochs, job.dataset.input_shape
-    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.5), 20, (5, 1))
+    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.5, max_sparsity=0.5), 20, (5, 1))
 
 The config folder ``conf/`` and the ``experiments/`` presets ship inside the package
 (``adaptgrad/conf``, ``adaptgrad/experiments``) and are read from the checkout when it is one.

@@ -221,6 +221,11 @@ class UnitView:
             squares += per_column.reshape(blocks, self.size).sum(axis=0)
         return np.sqrt(squares)
 
+    def outgoing_norms(self) -> np.ndarray:
+        """L2 norm of the next layer's input-kernel rows that read each unit."""
+        kernel = np.asarray(keras.ops.convert_to_numpy(self._next_kernel("measure outgoing weights")), dtype=np.float64)
+        return np.sqrt((kernel[: self.size].reshape(self.size, -1) ** 2).sum(axis=1))
+
     def columns(self, unit: int, blocks: int) -> np.ndarray:
         """Indices along the last axis that belong to ``unit`` in a weight with ``blocks`` blocks."""
         return unit + self.size * np.arange(blocks)
@@ -275,6 +280,20 @@ class UnitView:
             variable.assign(array * np.tile(unit_factors, blocks).astype(array.dtype))
         self._scales *= unit_factors
         self.edits.extend(Edit("scale", unit, float(factor)) for unit, factor in zip(units, factors))
+
+    def scale_outgoing(self, units: Iterable[int], factors: float | Sequence[float]) -> None:
+        """Multiply the next layer's input-kernel rows that read each unit by its factor: a gain on
+        the unit's output as the next layer sees it (the layer's own recurrence is unchanged)."""
+        units = self._check(units)
+        factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), (len(units),))
+        if not np.all(np.isfinite(factors)):
+            raise ValueError(f"scale factors must be finite, got {factors.tolist()}")
+        kernel = self._next_kernel("scale outgoing weights")
+        array = np.array(keras.ops.convert_to_numpy(kernel))
+        for unit, factor in zip(units, factors):
+            array[unit] *= factor
+        kernel.assign(array)
+        self.edits.extend(Edit("scale_outgoing", unit, float(factor)) for unit, factor in zip(units, factors))
 
     def gate(self, units: Iterable[int]) -> list[int]:
         """Switch units off, in the order given, never leaving fewer than ``min_active`` active.
@@ -390,6 +409,14 @@ class UnitView:
         for variable in weights:
             variables += optimizer_slots(self._optimizer, variable)
         return list({id(variable): variable for variable in variables}.values())
+
+    def _next_kernel(self, what: str) -> Any:
+        if self.next_layer is None:
+            raise ValueError(
+                f"cannot {what} of layer {self.layer.name!r}: no next layer is known "
+                f"(pass next_layer=... to unit_view for a subclassed model)"
+            )
+        return input_kernel(self.next_layer)
 
     def _check(self, units: Iterable[int]) -> list[int]:
         units = np.asarray(units if np.isscalar(units) else list(units), dtype=np.int64).ravel().tolist()

@@ -36,10 +36,22 @@ SHIPPED = {name: cls for name, cls in rules.REGISTRY.items() if cls.__module__.s
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def gru_view():
-    """A built GRU(6) -> Dense(1) model and a unit view on the GRU."""
+def gru_view(epochs: int = 3):
+    """A built GRU(6) -> Dense(1) model and a unit view on the GRU whose units are ``epochs`` old
+    (past the rules' default grace)."""
     model = keras.Sequential([keras.Input((4, 2)), keras.layers.GRU(SIZE, name="rnn"), keras.layers.Dense(1, name="head")])
-    return model, adaptgrad.unit_view(model, "rnn")
+    units = adaptgrad.unit_view(model, "rnn")
+    for _ in range(epochs):
+        units.tick()
+    return model, units
+
+
+def checked(rule, model, units, through_time=False):
+    """``rule`` after the build-time check Adapt runs, against a watch in the given mode."""
+    probe = adaptgrad.watch(model, units.layer, through_time=through_time)
+    rule.check(probe, units)
+    probe.remove()
+    return rule
 
 
 def make_stats(batches: int = 4, count: int = 40, **sums) -> OutputGradientStats:
@@ -55,7 +67,7 @@ def weights(model) -> dict[str, np.ndarray]:
 
 def run(rule, stats, units, epoch: int = 0):
     """What Adapt does around one rule: set the floor, clear the edits, apply, return the edits."""
-    units.min_active = rule.min_active
+    units.min_active = rule.floor(units.size)
     units.edits.clear()
     rule.apply(stats, units, epoch)
     return [(e.action, e.unit) for e in units.edits]
@@ -140,12 +152,14 @@ def test_taylor_gate_ema_scores_smoothing_and_state_over_two_calls():
 
 
 def test_gain_rescale_scales_active_units_by_normalised_gain_step():
+    """Output mode: the gain goes into the head's input rows; the GRU itself is untouched."""
     model, units = gru_view()
     gate_by_hand(units, [2])
     batches = 4
     act_grad_sum = np.array([4.0, -2.0, 3.0, 0.0, 8.0, -1.0])
     batch_sq = np.array([4.0, 16.0, 9.0, 0.0, 16.0, 1.0])
-    rule = GainRescale(lr=0.6, max_step=0.5)
+    rule = checked(GainRescale(lr=0.6, max_step=0.5), model, units)
+    assert rule.fold == "outgoing"
     before = weights(model)
     edits = run(rule, make_stats(batches=batches, act_grad_sum=act_grad_sum, act_grad_batch_sq_sum=batch_sq), units)
 
@@ -155,10 +169,33 @@ def test_gain_rescale_scales_active_units_by_normalised_gain_step():
         expected[j] = math.exp(-min(max(step, -0.5), 0.5))
     assert expected[0] == pytest.approx(math.exp(-0.5))  # 0.6 * 1/1 clipped to 0.5
     assert expected[1] == pytest.approx(math.exp(0.15))
-    assert edits == [("scale", 0), ("scale", 1), ("scale", 4), ("scale", 5)]
+    assert edits == [("scale_outgoing", 0), ("scale_outgoing", 1), ("scale_outgoing", 4), ("scale_outgoing", 5)]
     np.testing.assert_allclose([e.value for e in units.edits], expected[[0, 1, 4, 5]])
-    np.testing.assert_allclose(units.scales, expected)
-    assert_scaled(before, weights(model), expected)
+    after = weights(model)
+    for path, array in before.items():
+        want = array * expected[:, None] if path == "head/kernel" else array
+        np.testing.assert_allclose(after[path], want, rtol=1e-6, err_msg=path)
+    assert units.scales.tolist() == [1.0] * SIZE  # incoming weights untouched
+
+
+def test_gain_rescale_through_time_folds_into_incoming_weights_of_a_homogeneous_cell():
+    model = keras.Sequential([keras.Input((4, 2)), keras.layers.RNN(MinimalRNNCell(SIZE), name="rnn"), keras.layers.Dense(1)])
+    units = adaptgrad.unit_view(model, "rnn")
+    rule = checked(GainRescale(lr=0.2), model, units, through_time=True)
+    assert rule.fold == "incoming"
+    kernel = units.weights[0][0].numpy().copy()
+    run(rule, make_stats(batches=1, act_grad_sum=np.full(SIZE, 1.0), act_grad_batch_sq_sum=np.full(SIZE, 1.0)), units)
+    np.testing.assert_allclose(units.weights[0][0].numpy(), kernel * math.exp(-0.2), rtol=1e-6)
+    np.testing.assert_allclose(units.scales, math.exp(-0.2))
+
+
+@pytest.mark.parametrize("rule", [GainRescale(), TrustRatio()], ids=["gain_rescale", "trust_ratio"])
+def test_scaling_rules_refuse_through_time_capture_of_non_homogeneous_cells(rule):
+    model, units = gru_view()
+    with pytest.raises(ValueError, match=r"through-time capture on layer 'rnn' \(GRUCell\).*through_time=False"):
+        checked(rule, model, units, through_time=True)
+    with pytest.raises(RuntimeError, match="call rule.check"):
+        type(rule)().apply(make_stats(), units, 0)
 
 
 # -- dormant_reset -------------------------------------------------------------------------------
@@ -175,7 +212,7 @@ def test_dormant_reset_reinitialises_units_below_tau_of_the_active_mean():
 
     ratio = grad_abs_sum[:5] / grad_abs_sum[:5].mean()  # mean over active units 0..4 = 16
     assert np.flatnonzero(ratio <= 0.35).tolist() == [0, 3]
-    edits = run(DormantReset(tau=0.35), stats, units)
+    edits = run(DormantReset(tau=0.35, score="grad"), stats, units)
     assert edits == [("reinit", 0), ("reinit", 3), ("zero_outgoing", 0), ("zero_outgoing", 3)]
     assert units.scales.tolist() == [1.0] * SIZE  # reinit resets the cumulative scale
     assert units.active.tolist() == [True] * 5 + [False]
@@ -257,7 +294,12 @@ def test_drop_regrow_first_step_only_drops_and_stops_at_end_epoch():
     # at the min_active floor a swap still happens (regrow before drop)
     rule = DropRegrow(fraction=0.5, end_epoch=4, min_active=4)
     assert run(rule, stats, units, epoch=0) == [
-        ("ungate", 1), ("ungate", 2), ("zero_outgoing", 1), ("zero_outgoing", 2), ("gate", 0), ("gate", 5)
+        ("ungate", 1),
+        ("ungate", 2),
+        ("zero_outgoing", 1),
+        ("zero_outgoing", 2),
+        ("gate", 0),
+        ("gate", 5),
     ]  # n = round(0.5 * 4) = 2; rms ties -> by index; the floor (4) does not block a swap
     assert int(units.active.sum()) == 4
 
@@ -266,25 +308,28 @@ def test_drop_regrow_first_step_only_drops_and_stops_at_end_epoch():
 
 
 def test_trust_ratio_scales_by_relative_radial_trust_ratio():
+    """Output mode: W_j are the head's input rows that read unit j."""
     model, units = gru_view()
     gate_by_hand(units, [4])
-    norms = units.incoming_norms()
+    head = model.get_layer("head").kernel
+    head.assign(head.numpy() + np.arange(SIZE)[:, None] * 0.3)  # distinct row norms
+    norms = units.outgoing_norms()
+    np.testing.assert_allclose(norms, np.abs(head.numpy()[:, 0]), rtol=1e-6)
     batches, beta, power, max_factor = 5, 0.5, 0.5, 1.2
     act_grad_sum = np.array([1.0, 30.0, -4.0, 0.2, 7.0, -10.0])
     before = weights(model)
-    rule = TrustRatio(beta=beta, power=power, max_factor=max_factor)
+    rule = checked(TrustRatio(beta=beta, power=power, max_factor=max_factor), model, units)
     edits = run(rule, make_stats(batches=batches, act_grad_sum=act_grad_sum), units)
 
     lam = np.array([n / (abs(s) / batches / n + beta * n) for s, n in zip(act_grad_sum, norms)])
     median = np.median(lam[[0, 1, 2, 3, 5]])
     expected = np.clip((median / lam) ** power, 1 / max_factor, max_factor)
     expected[4] = 1.0
-    median_unit = [j for j in [0, 1, 2, 3, 5] if lam[j] == median]
-    assert len(median_unit) == 1 and expected[median_unit[0]] == 1.0
     assert np.isclose(expected, max_factor).any() and np.isclose(expected, 1 / max_factor).any()  # both clips
-    assert edits == [("scale", j) for j in range(SIZE) if expected[j] != 1.0]
-    np.testing.assert_allclose(units.scales, expected, rtol=1e-12)
-    assert_scaled(before, weights(model), expected)
+    assert edits == [("scale_outgoing", j) for j in range(SIZE) if expected[j] != 1.0]
+    np.testing.assert_allclose([e.value for e in units.edits], expected[expected != 1.0], rtol=1e-6)
+    np.testing.assert_allclose(weights(model)["head/kernel"], before["head/kernel"] * expected[:, None], rtol=1e-6)
+    np.testing.assert_array_equal(weights(model)["rnn/gru_cell/kernel"], before["rnn/gru_cell/kernel"])
 
 
 def test_trust_ratio_factors_edge_cases():
@@ -299,12 +344,13 @@ def test_trust_ratio_factors_edge_cases():
     np.testing.assert_array_equal(TrustRatio.factors(np.full(4, np.nan), active, power=0.1, max_factor=1.5), 1.0)
 
     model, units = gru_view()
-    for variable, _, _ in units.weights:  # unit 2 has no incoming weight at all
-        array = variable.numpy()
-        array[..., units.columns(2, 3)] = 0.0
-        variable.assign(array)
-    run(TrustRatio(power=1.0), make_stats(act_grad_sum=np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])), units)
-    assert units.scales[2] == 1.0 and 2 not in [e.unit for e in units.edits]
+    head = model.get_layer("head").kernel
+    array = head.numpy()
+    array[2] = 0.0  # unit 2 has no outgoing weight at all
+    head.assign(array)
+    rule = checked(TrustRatio(power=1.0), model, units)
+    run(rule, make_stats(act_grad_sum=np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])), units)
+    assert 2 not in [e.unit for e in units.edits]
 
 
 # -- validation, registry, configs ---------------------------------------------------------------
@@ -320,7 +366,7 @@ BAD_ARGS = [
     (GainRescale, {"max_step": -0.1}, "max_step=-0.1"),
     (DormantReset, {"tau": 1.0}, r"tau=1\.0.*\[0\.0, 1\.0\)"),
     (DormantReset, {"tau": -0.1}, "tau=-0.1"),
-    (DormantReset, {"score": "weights"}, "score='weights'.*'grad', 'activation'"),
+    (DormantReset, {"score": "weights"}, "score='weights'.*'activation', 'grad'"),
     (DormantReset, {"zero_outgoing": "yes"}, "zero_outgoing='yes'"),
     (DropRegrow, {"fraction": 1.5}, "fraction=1.5"),
     (DropRegrow, {"end_epoch": 0}, "end_epoch=0"),
@@ -332,6 +378,12 @@ BAD_ARGS = [
     (TrustRatio, {"power": 0.0}, r"power=0\.0.*\(0\.0, 1\.0\]"),
     (TrustRatio, {"power": 1.5}, "power=1.5"),
     (TrustRatio, {"max_factor": 1.0}, "max_factor=1.0"),
+    (TaylorPrune, {"max_sparsity": 0.0}, r"max_sparsity=0\.0.*\(0\.0, 1\.0\]"),
+    (TaylorGateEMA, {"max_sparsity": 1.5}, "max_sparsity=1.5"),
+    (DormantReset, {"grace": -1}, "grace=-1.*integer >= 0"),
+    (DropRegrow, {"grace": 1.5}, "grace=1.5"),
+    (TaylorPrune, {"start_epoch": -1}, "start_epoch=-1"),
+    (TaylorPrune, {"stop_epoch": 0, "start_epoch": 2}, "stop_epoch=0.*integer >= 2"),
 ]
 
 
@@ -348,7 +400,15 @@ def test_arguments_are_keyword_only():
 
 
 def test_get_builds_every_registered_rule_and_lists_names_of_unknown():
-    assert set(SHIPPED) == {"none", "taylor_prune", "taylor_gate_ema", "gain_rescale", "dormant_reset", "drop_regrow", "trust_ratio"}
+    assert set(SHIPPED) == {
+        "none",
+        "taylor_prune",
+        "taylor_gate_ema",
+        "gain_rescale",
+        "dormant_reset",
+        "drop_regrow",
+        "trust_ratio",
+    }
     for name, cls in SHIPPED.items():
         rule = rules.get(name)
         assert type(rule) is cls and rule.label == name
@@ -381,9 +441,9 @@ END_TO_END = {  # name: (rule, cell, through_time, the actions it must record ov
     "taylor_prune": (lambda: TaylorPrune(fraction=0.2), "gru", False, {"gate"}),
     "taylor_gate_ema": (lambda: TaylorGateEMA(fraction=0.2), "lstm", True, {"gate"}),
     "gain_rescale": (lambda: GainRescale(), "minimal", True, {"scale"}),
-    "dormant_reset": (lambda: DormantReset(tau=0.9), "simple", False, {"reinit", "zero_outgoing"}),
+    "dormant_reset": (lambda: DormantReset(tau=0.9, grace=1), "simple", False, {"reinit", "zero_outgoing"}),
     # epoch 0: drop round(0.3*6) = 2; epoch 1: swap round(0.225*4) = 1; epoch 2: round(0.075*4) = 0
-    "drop_regrow": (lambda: DropRegrow(end_epoch=3), "gru", False, {"gate", "ungate", "zero_outgoing"}),
+    "drop_regrow": (lambda: DropRegrow(end_epoch=3, grace=0), "gru", False, {"gate", "ungate", "zero_outgoing"}),
     "trust_ratio": (lambda: TrustRatio(), "minimal", True, {"scale"}),
 }
 
@@ -395,7 +455,9 @@ def rnn(cell: str) -> keras.layers.Layer:
         return keras.layers.GRU(6, name="rnn")
     if cell == "lstm":
         return keras.layers.LSTM(6, name="rnn")
-    return keras.layers.RNN(MinimalRNNCell(6, kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal"), name="rnn")
+    return keras.layers.RNN(
+        MinimalRNNCell(6, kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal"), name="rnn"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(END_TO_END))
@@ -424,6 +486,8 @@ def test_end_to_end_fit(name):
             scales[row.unit] *= row.value
         elif row.action == "reinit":
             scales[row.unit] = 1.0
+        else:
+            assert row.action in ("zero_outgoing", "scale_outgoing"), row
     np.testing.assert_array_equal(adapt.units.active, active)
     np.testing.assert_allclose(adapt.units.scales, scales)
     last = adapt.units_frame().query("epoch == 2")

@@ -5,22 +5,33 @@ Example:
     >>> from adaptgrad.rules import AdaptationRule
     >>> class HalveNoisiest(AdaptationRule, name="halve_noisiest"):
     ...     '''Halve the incoming weights of the unit with the largest gradient RMS.'''
+    ...     reads = frozenset({"grad_sq_sum"})
     ...     def apply(self, stats, units, epoch):
     ...         units.scale([int(np.argmax(stats.rms_grad))], 0.5)
     >>> HalveNoisiest(every=2).applies_at(3)
     False
+    >>> HalveNoisiest(every=2)
+    HalveNoisiest(start_epoch=0, every=2, stop_epoch=None, min_active=1)
 
 A rule reads the epoch's :class:`~adaptgrad.OutputGradientStats` and edits the layer through a
-:class:`~adaptgrad.UnitView`. It is configured by keyword arguments only, so that Hydra's
-``_target_`` can build it, and keeps any state across epochs in :meth:`get_state` /
-:meth:`set_state` so that a resumed run continues exactly.
+:class:`~adaptgrad.UnitView`. It is a keyword-only dataclass: its fields are its configuration
+(so its signature documents them and Hydra's ``_target_`` can build it), validated in
+``__post_init__``; state across epochs goes through :meth:`get_state` / :meth:`set_state` so
+that a resumed run continues exactly. ``reads`` names the statistics it needs (the watch must
+capture them), and :meth:`check` refuses, when :class:`~adaptgrad.Adapt` is built, a model or
+capture mode on which the rule could not act correctly.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from adaptgrad.stats import OutputGradientStats
+from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
+
+if TYPE_CHECKING:
+    from adaptgrad.capture import GradientWatch
+    from adaptgrad.units import UnitView
 
 REGISTRY: dict[str, type[AdaptationRule]] = {}
 """Short name -> rule class, filled by ``class MyRule(AdaptationRule, name="my_rule")``."""
@@ -28,7 +39,10 @@ REGISTRY: dict[str, type[AdaptationRule]] = {}
 
 def check_range(rule: str, name: str, value: float, low: float, high: float, *, closed: str = "neither") -> float:
     """Return ``value`` as float if it lies in the interval, else raise a ValueError naming it."""
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{rule}: {name}={value!r} is not a number") from None
     left = value >= low if closed in ("left", "both") else value > low
     right = value <= high if closed in ("right", "both") else value < high
     if not (left and right):  # NaN fails both comparisons
@@ -37,8 +51,21 @@ def check_range(rule: str, name: str, value: float, low: float, high: float, *, 
     return value
 
 
+def check_int(rule: str, name: str, value: Any, low: int) -> int:
+    """Return ``value`` as int if it is a whole number >= ``low``, else raise a ValueError naming it."""
+    try:
+        whole = not isinstance(value, bool) and float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or int(value) < low:
+        raise ValueError(f"{rule}: {name}={value!r} is out of range; valid: an integer >= {low}")
+    return int(value)
+
+
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class AdaptationRule:
-    """Subclass this and write :meth:`apply`; see the module docstring for an example.
+    """Subclass this (as a ``@dataclasses.dataclass(kw_only=True, eq=False, repr=False)`` to add
+    fields) and write :meth:`apply`; see the module docstring for an example.
 
     Args:
         start_epoch: first epoch (0-based) at which the rule acts.
@@ -48,6 +75,13 @@ class AdaptationRule:
     """
 
     name: ClassVar[str] = ""
+    reads: ClassVar[frozenset[str]] = frozenset()
+    """The :class:`~adaptgrad.OutputGradientStats` sum fields :meth:`apply` reads."""
+
+    start_epoch: int = 0
+    every: int = 1
+    stop_epoch: int | None = None
+    min_active: int = 1
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -57,21 +91,17 @@ class AdaptationRule:
                 raise ValueError(f"rule name {name!r} is already taken by {taken.__qualname__}")
             cls.name = name
             REGISTRY[name] = cls
+        unknown = set(cls.reads) - set(SUM_FIELDS)
+        if unknown:
+            raise ValueError(f"{cls.__qualname__}.reads names unknown fields {sorted(unknown)}; valid: {', '.join(SUM_FIELDS)}")
 
-    def __init__(self, *, start_epoch: int = 0, every: int = 1, stop_epoch: int | None = None, min_active: int = 1) -> None:
+    def __post_init__(self) -> None:
         label = self.label
-        if int(start_epoch) < 0:
-            raise ValueError(f"{label}: start_epoch={start_epoch!r} must be >= 0")
-        if int(every) < 1:
-            raise ValueError(f"{label}: every={every!r} must be >= 1")
-        if stop_epoch is not None and int(stop_epoch) < int(start_epoch):
-            raise ValueError(f"{label}: stop_epoch={stop_epoch!r} must be >= start_epoch={start_epoch!r} (or None)")
-        if int(min_active) < 1:
-            raise ValueError(f"{label}: min_active={min_active!r} must be >= 1")
-        self.start_epoch = int(start_epoch)
-        self.every = int(every)
-        self.stop_epoch = None if stop_epoch is None else int(stop_epoch)
-        self.min_active = int(min_active)
+        self.start_epoch = check_int(label, "start_epoch", self.start_epoch, 0)
+        self.every = check_int(label, "every", self.every, 1)
+        if self.stop_epoch is not None:
+            self.stop_epoch = check_int(label, "stop_epoch", self.stop_epoch, self.start_epoch)
+        self.min_active = check_int(label, "min_active", self.min_active, 1)
 
     @property
     def label(self) -> str:
@@ -84,13 +114,44 @@ class AdaptationRule:
             return False
         return (epoch - self.start_epoch) % self.every == 0
 
-    def apply(self, stats: OutputGradientStats, units: Any, epoch: int) -> None:
+    def floor(self, size: int) -> int:
+        """The fewest active units the rule may leave in a layer of ``size`` units (the view's
+        ``min_active`` while it acts); ``min_active`` unless a subclass sets a tighter floor."""
+        return self.min_active
+
+    def check(self, watch: GradientWatch, units: UnitView) -> None:
+        """Raise ValueError if the rule cannot act correctly on ``units`` with statistics from
+        ``watch``; :class:`~adaptgrad.Adapt` calls it when built. Checks ``reads`` against the
+        fields the watch captures and ``min_active`` against the layer; subclasses add theirs
+        (calling this one)."""
+        provided = frozenset(getattr(watch, "fields", SUM_FIELDS))
+        missing = sorted(set(self.reads) - provided)
+        if missing:
+            raise ValueError(
+                f"{self.label} reads {missing} but the watch on layer {units.layer.name!r} captures only "
+                f"{sorted(provided)}; pass stats= including them to adaptgrad.watch (None: all)"
+            )
+        if self.min_active > units.size:
+            raise ValueError(
+                f"{self.label}: min_active={self.min_active} exceeds the {units.size} units of "
+                f"layer {units.layer.name!r}; valid: 1..{units.size}"
+            )
+
+    def require_next_layer(self, units: UnitView, why: str) -> None:
+        """Raise ValueError (for :meth:`check`) if the layer's consumer is unknown."""
+        if units.next_layer is None:
+            raise ValueError(
+                f"{self.label} {why}, but the layer that consumes {units.layer.name!r} is unknown; "
+                f"pass next_layer=<its name> to adaptgrad.Adapt (or unit_view)"
+            )
+
+    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
         """Read ``stats`` and edit ``units`` (a :class:`~adaptgrad.UnitView`). Override this."""
         raise NotImplementedError(f"{type(self).__qualname__} must implement apply(stats, units, epoch)")
 
     def get_config(self) -> dict[str, Any]:
-        """The keyword arguments that rebuild this rule (subclasses add theirs)."""
-        return {"start_epoch": self.start_epoch, "every": self.every, "stop_epoch": self.stop_epoch, "min_active": self.min_active}
+        """The keyword arguments that rebuild this rule (its init fields)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     def get_state(self) -> dict[str, Any]:
         """State carried across epochs (e.g. an EMA of scores), as plain values; default none."""

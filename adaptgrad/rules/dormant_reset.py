@@ -2,49 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from adaptgrad.rules.base import AdaptationRule, check_range
+from adaptgrad.rules.base import AdaptationRule, check_int, check_range
+from adaptgrad.rules.scoring import relative_to_active
 from adaptgrad.stats import OutputGradientStats
 
 if TYPE_CHECKING:
+    from adaptgrad.capture import GradientWatch
     from adaptgrad.units import UnitView
 
-SCORES: dict[str, str] = {"grad": "mean_abs_grad", "activation": "mean_abs_act"}
-"""``score`` option -> the :class:`~adaptgrad.OutputGradientStats` field it reads."""
+SCORES: dict[str, str] = {"activation": "mean_abs_act", "grad": "mean_abs_grad"}
+"""``score`` option -> the :class:`~adaptgrad.OutputGradientStats` property it reads."""
 
 
-def relative_to_active(
-    scores: np.ndarray, active: np.ndarray, reference: Callable[[np.ndarray], float] = np.mean
-) -> np.ndarray | None:
-    """``scores / reference(scores[active])``; None if no unit is active or the reference is
-    not a finite positive number (then no unit can be judged relative to the others).
-
-    Example:
-        >>> import numpy as np
-        >>> from adaptgrad.rules.dormant_reset import relative_to_active
-        >>> relative_to_active(np.array([1.0, 3.0, 8.0]), np.array([True, True, False]))
-        array([0.5, 1.5, 4. ])
-        >>> relative_to_active(np.zeros(2), np.ones(2, bool)) is None
-        True
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    active = np.asarray(active, dtype=bool)
-    if not active.any():
-        return None
-    with np.errstate(invalid="ignore"):
-        ref = float(reference(scores[active]))
-    if not (np.isfinite(ref) and ref > 0):
-        return None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return scores / ref
-
-
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class DormantReset(AdaptationRule, name="dormant_reset"):
-    """Re-initialise the active units whose gradient (or activity) is far below the layer's mean.
+    """Re-initialise the active units whose activity (or gradient) is far below the layer's mean.
 
     Example:
         >>> import numpy as np
@@ -54,48 +31,70 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
         [0]
 
     Score, per active unit j (Sokar, Agarwal, Castro, Evci: "The Dormant Neuron Phenomenon in
-    Deep Reinforcement Learning", ICML 2023 (ReDo) with ``score="activation"``; Liu et al.,
-    2025 (GraMa, gradient magnitude) with ``score="grad"``, the default)::
+    Deep Reinforcement Learning", ICML 2023 (ReDo) with ``score="activation"``, the default;
+    Liu et al., 2025 (GraMa, gradient magnitude) with ``score="grad"``)::
 
-        r_j = s_j / mean_{k active} s_k,   s = mean|g| (``stats.mean_abs_grad``) or mean|a|
+        r_j = s_j / mean_{k active} s_k,   s = mean|a| (``stats.mean_abs_act``) or mean|g|
 
-    Every active unit with ``r_j <= tau`` is dormant: its incoming weights are redrawn from
-    the layer's initialisers, their optimizer slots reset, and (``zero_outgoing=True``, as in
-    ReDo) its outgoing weights zeroed, so the reset does not perturb the network's function.
+    Every active unit with ``r_j <= tau`` whose incoming weights are more than ``grace``
+    epochs old (:attr:`~adaptgrad.UnitView.age`) is dormant: its incoming weights are redrawn
+    from the layer's initialisers, their optimizer slots reset, and (``zero_outgoing=True``, as
+    in ReDo) its outgoing weights zeroed, so the reset does not perturb the network's function.
     Since the active units' mean ratio is 1 and ``tau < 1``, at least one unit is never
-    dormant. If the mean score over active units is 0 (a layer with no gradient at all, or no
+    dormant. If the mean score over active units is 0 (no activity or gradient at all, or no
     batch accumulated), nothing can be judged and the rule does nothing. Gated units are
     neither scored nor reset.
 
+    Why ``grace``, and why the activation score: right after a reset the unit's outgoing
+    weights are 0, so its output gradient restarts near 0 and the ``grad`` score calls it
+    dormant again. On a GRU(16) (256 sequences of 10 steps, Adam 0.01, through time, tau=0.3)
+    ``score="grad"`` without grace re-initialised one unit in 8 of 8 epochs, its ratio falling
+    0.27 -> 0.07 (issue #10, reproduced in ``tests/test_rules.py``); the activation score of a
+    freshly drawn unit is that of any other unit, so it does not loop. ``grace`` (default 2)
+    gives a reset unit two epochs to grow outgoing weights before it is judged again, and keeps
+    either score from resetting a unit twice within ``grace`` epochs. Units of a layer just
+    built also have age 0, so the first reset can happen at the end of epoch ``grace``.
+
     Args:
         tau: dormancy threshold on the ratio, in [0, 1) (0: only units with exactly zero score).
-        score: ``"grad"`` (mean |dL/da|) or ``"activation"`` (mean |a|).
+        score: ``"activation"`` (mean |a|, ReDo) or ``"grad"`` (mean |dL/da|, GraMa).
         zero_outgoing: also zero the dormant units' outgoing weights (next layer's input rows
-            and, for recurrent layers, their recurrent rows).
-        **schedule: ``start_epoch``, ``every``, ``stop_epoch``, ``min_active``.
+            and, for recurrent layers, their recurrent rows); needs the next layer.
+        grace: units whose incoming weights are at most this many epochs old are not reset, >= 0.
+        start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    def __init__(self, *, tau: float = 0.1, score: str = "grad", zero_outgoing: bool = True, **schedule: int | None) -> None:
-        super().__init__(**schedule)
-        self.tau = check_range(self.label, "tau", tau, 0.0, 1.0, closed="left")
-        if score not in SCORES:
-            raise ValueError(f"{self.label}: score={score!r} is not valid; valid: {', '.join(map(repr, SCORES))}")
-        self.score = score
-        if not isinstance(zero_outgoing, (bool, np.bool_)):
-            raise ValueError(f"{self.label}: zero_outgoing={zero_outgoing!r} must be True or False")
-        self.zero_outgoing = bool(zero_outgoing)
+    reads: ClassVar[frozenset[str]] = frozenset({"act_abs_sum", "grad_abs_sum"})
+
+    tau: float = 0.1
+    score: str = "activation"
+    zero_outgoing: bool = True
+    grace: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.tau = check_range(self.label, "tau", self.tau, 0.0, 1.0, closed="left")
+        if self.score not in SCORES:
+            raise ValueError(f"{self.label}: score={self.score!r} is not valid; valid: {', '.join(map(repr, SCORES))}")
+        if not isinstance(self.zero_outgoing, (bool, np.bool_)):
+            raise ValueError(f"{self.label}: zero_outgoing={self.zero_outgoing!r} must be True or False")
+        self.zero_outgoing = bool(self.zero_outgoing)
+        self.grace = check_int(self.label, "grace", self.grace, 0)
+
+    def check(self, watch: GradientWatch, units: UnitView) -> None:
+        super().check(watch, units)
+        if self.zero_outgoing:
+            self.require_next_layer(units, "zeroes the outgoing weights of the units it resets (zero_outgoing=True)")
 
     @staticmethod
-    def dormant(scores: np.ndarray, active: np.ndarray, tau: float) -> list[int]:
-        """Active units whose score divided by the active units' mean score is <= tau."""
+    def dormant(scores: np.ndarray, active: np.ndarray, tau: float, eligible: np.ndarray | None = None) -> list[int]:
+        """Active (and ``eligible``) units whose score divided by the active units' mean score is <= tau."""
         ratios = relative_to_active(scores, active)
         if ratios is None:
             return []
-        return np.flatnonzero(np.asarray(active, dtype=bool) & (ratios <= tau)).tolist()
+        judged = np.asarray(active, dtype=bool) if eligible is None else np.asarray(active, dtype=bool) & eligible
+        return np.flatnonzero(judged & (ratios <= tau)).tolist()
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
-        dormant = self.dormant(getattr(stats, SCORES[self.score]), units.active, self.tau)
+        dormant = self.dormant(getattr(stats, SCORES[self.score]), units.active, self.tau, units.age > self.grace)
         units.reinit(dormant, zero_outgoing=self.zero_outgoing)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "tau": self.tau, "score": self.score, "zero_outgoing": self.zero_outgoing}

@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from adaptgrad.rules.base import AdaptationRule, check_range
-from adaptgrad.rules.taylor_prune import lowest_active
+from adaptgrad.rules.base import AdaptationRule, check_int, check_range
+from adaptgrad.rules.scoring import highest, lowest_active
 from adaptgrad.stats import OutputGradientStats
 
 if TYPE_CHECKING:
+    from adaptgrad.capture import GradientWatch
     from adaptgrad.units import UnitView
 
 
-def highest(scores: np.ndarray, candidates: np.ndarray, count: int) -> list[int]:
-    """The ``count`` candidate units with the highest scores, highest first; ties by unit index.
-
-    Example:
-        >>> import numpy as np
-        >>> from adaptgrad.rules.drop_regrow import highest
-        >>> highest(np.array([5.0, 1.0, 3.0, 3.0]), np.array([1, 2, 3]), 2)
-        [2, 3]
-    """
-    candidates = np.asarray(candidates, dtype=np.int64)
-    order = candidates[np.lexsort((candidates, -np.asarray(scores, dtype=np.float64)[candidates]))]
-    return order[: max(int(count), 0)].tolist()
-
-
-def _whole_at_least_one(value: Any) -> bool:
-    try:
-        return not isinstance(value, bool) and float(value) == int(value) >= 1
-    except (TypeError, ValueError, OverflowError):
-        return False
-
-
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class DropRegrow(AdaptationRule, name="drop_regrow"):
     """Swap the least important active units for the most promising gated ones, less each epoch.
 
@@ -51,32 +33,52 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         f_t = (fraction / 2) * (1 + cos(pi * t / end_epoch))   for t < end_epoch, else 0
         n   = round(f_t * n_active)                             (no action if n == 0)
 
-    - drop: the ``n`` active units with the lowest first-order Taylor score (``stats.taylor``,
-      ``|mean a*g|``) are gated;
-    - regrow: ``min(n, number of units gated before this step)`` of the previously gated units
-      with the highest ``rms_grad`` (``sqrt(mean g**2)``, RigL's dense-gradient criterion; a
-      gated unit outputs 0 but its output gradient is still seen) are ungated with zero outgoing
-      weights and reset optimizer slots, so they start without changing the network's function.
-      Units dropped in this very step are never regrown in it.
+    - drop: up to ``n`` active units with the lowest first-order Taylor score (``stats.taylor``,
+      ``|mean a*g|``) among those whose incoming weights are more than ``grace`` epochs old
+      (:attr:`~adaptgrad.UnitView.age`) are gated;
+    - regrow: as many of the previously gated units as were dropped (fewer if fewer are gated),
+      those with the highest ``rms_grad`` (``sqrt(mean g**2)``, RigL's dense-gradient
+      criterion; a gated unit outputs 0 but its output gradient is still seen), are ungated with
+      zero outgoing weights and reset optimizer slots, so they start without changing the
+      network's function. Units dropped in this very step are never regrown in it.
 
     So the number of active units stays constant once some units are gated; on a layer with no
     gated unit (the first step) the rule only drops, and it drops fewer than ``n`` if that would
     leave fewer than ``min_active`` units. The regrowth is done before the drop so that the
-    floor limits only the net shrink: a layer already at ``min_active`` can still swap units.
-    ``t`` is the epoch number Keras passes (0-based), not counted from ``start_epoch``.
+    floor limits only the net shrink. ``t`` is the epoch number Keras passes (0-based).
+
+    Why ``grace``: a regrown unit starts with zero outgoing weights, so its output gradient and
+    Taylor score are near 0 for the next epoch and it would be the first dropped: on a GRU(16)
+    (``fraction=0.3, end_epoch=8``, through time, Adam 0.01, 256 sequences of 10 steps) every
+    unit regrown at epoch t was dropped at t+1 without it (issue #10, reproduced in
+    ``tests/test_rules.py``). The default ``grace=2`` is the smallest that stops it there: with
+    ``grace=1`` most units regrown at t were dropped at t+2 (their Taylor score still in the
+    bottom ``n``); with 2, the regrown units had caught up with the layer (see the test's
+    numbers). Units of a layer just built have age 0 too, so the first drop happens at the end
+    of epoch ``grace`` (with the defaults, epoch 2: f = 0.27).
 
     Args:
         fraction: f0, the drop fraction at epoch 0, in (0, 1).
         end_epoch: T_end, the epoch from which the rule stops swapping, >= 1.
-        **schedule: ``start_epoch``, ``every``, ``stop_epoch``, ``min_active``.
+        grace: units whose incoming weights are at most this many epochs old are not dropped, >= 0.
+        start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    def __init__(self, *, fraction: float = 0.3, end_epoch: int = 10, **schedule: int | None) -> None:
-        super().__init__(**schedule)
-        self.fraction = check_range(self.label, "fraction", fraction, 0.0, 1.0)
-        if not _whole_at_least_one(end_epoch):
-            raise ValueError(f"{self.label}: end_epoch={end_epoch!r} is out of range; valid: an integer >= 1")
-        self.end_epoch = int(end_epoch)
+    reads: ClassVar[frozenset[str]] = frozenset({"act_grad_sum", "grad_sq_sum"})
+
+    fraction: float = 0.3
+    end_epoch: int = 10
+    grace: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fraction = check_range(self.label, "fraction", self.fraction, 0.0, 1.0)
+        self.end_epoch = check_int(self.label, "end_epoch", self.end_epoch, 1)
+        self.grace = check_int(self.label, "grace", self.grace, 0)
+
+    def check(self, watch: GradientWatch, units: UnitView) -> None:
+        super().check(watch, units)
+        self.require_next_layer(units, "starts regrown units with zero outgoing weights")
 
     @staticmethod
     def drop_fraction(epoch: int, *, fraction: float, end_epoch: int) -> float:
@@ -86,12 +88,15 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         return fraction / 2.0 * (1.0 + math.cos(math.pi * epoch / end_epoch))
 
     @staticmethod
-    def plan(taylor: np.ndarray, rms_grad: np.ndarray, active: np.ndarray, count: int) -> tuple[list[int], list[int]]:
-        """(drop, regrow): the ``count`` active units with the lowest Taylor score (lowest first)
-        and up to ``count`` gated units with the highest ``rms_grad`` (highest first)."""
+    def plan(
+        taylor: np.ndarray, rms_grad: np.ndarray, active: np.ndarray, count: int, droppable: np.ndarray | None = None
+    ) -> tuple[list[int], list[int]]:
+        """(drop, regrow): up to ``count`` active (and ``droppable``) units with the lowest Taylor
+        score (lowest first), and as many gated units with the highest ``rms_grad`` (highest first)."""
         active = np.asarray(active, dtype=bool)
-        drop = lowest_active(np.asarray(taylor, dtype=np.float64), active, 1.0)[:count]
-        regrow = highest(rms_grad, np.flatnonzero(~active), count)
+        candidates = active if droppable is None else active & np.asarray(droppable, dtype=bool)
+        drop = lowest_active(np.asarray(taylor, dtype=np.float64), candidates, 1.0)[:count]
+        regrow = highest(rms_grad, np.flatnonzero(~active), len(drop))
         return drop, regrow
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
@@ -100,9 +105,6 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         count = int(round(f_t * int(active.sum())))
         if count == 0 or stats.batches == 0:
             return
-        drop, regrow = self.plan(stats.taylor, stats.rms_grad, active, count)
+        drop, regrow = self.plan(stats.taylor, stats.rms_grad, active, count, units.age > self.grace)
         units.ungate(regrow, zero_outgoing=True)
         units.gate(drop)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "fraction": self.fraction, "end_epoch": self.end_epoch}

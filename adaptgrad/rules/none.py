@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from adaptgrad.rules.base import AdaptationRule
 from adaptgrad.stats import OutputGradientStats
 
 
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class NoOp(AdaptationRule, name="none"):
-    """Changes nothing; every study needs its control arm.
+    """Changes nothing and reads no statistic; every study needs its control arm.
 
     Example:
         >>> from adaptgrad.rules import NoOp
         >>> NoOp().apply(None, None, 0)
+        >>> NoOp.reads
+        frozenset()
     """
 
     def apply(self, stats: OutputGradientStats, units: Any, epoch: int) -> None:

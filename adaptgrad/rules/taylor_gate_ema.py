@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from adaptgrad.rules.base import AdaptationRule, check_range
-from adaptgrad.rules.taylor_prune import lowest_active
+from adaptgrad.rules.scoring import lowest_active, per_batch
+from adaptgrad.rules.taylor_prune import sparsity_floor
 from adaptgrad.stats import OutputGradientStats
 
 if TYPE_CHECKING:
     from adaptgrad.units import UnitView
 
 
-def per_batch(total: np.ndarray, batches: int) -> np.ndarray:
-    """``total / batches`` as float64 (all zeros when no batch was accumulated).
-
-    The statistics sum over batches; dividing by ``batches`` rather than ``count`` gives a
-    per-batch mean, the scale of a per-batch gradient (of a unit gain, of a weight).
-
-    Example:
-        >>> import numpy as np
-        >>> from adaptgrad.rules.taylor_gate_ema import per_batch
-        >>> per_batch(np.array([2.0, -4.0]), 4), per_batch(np.array([2.0, -4.0]), 0)
-        (array([ 0.5, -1. ]), array([0., 0.]))
-    """
-    total = np.asarray(total, dtype=np.float64)
-    return total / batches if batches > 0 else np.zeros_like(total)
-
-
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
     """Gate off the active units with the smallest per-batch Taylor score, smoothed by an EMA.
 
@@ -53,25 +40,36 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
         e <- momentum * e + (1 - momentum) * s        (the first time: e = s)
 
     and ``round(fraction * n_active)`` (at least one) active units with the lowest ``e`` are
-    gated, never leaving fewer than ``min_active``. The paper ranks globally over all layers;
-    an :class:`~adaptgrad.Adapt` callback adapts one layer, so the ranking here is within the
-    layer. Gated units keep an EMA entry (their score decays towards 0) but are never ranked.
-    The EMA is updated only when the schedule fires (statistics of other epochs are not seen).
-    It is state: :meth:`get_state` / :meth:`set_state` carry it across a resume. With no batch
-    accumulated the rule does nothing.
+    gated, never leaving fewer than ``max(min_active, ceil((1 - max_sparsity) * units))``
+    (defaults: 10 % per epoch down to half the layer, reached after 7 epochs). The paper ranks
+    globally over all layers; an :class:`~adaptgrad.Adapt` callback adapts one layer, so the
+    ranking here is within the layer. Gated units keep an EMA entry (their score decays towards
+    0) but are never ranked. The EMA is updated only when the schedule fires (statistics of
+    other epochs are not seen). It is state: :meth:`get_state` / :meth:`set_state` carry it
+    across a resume. With no batch accumulated the rule does nothing.
 
     Args:
         fraction: share of the active units gated each time the rule acts, in (0, 1).
         momentum: EMA momentum, in [0, 1) (0: no smoothing).
-        **schedule: ``start_epoch``, ``every``, ``stop_epoch``, ``min_active``
-            (see :class:`~adaptgrad.rules.AdaptationRule`).
+        max_sparsity: the largest share of the layer's units the rule may gate, in (0, 1].
+        start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    def __init__(self, *, fraction: float = 0.1, momentum: float = 0.9, **schedule: int | None) -> None:
-        super().__init__(**schedule)
-        self.fraction = check_range(self.label, "fraction", fraction, 0.0, 1.0)
-        self.momentum = check_range(self.label, "momentum", momentum, 0.0, 1.0, closed="left")
-        self.ema: np.ndarray | None = None
+    reads: ClassVar[frozenset[str]] = frozenset({"act_grad_batch_sq_sum"})
+
+    fraction: float = 0.1
+    momentum: float = 0.9
+    max_sparsity: float = 0.5
+    ema: np.ndarray | None = dataclasses.field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fraction = check_range(self.label, "fraction", self.fraction, 0.0, 1.0)
+        self.momentum = check_range(self.label, "momentum", self.momentum, 0.0, 1.0, closed="left")
+        self.max_sparsity = check_range(self.label, "max_sparsity", self.max_sparsity, 0.0, 1.0, closed="right")
+
+    def floor(self, size: int) -> int:
+        return sparsity_floor(size, self.max_sparsity, self.min_active)
 
     @staticmethod
     def scores(act_grad_batch_sq_sum: np.ndarray, batches: int) -> np.ndarray:
@@ -93,9 +91,6 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
             raise ValueError(f"{self.label}: EMA state has {self.ema.size} units but the layer has {stats.units}")
         self.ema = self.smooth(self.ema, self.scores(stats.act_grad_batch_sq_sum, stats.batches), self.momentum)
         units.gate(lowest_active(self.ema, units.active, self.fraction))
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "fraction": self.fraction, "momentum": self.momentum}
 
     def get_state(self) -> dict[str, Any]:
         return {"ema": None if self.ema is None else self.ema.tolist()}

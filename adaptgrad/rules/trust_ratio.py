@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from adaptgrad.rules.base import AdaptationRule, check_range
-from adaptgrad.rules.dormant_reset import relative_to_active
-from adaptgrad.rules.gain_rescale import scale_active
-from adaptgrad.rules.taylor_gate_ema import per_batch
+from adaptgrad.rules.fold import checked_fold, gain_fold
+from adaptgrad.rules.scoring import per_batch, relative_to_active, scale_active
 from adaptgrad.stats import OutputGradientStats
 
 if TYPE_CHECKING:
+    from adaptgrad.capture import GradientWatch
     from adaptgrad.units import UnitView
 
 
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class TrustRatio(AdaptationRule, name="trust_ratio"):
     """Rescale units by their LARS/LAMB trust ratio relative to the layer's median.
 
@@ -31,52 +33,61 @@ class TrustRatio(AdaptationRule, name="trust_ratio"):
 
     LARS (You, Gitman, Ginsburg: "Large Batch Training of Convolutional Networks", 2017) and
     LAMB (You et al., ICLR 2020) scale a layer's step by the trust ratio
-    ``lambda = c * ||W|| / (||grad W|| + beta * ||W||)``. Here per unit j, with W_j its
-    incoming weights (:meth:`~adaptgrad.UnitView.incoming_norms`: kernel columns of every gate
-    block, recurrent columns, bias).
+    ``lambda = c * ||W|| / (||grad W|| + beta * ||W||)``. Here per unit j, with W_j the weights
+    its gain is folded into (:func:`adaptgrad.rules.fold.gain_fold`, chosen by :meth:`check`
+    from the capture mode): in output mode the next layer's input rows that read unit j
+    (:meth:`~adaptgrad.UnitView.outgoing_norms`), through time (positively homogeneous cells
+    only) the unit's incoming weights (:meth:`~adaptgrad.UnitView.incoming_norms`).
 
     The statistics hold output gradients, not weight gradients, so ``||grad W_j||`` is
-    estimated through the identity ``sum_{w in W_j} w * dL/dw = sum z * dL/dz``: per batch b
-    that is ``x_b = sum_{n,t in b} a*g``, so::
+    estimated through the identity ``sum_{w in W_j} w * dL/dw = dL/dlog gamma_j``, which the
+    watch's ``x_b = sum_{n,t in b} a*g`` is exactly, per batch b, for that choice of W_j::
 
         r_j = |act_grad_sum_j| / batches / ||W_j||  =  |<mean_b grad_b W_j, W_j / ||W_j||>|
 
     the radial component of the mean per-batch weight gradient, a lower bound of its norm (the
-    tangential part is not observable from output statistics). The identity is exact for
-    positively homogeneous units (linear, ReLU, ``MinimalRNNCell``) with through-time capture;
-    for tanh/GRU/LSTM units, or output-mode capture of an RNN's last state, it is an estimate.
-    Then::
+    tangential part is not observable from output statistics). Then::
 
         lambda_j = c * ||W_j|| / (r_j + beta * ||W_j||)
         s_j = clip((median_{k active} lambda_k / lambda_j) ** power, 1/max_factor, max_factor)
 
-    and each active unit's incoming weights are multiplied by ``s_j``. LARS equalises the
-    relative step ``||step|| / ||W||`` across layers through the learning rate; as an edit of
-    the weights, the same aim pulls every unit's ratio toward the layer's median: scaling W_j
-    by s scales ``lambda_j`` by about s (the output gradient is unchanged to first order), so
-    units with a large weight norm relative to their gradient shrink and the others grow,
-    gently (``power``) and within ``max_factor`` — a correction that converges instead of
-    compounding. ``c`` cancels in the ratio (kept for fidelity to the formula).
-    Units with ``||W_j|| = 0`` are left alone; a unit with ``r_j = 0`` and ``beta = 0`` has
-    ``lambda_j = inf`` and gets ``1/max_factor``; if the median is not finite and positive (e.g.
-    no batch accumulated) the rule does nothing. Units with ``s_j = 1`` are not edited.
+    and each active unit's W_j is multiplied by ``s_j``. LARS equalises the relative step
+    ``||step|| / ||W||`` across layers through the learning rate; as an edit of the weights,
+    the same aim pulls every unit's ratio toward the layer's median: scaling W_j by s scales
+    ``lambda_j`` by about s, so units with a large weight norm relative to their gradient
+    shrink and the others grow, gently (``power``) and within ``max_factor``. ``c`` cancels in
+    the ratio (kept for fidelity to the formula). Units with ``||W_j|| = 0`` are left alone; a
+    unit with ``r_j = 0`` and ``beta = 0`` has ``lambda_j = inf`` and gets ``1/max_factor``; if
+    the median is not finite and positive (e.g. no batch accumulated) the rule does nothing.
+    Units with ``s_j = 1`` are not edited.
 
     Args:
         c: trust coefficient, > 0.
         beta: weight-decay-like term of the denominator, >= 0.
         power: exponent of the relative ratio, in (0, 1].
         max_factor: bound on the factor, > 1 (factors lie in [1/max_factor, max_factor]).
-        **schedule: ``start_epoch``, ``every``, ``stop_epoch``, ``min_active``.
+        start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    def __init__(
-        self, *, c: float = 1.0, beta: float = 0.0, power: float = 0.1, max_factor: float = 1.5, **schedule: int | None
-    ) -> None:
-        super().__init__(**schedule)
-        self.c = check_range(self.label, "c", c, 0.0, math.inf)
-        self.beta = check_range(self.label, "beta", beta, 0.0, math.inf, closed="left")
-        self.power = check_range(self.label, "power", power, 0.0, 1.0, closed="right")
-        self.max_factor = check_range(self.label, "max_factor", max_factor, 1.0, math.inf)
+    reads: ClassVar[frozenset[str]] = frozenset({"act_grad_sum"})
+
+    c: float = 1.0
+    beta: float = 0.0
+    power: float = 0.1
+    max_factor: float = 1.5
+    fold: str | None = dataclasses.field(default=None, init=False)
+    """``"outgoing"`` or ``"incoming"``: which weights W_j are; set by :meth:`check`."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.c = check_range(self.label, "c", self.c, 0.0, math.inf)
+        self.beta = check_range(self.label, "beta", self.beta, 0.0, math.inf, closed="left")
+        self.power = check_range(self.label, "power", self.power, 0.0, 1.0, closed="right")
+        self.max_factor = check_range(self.label, "max_factor", self.max_factor, 1.0, math.inf)
+
+    def check(self, watch: GradientWatch, units: UnitView) -> None:
+        super().check(watch, units)
+        self.fold = gain_fold(self.label, watch, units)
 
     @staticmethod
     def ratios(act_grad_sum: np.ndarray, batches: int, norms: np.ndarray, *, c: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -102,8 +113,7 @@ class TrustRatio(AdaptationRule, name="trust_ratio"):
         return np.where(judged, scaled, 1.0)
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
-        lam = self.ratios(stats.act_grad_sum, stats.batches, units.incoming_norms(), c=self.c, beta=self.beta)
-        scale_active(units, self.factors(lam, units.active, power=self.power, max_factor=self.max_factor))
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "c": self.c, "beta": self.beta, "power": self.power, "max_factor": self.max_factor}
+        outgoing = checked_fold(self) == "outgoing"
+        norms = units.outgoing_norms() if outgoing else units.incoming_norms()
+        lam = self.ratios(stats.act_grad_sum, stats.batches, norms, c=self.c, beta=self.beta)
+        scale_active(units, self.factors(lam, units.active, power=self.power, max_factor=self.max_factor), outgoing=outgoing)
