@@ -18,16 +18,24 @@ between epochs (mask entries) live in variables the graph reads, so they need no
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import tensorflow as tf
 from keras.src import backend as keras_backend
 
 Probe = Callable[[tf.Tensor], tf.Tensor]
-TimeProbe = Callable[[tf.Tensor, Callable[[], tuple[tf.Tensor, tf.Tensor | None]]], tf.Tensor]
-"""``time_probe(z, hidden)``: ``hidden()`` gives the hidden states ``(steps, batch, units)`` and
-the 0/1 weights ``(steps, batch)`` of the steps the mask keeps (None: no mask)."""
+
+
+class TimeProbe(Protocol):
+    """``time_probe(z, hidden)``: ``hidden()`` gives the hidden states ``(steps, batch, units)``
+    (None unless ``needs_hidden``) and the 0/1 weights ``(steps, batch)`` of the steps the mask
+    keeps (None: no mask)."""
+
+    needs_hidden: bool
+
+    def __call__(self, z: tf.Tensor, hidden: Callable[[], tuple[tf.Tensor | None, tf.Tensor | None]]) -> tf.Tensor: ...
+
 
 _ATTR = "_adaptgrad_hooks"
 _UNSET = object()
@@ -146,8 +154,9 @@ def through_time_loop(
 
     ``z`` passes through ``time_probe`` outside the loop, so the probe's upstream gradient is
     ``dL/dh_t`` at every step t, including the path through later steps. ``z`` is filled with
-    the cell's first trainable weight times zero so that the tape records it at all. The hidden
-    states of every step are handed to the probe for the activation terms, with the mask: a
+    the cell's first trainable weight times zero so that the tape records it at all. When the
+    probe ``needs_hidden`` (activation terms), the hidden states of every step are collected for
+    it; otherwise the loop keeps only what the layer returns. The probe gets the mask too: a
     masked step has no hidden state of its own (Keras carries the previous one), so it counts
     for nothing.
 
@@ -174,7 +183,7 @@ def through_time_loop(
     zero = tf.cast(tf.reshape(anchor, [-1])[0], sequences.dtype) * 0
     z = tf.fill(tf.concat([tf.shape(time_major)[:2], [units]], axis=0), zero)
     hidden: dict[str, tf.Tensor] = {}
-    z = time_probe(z, lambda: (hidden["h"], kept))
+    z = time_probe(z, lambda: (hidden.get("h"), kept))
     cell_kwargs = {"training": training} if cell._call_has_training_arg else {}
     shared: list[bool] = []  # is the cell's output its first state? (seen when the step is traced)
 
@@ -192,7 +201,7 @@ def through_time_loop(
         input_length=sequences.shape[1],
         time_major=True,
         zero_output_for_mask=layer.zero_output_for_mask,
-        return_all_outputs=True,
+        return_all_outputs=layer.return_sequences or time_probe.needs_hidden,
     )
     if mask is None and not layer.unroll:
         element_shape = tf.constant([-1, units])
@@ -206,7 +215,8 @@ def through_time_loop(
 
         last_output, outputs, new_states = keras_backend.rnn(step, time_major, [*initial_state, z_list], **loop)
         new_states = list(new_states)[:-1]
-        hidden["h"] = tf.reverse(outputs, axis=[0])  # step i popped z[T-1-i]
+        if time_probe.needs_hidden:
+            hidden["h"] = tf.reverse(outputs, axis=[0])  # step i popped z[T-1-i]
         if shared[0]:  # the same value; this way no gradient flows into the collected outputs
             last_output = new_states[0]
     else:
@@ -215,7 +225,8 @@ def through_time_loop(
             return cell_step(inputs[0], list(states), inputs[1])
 
         last_output, outputs, new_states = keras_backend.rnn(step, (time_major, z), initial_state, **loop)
-        hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
+        if time_probe.needs_hidden:
+            hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
     return last_output, tf.transpose(outputs, [1, 0, 2]), new_states
 
 

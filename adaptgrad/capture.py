@@ -19,6 +19,7 @@ compute a gradient, so they are never counted.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
@@ -27,15 +28,15 @@ import tensorflow as tf
 
 from adaptgrad import _instrument
 from adaptgrad.layers import find_layer
-from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
+from adaptgrad.stats import ACTIVATION_FIELDS, SUM_FIELDS, OutputGradientStats, requested_fields
 
 __all__ = ["GradientWatch", "watch"]
 
 
 class _Accumulators:
-    """Per-unit float64 sums, one variable per statistic, summed across replicas on read."""
+    """Per-unit float64 sums, one variable per captured field, summed across replicas on read."""
 
-    def __init__(self, units: int, name: str, strategy: tf.distribute.Strategy) -> None:
+    def __init__(self, units: int, name: str, fields: frozenset[str], strategy: tf.distribute.Strategy) -> None:
         def variable(shape: tuple[int, ...], field: str) -> tf.Variable:
             return tf.Variable(
                 tf.zeros(shape, tf.float64),
@@ -46,40 +47,37 @@ class _Accumulators:
             )
 
         with tf.init_scope(), strategy.scope():
-            self.sums = {field: variable((units,), field) for field in SUM_FIELDS}
+            self.sums = {field: variable((units,), field) for field in SUM_FIELDS if field in fields}
             self.batches = variable((), "batches")
             self.count = variable((), "count")
         self.units = units
 
     def update(
-        self, h: tf.Tensor, g: tf.Tensor, loss_scale: tf.Tensor | None, kept: tf.Tensor | None = None
+        self, g: tf.Tensor, loss_scale: tf.Tensor | None, h: tf.Tensor | None = None, kept: tf.Tensor | None = None
     ) -> tf.Operation:
-        """Add one batch's reductions of H and G (same shape, units on the last axis); ``kept``
-        (0/1, H's shape without the units) leaves out the positions that are 0 there."""
-        h = tf.cast(h, tf.float32)
+        """Add one batch's reductions of G and H (same shape, units on the last axis; H only
+        when an activation field is captured); ``kept`` (0/1, G's shape without the units)
+        leaves out the positions that are 0 there."""
         g = tf.cast(g, tf.float32)
         if loss_scale is not None:
             g = g / tf.cast(loss_scale, tf.float32)
+        if h is not None:
+            h = tf.cast(h, tf.float32)
         axes = list(range(len(g.shape) - 1))
         positions = tf.cast(tf.reduce_prod(tf.shape(g)[:-1]), tf.float64)
         if kept is not None:
             kept = tf.cast(kept, tf.float32)
-            h, g = h * kept[..., None], g * kept[..., None]
+            g = g * kept[..., None]
+            h = None if h is None else h * kept[..., None]
             positions = tf.reduce_sum(tf.cast(kept, tf.float64))
-        local_hg = tf.reduce_sum(h * g, axis=axes)
-        batch_hg = local_hg
+        values = {name: compute(g, h, axes) for name, compute in _REDUCTIONS.items() if name in self.sums}
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
-        if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
-            batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_hg)
-        values = {
-            "grad_sum": tf.reduce_sum(g, axis=axes),
-            "grad_abs_sum": tf.reduce_sum(tf.abs(g), axis=axes),
-            "grad_sq_sum": tf.reduce_sum(tf.square(g), axis=axes),
-            "act_grad_sum": local_hg,
-            "act_grad_batch_sq_sum": tf.square(batch_hg) / replicas,
-            "act_abs_sum": tf.reduce_sum(tf.abs(h), axis=axes),
-        }
+        if "act_grad_batch_sq_sum" in self.sums:
+            batch_hg = values.get("act_grad_sum", tf.reduce_sum(h * g, axis=axes))
+            if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
+                batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, batch_hg)
+            values["act_grad_batch_sq_sum"] = tf.square(batch_hg) / replicas
         values = {k: tf.cast(v, tf.float64) for k, v in values.items()}
         batch_share = tf.constant(1.0 / replicas, tf.float64)
         if loss_scale is not None:  # a step with an overflowed gradient is skipped by Keras too
@@ -96,6 +94,7 @@ class _Accumulators:
         sums = {k: v.read_value().numpy() for k, v in self.sums.items()}
         return OutputGradientStats(
             **sums,
+            units=self.units,
             batches=int(round(float(self.batches.read_value().numpy()))),
             count=int(round(float(self.count.read_value().numpy()))),
         )
@@ -103,6 +102,16 @@ class _Accumulators:
     def reset(self) -> None:
         for variable in (*self.sums.values(), self.batches, self.count):
             variable.assign(np.zeros(variable.shape, np.float64))
+
+
+_REDUCTIONS: dict[str, Callable[[tf.Tensor, tf.Tensor | None, list[int]], tf.Tensor]] = {
+    "grad_sum": lambda g, h, axes: tf.reduce_sum(g, axis=axes),
+    "grad_abs_sum": lambda g, h, axes: tf.reduce_sum(tf.abs(g), axis=axes),
+    "grad_sq_sum": lambda g, h, axes: tf.reduce_sum(tf.square(g), axis=axes),
+    "act_grad_sum": lambda g, h, axes: tf.reduce_sum(h * g, axis=axes),
+    "act_abs_sum": lambda g, h, axes: tf.reduce_sum(tf.abs(h), axis=axes),
+}
+"""The per-unit reductions of one batch (``act_grad_batch_sq_sum`` squares the batch's H*G sum)."""
 
 
 class GradientWatch:
@@ -120,10 +129,12 @@ class GradientWatch:
         >>> w.remove()
     """
 
-    def __init__(self, model: keras.Model, layer: keras.layers.Layer, through_time: bool) -> None:
+    def __init__(self, model: keras.Model, layer: keras.layers.Layer, through_time: bool, fields: frozenset[str]) -> None:
         self.model = model
         self.layer = layer
         self.through_time = through_time
+        self.fields = fields
+        """The sums this watch captures (:data:`~adaptgrad.stats.SUM_FIELDS` names)."""
         self._strategy = tf.distribute.get_strategy()
         self._accumulators: _Accumulators | None = None
         self._removed = False
@@ -134,7 +145,7 @@ class GradientWatch:
                 f"GradientWatch first (one watch per layer)"
             )
         if through_time:
-            hooks.time_probe = self._time_probe
+            hooks.time_probe = _TimeProbe(self)
         else:
             hooks.output_probe = self._output_probe
         _instrument.invalidate_compiled(model)
@@ -143,7 +154,7 @@ class GradientWatch:
 
     def _accumulators_for(self, units: int) -> _Accumulators:
         if self._accumulators is None:
-            self._accumulators = _Accumulators(units, self.layer.name, self._strategy)
+            self._accumulators = _Accumulators(units, self.layer.name, self.fields, self._strategy)
         return self._accumulators
 
     def _loss_scale(self) -> tf.Tensor | None:
@@ -160,26 +171,12 @@ class GradientWatch:
             def grad(g: tf.Tensor) -> tf.Tensor:
                 # no control dependency: the update runs beside the rest of backpropagation, not
                 # in its way (tf.function runs every stateful op it traced; eager runs it now)
-                accumulators.update(x, g, self._loss_scale())
+                accumulators.update(g, self._loss_scale(), x if self.fields & ACTIVATION_FIELDS else None)
                 return g
 
             return tf.identity(x), grad
 
         return identity(h)
-
-    def _time_probe(self, z: tf.Tensor, hidden: Any) -> tf.Tensor:
-        accumulators = self._accumulators_for(int(z.shape[-1]))
-
-        @tf.custom_gradient
-        def identity(x: tf.Tensor) -> Any:
-            def grad(g: tf.Tensor) -> None:
-                h, kept = hidden()
-                accumulators.update(h, g, self._loss_scale(), kept)
-                return None  # z is a stand-in: no gradient flows on to the weight it is tied to
-
-            return tf.identity(x), grad
-
-        return identity(z)
 
     # -- in Python ------------------------------------------------------------------------------
 
@@ -240,7 +237,31 @@ class GradientWatch:
         return f"<GradientWatch layer={self.layer.name!r} mode={mode} {state}>"
 
 
-def watch(model: keras.Model, layer: str | keras.layers.Layer, *, through_time: bool = False) -> GradientWatch:
+class _TimeProbe:
+    """The through-time probe of a watch (see :func:`adaptgrad._instrument.through_time_loop`)."""
+
+    def __init__(self, watch: GradientWatch) -> None:
+        self.watch = watch
+        self.needs_hidden = bool(watch.fields & ACTIVATION_FIELDS)
+
+    def __call__(self, z: tf.Tensor, hidden: Callable[[], tuple[tf.Tensor | None, tf.Tensor | None]]) -> tf.Tensor:
+        accumulators = self.watch._accumulators_for(int(z.shape[-1]))
+
+        @tf.custom_gradient
+        def identity(x: tf.Tensor) -> Any:
+            def grad(g: tf.Tensor) -> None:
+                h, kept = hidden()
+                accumulators.update(g, self.watch._loss_scale(), h, kept)
+                return None  # z is a stand-in: no gradient flows on to the weight it is tied to
+
+            return tf.identity(x), grad
+
+        return identity(z)
+
+
+def watch(
+    model: keras.Model, layer: str | keras.layers.Layer, *, through_time: bool = False, stats: Iterable[str] | None = None
+) -> GradientWatch:
     """Start accumulating per-unit statistics of ``dL/d(layer output)`` for every trained batch.
 
     Example:
@@ -265,14 +286,21 @@ def watch(model: keras.Model, layer: str | keras.layers.Layer, *, through_time: 
             its first state: ``SimpleRNN``, ``GRU``, ``LSTM``, ``MinimalRNNCell``...), capture the
             hidden state at every step and the *total* gradient there, including the path
             through later steps, whatever ``return_sequences`` is.
+        stats: the sums to capture, names from :data:`~adaptgrad.stats.SUM_FIELDS` (None: all).
+            Only these are computed in the graph; the others are absent from ``.stats()``.
+            Without an activation sum (``act_grad_sum``, ``act_grad_batch_sq_sum``,
+            ``act_abs_sum``) through-time capture never collects the hidden states, and
+            ``stats=()`` counts batches and positions only.
 
     Returns:
         A :class:`GradientWatch`; use ``.stats()``, ``.reset()``, ``.remove()``, or ``with``.
 
     Raises:
         ValueError: unknown layer name (the message lists the model's layers), ``through_time``
-            on a non-recurrent layer, or a layer that is already watched.
+            on a non-recurrent layer, an unknown ``stats`` name (the message lists the valid
+            ones), or a layer that is already watched.
     """
+    fields = requested_fields(stats)
     target = find_layer(model, layer)
     if through_time:
         if not _instrument.is_recurrent(target):
@@ -282,4 +310,4 @@ def watch(model: keras.Model, layer: str | keras.layers.Layer, *, through_time: 
                 f"through_time=False to capture its output."
             )
         _instrument.hidden_units(target)
-    return GradientWatch(model, target, through_time)
+    return GradientWatch(model, target, through_time, fields)
