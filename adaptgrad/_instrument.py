@@ -3,16 +3,14 @@
 A layer gets at most one :class:`Hooks` object. It replaces, on that instance only, the methods
 through which Keras runs the layer, and reads its slots *when the train step is traced*:
 
-* ``layer.call``: the output passes through ``output_probe`` (output-mode capture) after
-  ``output_mask`` (unit gating of non-recurrent layers) has been multiplied in;
-* ``cell.call`` of a recurrent layer: ``cell_mask`` is multiplied into the output and every
-  per-unit state, so a gated unit is exactly 0 inside the recurrence;
+* ``layer.call``: the output passes through ``output_probe`` (output-mode capture);
 * ``layer.inner_loop`` of a recurrent layer: runs the time loop itself when ``time_probe`` is set
-  (through-time capture, see :func:`through_time_loop`).
+  (through-time capture, see :func:`through_time_loop`); otherwise the layer's own loop runs,
+  with its own kernel choice (cuDNN for GRU/LSTM where available).
 
 Because the slots are read at trace time, every change of a slot invalidates the model's
-compiled train/test/predict functions so that the next ``fit`` retraces them. Values that change
-between epochs (mask entries) live in variables the graph reads, so they need no retrace.
+compiled train/test/predict functions so that the next ``fit`` retraces them. (Unit gating needs
+no hook: it lives in the layer's weights and constraints, see :mod:`adaptgrad.units`.)
 """
 
 from __future__ import annotations
@@ -53,12 +51,9 @@ class Hooks:
         self.layer = layer
         self.output_probe: Probe | None = None
         self.time_probe: TimeProbe | None = None
-        self.output_mask: keras.Variable | None = None
-        self.cell_mask: keras.Variable | None = None
         self._replaced: list[tuple[Any, str, Any]] = []
         self._original_call = self._replace(layer, "call", self._call)
         if is_recurrent(layer):
-            self._original_cell_call = self._replace(layer.cell, "call", self._cell_call)
             self._original_inner_loop = self._replace(layer, "inner_loop", self._inner_loop)
 
     def _replace(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,10 +65,7 @@ class Hooks:
 
     @property
     def in_use(self) -> bool:
-        return any(
-            slot is not None
-            for slot in (self.output_probe, self.time_probe, self.output_mask, self.cell_mask)
-        )
+        return self.output_probe is not None or self.time_probe is not None
 
     def uninstall(self) -> None:
         """Restore the layer's own methods (only once no slot is in use)."""
@@ -88,30 +80,13 @@ class Hooks:
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
         outputs = self._original_call(*args, **kwargs)
-        if self.output_mask is None and self.output_probe is None:
+        if self.output_probe is None:
             return outputs
         rest: list[Any] = []
         if isinstance(outputs, (list, tuple)):  # RNN with return_state=True
             outputs, *rest = outputs
-        if self.output_mask is not None:
-            outputs = outputs * tf.cast(self.output_mask, outputs.dtype)
-        if self.output_probe is not None:
-            outputs = self.output_probe(outputs)
+        outputs = self.output_probe(outputs)
         return [outputs, *rest] if rest else outputs
-
-    def _cell_call(self, inputs: Any, states: Any, **kwargs: Any) -> Any:
-        output, new_states = self._original_cell_call(inputs, states, **kwargs)
-        if self.cell_mask is None:
-            return output, new_states
-        mask = tf.cast(self.cell_mask, output.dtype)
-        units = mask.shape[0]
-
-        def gate(state: Any) -> Any:
-            return state * mask if state.shape[-1] == units else state
-
-        if isinstance(new_states, (list, tuple)):
-            return output * mask, [gate(s) for s in new_states]
-        return output * mask, gate(new_states)
 
     def _inner_loop(self, sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
         if self.time_probe is None:
@@ -172,9 +147,7 @@ def through_time_loop(
     units = hidden_units(layer)
     anchor = next((w for w in cell.trainable_weights), None)
     if anchor is None:
-        raise ValueError(
-            f"through-time capture on layer {layer.name!r} needs a trainable weight in its cell"
-        )
+        raise ValueError(f"through-time capture on layer {layer.name!r} needs a trainable weight in its cell")
     time_major = tf.transpose(sequences, [1, 0, *range(2, len(sequences.shape))])
     kept = None
     if mask is not None:

@@ -29,9 +29,10 @@ class MinimalRNNCell(keras.layers.Layer):
         >>> tuple(rnn(keras.ops.zeros((2, 3, 1))).shape)
         (2, 3, 4)
 
-    Both weights use the ``'uniform'`` initialiser by default, as in the question. The cell
-    declares its per-unit weights through :meth:`adaptgrad_unit_weights`, the protocol
-    :func:`adaptgrad.unit_view` reads to rescale, gate and re-initialise single units.
+    Both weights use the ``'uniform'`` initialiser by default, as in the question. The cell follows
+    Keras's conventions (``kernel``, ``recurrent_kernel``, their ``*_initializer`` and
+    ``*_constraint``), so :func:`adaptgrad.unit_view` edits its units and a gated unit stays gated
+    through ``model.save`` / ``load_model``.
     """
 
     def __init__(
@@ -39,6 +40,8 @@ class MinimalRNNCell(keras.layers.Layer):
         units: int,
         kernel_initializer: Any = "uniform",
         recurrent_initializer: Any = "uniform",
+        kernel_constraint: Any = None,
+        recurrent_constraint: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,14 +52,20 @@ class MinimalRNNCell(keras.layers.Layer):
         self.output_size = self.units
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.recurrent_constraint = keras.constraints.get(recurrent_constraint)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.kernel = self.add_weight(
-            shape=(input_shape[-1], self.units), initializer=self.kernel_initializer, name="kernel"
+            shape=(input_shape[-1], self.units),
+            initializer=self.kernel_initializer,
+            constraint=self.kernel_constraint,
+            name="kernel",
         )
         self.recurrent_kernel = self.add_weight(
             shape=(self.units, self.units),
             initializer=self.recurrent_initializer,
+            constraint=self.recurrent_constraint,
             name="recurrent_kernel",
         )
 
@@ -65,21 +74,12 @@ class MinimalRNNCell(keras.layers.Layer):
         h = keras.ops.matmul(inputs, self.kernel) + keras.ops.matmul(prev_output, self.recurrent_kernel)
         return h, [h]
 
-    def adaptgrad_unit_weights(self) -> list[tuple[Any, int, Any]]:
-        """Per-unit incoming weights: ``(variable, gate_blocks, initializer)`` triples.
-
-        Unit j owns column ``j`` of the last axis of every listed variable (``j + k*units`` for
-        each of ``gate_blocks`` blocks).
-        """
-        return [
-            (self.kernel, 1, self.kernel_initializer),
-            (self.recurrent_kernel, 1, self.recurrent_initializer),
-        ]
-
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "units": self.units,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "recurrent_constraint": keras.constraints.serialize(self.recurrent_constraint),
         }

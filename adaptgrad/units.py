@@ -15,36 +15,51 @@ Example:
 "Unit j" is output feature j. Its *incoming* weights are the slices along the last axis of every
 weight that feeds it: the kernel column, the recurrent-kernel column and the bias entry — for a
 GRU or LSTM the unit's column in every gate block (z, r, h / i, f, c, o), so that a unit is
-edited as a whole. Its *outgoing* weights are row j of the next layer's input kernel (and, in a
-recurrent layer, row j of its own recurrent kernel except the unit's own columns).
+edited as a whole. Its *outgoing* weights are the next layer's input rows it feeds (found through
+Flatten, Reshape, Permute, pooling, dropout, TimeDistributed...) and, in a recurrent layer, row j
+of its own recurrent kernel except the unit's own columns.
 
-Gating multiplies the unit's output — and, in a recurrent cell, every per-unit state — by a 0/1
-mask variable that the compiled train step reads, so a gated unit is exactly 0 at every step and
-stays 0 while training goes on. Gating also zeroes the unit's optimizer slots, so that neither
-momentum nor Adam moves its frozen weights; ungating and re-initialising reset them again.
+Gating is part of the model. A gated unit's incoming and outgoing weights are set to exactly 0;
+a GRU, LSTM, SimpleRNN, MinimalRNN or Dense unit whose incoming weights are 0 outputs exactly 0
+at every step from a zero initial state (its candidate is ``activation(0) = 0``; layers whose
+activation does not map 0 to 0 are refused). With its outgoing weights 0 as well, every gradient
+reaching the unit's weights is exactly 0, so no optimizer moves them, and a
+:class:`adaptgrad.gates.UnitGate` constraint — applied by the optimizer inside the compiled step,
+its mask a variable the step reads — keeps the incoming weights 0 whatever happens. The gate and a
+gate-aware initializer are stored in the layer's config, so ``model.save`` / ``load_model``,
+``get_config`` / ``from_config`` and ``save_weights`` / ``load_weights`` keep the units gated, and
+a new view on the loaded model sees them. Gating never changes how Keras runs the layer (a GRU or
+LSTM keeps ``use_cudnn``). :meth:`UnitView.ungate` restores the weights the unit had when it was
+gated; after a reload, where those are gone, it draws fresh incoming weights (outgoing stay 0).
 
-A custom layer or cell becomes adaptable by defining ``adaptgrad_unit_weights(self)``, returning
-``[(variable, gate_blocks, initializer), ...]`` (see :class:`adaptgrad.cells.MinimalRNNCell`).
+A layer or cell following Keras's conventions — weights ``kernel``, ``recurrent_kernel``,
+``bias`` whose last axis is k·units, output = first state, initialisers in ``*_initializer``
+attributes — is adaptable as it is. Another one declares its weights by defining
+``adaptgrad_unit_weights(self)``, returning ``[(variable, gate_blocks, initializer), ...]``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from adaptgrad import _instrument
+from adaptgrad import _instrument, slots
+from adaptgrad.gates import GatedInitializer, UnitGate
 from adaptgrad.layers import find_layer
 
 __all__ = ["Edit", "UnitView", "unit_view"]
 
-UnitWeight = tuple[Any, int, Callable[..., Any]]
-"""``(variable, gate_blocks, initializer)``: unit j owns indices ``j + k*units`` of the last axis."""
+UnitWeight = tuple[Any, int, Any]
+"""``(variable, gate_blocks, initializer or None)``: unit j owns indices ``j + k*units`` of the last axis."""
+
+Index = tuple[Any, ...]
+_CONVENTION = {"kernel": "kernel", "recurrent_kernel": "recurrent", "bias": "bias"}  # weight -> attribute prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,79 +71,83 @@ class Edit:
     value: float = float("nan")
 
 
-def _lstm_bias_initializer(cell: keras.layers.LSTMCell) -> Callable[..., Any]:
+@dataclasses.dataclass(frozen=True)
+class _Outgoing:
+    """A weight holding outgoing slices: ``index(unit)`` selects them."""
+
+    variable: Any
+    index: Callable[[int], Index]
+
+
+def _owner(layer: keras.layers.Layer) -> Any:
+    return layer.cell if _instrument.is_recurrent(layer) else layer
+
+
+def _base(value: Any) -> Any:
+    """An initializer or constraint without adaptgrad's gate wrapped around it."""
+    return value.inner if isinstance(value, (GatedInitializer, UnitGate)) else value
+
+
+def _lstm_bias_initializer(cell: keras.layers.LSTMCell, bias_initializer: Any) -> Any:
     if not cell.unit_forget_bias:
-        return cell.bias_initializer
+        return bias_initializer
 
     def initializer(shape: tuple[int, ...], dtype: Any = None) -> Any:
         units = cell.units
         return keras.ops.concatenate(
             [
-                cell.bias_initializer((units,), dtype=dtype),
+                bias_initializer((units,), dtype=dtype),
                 keras.ops.ones((units,), dtype=dtype),
-                cell.bias_initializer((units * 2,), dtype=dtype),
+                bias_initializer((units * 2,), dtype=dtype),
             ]
         )
 
     return initializer
 
 
-def incoming_weights(layer: keras.layers.Layer) -> list[UnitWeight]:
-    """The per-unit incoming weights of a supported layer, by the protocol or built-in knowledge.
+def _units_of(layer: keras.layers.Layer) -> int:
+    if _instrument.is_recurrent(layer):
+        return _instrument.hidden_units(layer)
+    return int(layer.units)
+
+
+def incoming_weights(layer: keras.layers.Layer) -> tuple[list[UnitWeight], list[str | None]]:
+    """The per-unit incoming weights of a layer and, for each, its attribute prefix (``kernel``,
+    ``recurrent``, ``bias``: where its ``*_initializer`` / ``*_constraint`` live) or None.
 
     Raises:
-        TypeError: the layer type is not supported and does not implement the protocol.
+        TypeError: the layer follows neither Keras's conventions nor the protocol.
     """
-    owner = layer.cell if _instrument.is_recurrent(layer) else layer
+    owner = _owner(layer)
     if hasattr(owner, "adaptgrad_unit_weights"):
-        return list(owner.adaptgrad_unit_weights())
-    blocks = {
-        keras.layers.Dense: 1,
-        keras.layers.SimpleRNNCell: 1,
-        keras.layers.GRUCell: 3,
-        keras.layers.LSTMCell: 4,
-    }.get(type(owner))
-    if blocks is None:
+        weights = [tuple(weight) for weight in owner.adaptgrad_unit_weights()]
+        return weights, [None] * len(weights)  # type: ignore[return-value]
+    if not (isinstance(layer, keras.layers.Dense) or _instrument.is_recurrent(layer)) or not isinstance(
+        getattr(owner, "kernel", None), keras.Variable
+    ):
         raise TypeError(
-            f"adaptgrad cannot edit units of layer {layer.name!r} ({type(owner).__name__}); "
-            f"supported: Dense, SimpleRNN, GRU, LSTM, RNN over SimpleRNNCell/GRUCell/LSTMCell/"
-            f"MinimalRNNCell, or any layer or cell that defines adaptgrad_unit_weights()"
+            f"adaptgrad cannot edit units of layer {layer.name!r} ({type(owner).__name__}); supported: Dense, "
+            f"SimpleRNN, GRU, LSTM, RNN over a cell with weights kernel / recurrent_kernel / bias whose last axis "
+            f"is k*units (SimpleRNNCell, GRUCell, LSTMCell, MinimalRNNCell, your own), or any layer or cell that "
+            f"defines adaptgrad_unit_weights()"
         )
-    weights: list[UnitWeight] = [(owner.kernel, blocks, owner.kernel_initializer)]
-    if hasattr(owner, "recurrent_kernel"):
-        weights.append((owner.recurrent_kernel, blocks, owner.recurrent_initializer))
-    if owner.use_bias:
-        bias_init = _lstm_bias_initializer(owner) if isinstance(owner, keras.layers.LSTMCell) else owner.bias_initializer
-        weights.append((owner.bias, blocks, bias_init))
-    return weights
-
-
-def input_kernel(layer: keras.layers.Layer) -> Any:
-    """The weight whose axis 0 indexes the layer's input features (Dense kernel, RNN cell kernel)."""
-    owner = layer.cell if _instrument.is_recurrent(layer) else layer
-    kernel = getattr(owner, "kernel", None)
-    if kernel is None:
-        raise TypeError(f"layer {layer.name!r} ({type(layer).__name__}) has no input kernel to zero rows of")
-    return kernel
-
-
-def optimizer_slots(optimizer: Any, variable: Any) -> list[Any]:
-    """The optimizer's per-variable state for ``variable`` (momentum, Adam moments...), if built."""
-    if optimizer is None:
-        return []
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return optimizer_slots(optimizer.inner_optimizer, variable)
-    tracked = getattr(optimizer, "_trainable_variables", None) or []
-    index = next((i for i, v in enumerate(tracked) if v is variable), None)
-    if index is None:
-        return []
-    slots = []
-    for value in vars(optimizer).values():
-        if isinstance(value, list) and len(value) == len(tracked) and value is not tracked:
-            slot = value[index]
-            if isinstance(slot, keras.Variable) and slot is not variable and tuple(slot.shape) == tuple(variable.shape):
-                slots.append(slot)
-    return slots
+    units = _units_of(layer)
+    weights, prefixes = [], []
+    for name, prefix in _CONVENTION.items():
+        variable = getattr(owner, name, None)
+        if not isinstance(variable, keras.Variable):
+            continue
+        if variable.shape[-1] % units:
+            raise TypeError(
+                f"weight {name!r} of layer {layer.name!r} has a last axis of {variable.shape[-1]}, not a multiple of "
+                f"its {units} units; define adaptgrad_unit_weights() on {type(owner).__name__}"
+            )
+        initializer = _base(getattr(owner, f"{prefix}_initializer", None))
+        if name == "bias" and initializer is not None and isinstance(owner, keras.layers.LSTMCell):
+            initializer = _lstm_bias_initializer(owner, initializer)
+        weights.append((variable, variable.shape[-1] // units, initializer))
+        prefixes.append(prefix)
+    return weights, prefixes
 
 
 def _seeded(initializer: Any, seed: int) -> Any:
@@ -139,10 +158,142 @@ def _seeded(initializer: Any, seed: int) -> Any:
     return initializer
 
 
-def _edit_columns(variable: Any, columns: np.ndarray, values: np.ndarray | float) -> None:
-    array = np.array(keras.ops.convert_to_numpy(variable))
-    array[..., columns] = values
+def _numpy(variable: Any) -> np.ndarray:
+    return np.array(keras.ops.convert_to_numpy(variable))
+
+
+def _set(variable: Any, index: Index, values: Any) -> None:
+    array = _numpy(variable)
+    array[index] = values
     variable.assign(array)
+
+
+# -- outgoing weights ------------------------------------------------------------------------------
+
+
+def _input_kernels(consumer: keras.layers.Layer) -> list[Any]:
+    """The weights whose axis ``ndim - 2`` indexes ``consumer``'s input features (last input axis)."""
+    if isinstance(consumer, keras.layers.TimeDistributed):
+        return _input_kernels(consumer.layer)
+    if isinstance(consumer, keras.layers.Bidirectional):
+        return _input_kernels(consumer.forward_layer) + _input_kernels(consumer.backward_layer)
+    owner = _owner(consumer)
+    kernel = getattr(owner, "kernel", None)
+    if isinstance(consumer, (keras.layers.Dense, keras.layers.RNN)) or (
+        isinstance(consumer, keras.layers.Layer) and type(consumer).__name__.startswith("Conv") and kernel is not None
+    ):
+        if getattr(consumer, "data_format", "channels_last") != "channels_last":
+            return []
+        return [kernel] if isinstance(kernel, keras.Variable) else []
+    return []
+
+
+def _row_index(kernel: Any, rows: np.ndarray) -> Index:
+    return (slice(None),) * (len(kernel.shape) - 2) + (rows,)
+
+
+def _chain_to_consumer(layer: keras.layers.Layer) -> tuple[list[keras.layers.Layer], keras.layers.Layer] | None:
+    """The weightless layers between ``layer`` and the first layer with weights it feeds, following a
+    single chain in a Sequential/functional graph; None where the consumer is not unique."""
+    chain: list[keras.layers.Layer] = []
+    current = layer
+    while True:
+        consumers = {id(node.operation): node.operation for node in getattr(current, "_outbound_nodes", [])}
+        found = [c for c in consumers.values() if isinstance(c, keras.layers.Layer)]
+        if len(found) != 1:
+            return None
+        current = found[0]
+        if current.weights or isinstance(current, keras.Model):
+            return chain, current
+        chain.append(current)
+
+
+def _trace_rows(layer: keras.layers.Layer, chain: list[keras.layers.Layer], size: int, features: int) -> list[np.ndarray]:
+    """For each unit, the positions of the consumer's last input axis that carry exactly that unit.
+
+    Every unit gets a random integer code, broadcast over the layer's output and run through the
+    weightless chain; a consumer input position must carry one unit's code (or 0) everywhere. Three
+    independent codings rule out a mix of units passing for one unit by chance. Raises ValueError
+    where the chain does not keep units apart.
+    """
+    shape = tuple(1 if i == 0 else (dim or 2) for i, dim in enumerate(layer.output.shape))
+    rows: list[np.ndarray] | None = None
+    for seed in range(3):
+        codes = np.random.default_rng(seed).choice(np.arange(1, 2**16), size=size, replace=False).astype(np.float32)
+        values = np.broadcast_to(codes, shape)
+        for step in chain:
+            values = keras.ops.convert_to_numpy(step(values))
+        values = np.asarray(values).reshape(-1, values.shape[-1])
+        if values.shape[-1] != features:
+            raise ValueError(f"reaches the consumer with {values.shape[-1]} input features, its kernel has {features}")
+        unit_of = {float(code): unit for unit, code in enumerate(codes)}
+        owner = np.full(features, -1)
+        for position in range(features):
+            carried = {unit_of.get(float(v), -2) for v in np.unique(values[:, position]) if v != 0}
+            if -2 in carried or len(carried) > 1:
+                raise ValueError(f"consumer input feature {position} mixes units (or changes their values)")
+            owner[position] = carried.pop() if carried else -1
+        found = [np.flatnonzero(owner == unit) for unit in range(size)]
+        if rows is not None and any(not np.array_equal(a, b) for a, b in zip(rows, found)):
+            raise ValueError("the units' positions differ between codings")
+        rows = found
+    assert rows is not None
+    return rows
+
+
+def outgoing_weights(
+    layer: keras.layers.Layer, size: int, next_layer: keras.layers.Layer | None, explicit: bool
+) -> list[_Outgoing]:
+    """The next layer's kernels that hold ``layer``'s outgoing weights, with each unit's rows.
+
+    Raises:
+        ValueError: the consumer, or the chain of layers to it, cannot be mapped exactly.
+    """
+    if next_layer is None:
+        return []
+    hint = "pass next_layer=<the layer whose kernel rows are these units' outgoing weights> to unit_view"
+    kernels = _input_kernels(next_layer)
+    if not kernels:
+        raise ValueError(
+            f"unit_view cannot map the outgoing weights of layer {layer.name!r} onto {next_layer.name!r} "
+            f"({type(next_layer).__name__}): supported consumers are Dense, recurrent layers, channels-last "
+            f"convolutions, TimeDistributed and Bidirectional over them; {hint}"
+        )
+    features = int(kernels[0].shape[-2])
+    if explicit:
+        if features != size:
+            raise ValueError(
+                f"next_layer {next_layer.name!r} has {features} input features, layer {layer.name!r} has {size} "
+                f"units; pass the layer that consumes {layer.name!r}'s output directly"
+            )
+        rows = [np.array([unit]) for unit in range(size)]
+    else:
+        chain, _ = _chain_to_consumer(layer)  # type: ignore[misc]
+        try:
+            rows = _trace_rows(layer, chain, size, features)
+        except Exception as error:  # noqa: BLE001 - any failure to trace means: not exactly mappable
+            path = " -> ".join(step.name for step in [layer, *chain, next_layer])
+            raise ValueError(
+                f"unit_view cannot map the outgoing weights of layer {layer.name!r} exactly onto "
+                f"{next_layer.name!r} ({type(next_layer).__name__}) through {path}: {error}; {hint}"
+            ) from error
+    return [_Outgoing(kernel, lambda unit, k=kernel: _row_index(k, rows[unit])) for kernel in kernels]
+
+
+def _recurrent_outgoing(weights: list[UnitWeight], owner: Any, size: int) -> list[_Outgoing]:
+    recurrent = getattr(owner, "recurrent_kernel", None)
+    for variable, blocks, _ in weights:
+        if variable is recurrent:
+            columns = int(variable.shape[-1])
+
+            def index(unit: int, blocks: int = blocks, columns: int = columns) -> Index:
+                return (unit, np.setdiff1d(np.arange(columns), unit + size * np.arange(blocks)))
+
+            return [_Outgoing(variable, index)]
+    return []
+
+
+# -- the view --------------------------------------------------------------------------------------
 
 
 class UnitView:
@@ -163,44 +314,70 @@ class UnitView:
     """
 
     def __init__(
-        self, model: keras.Model, layer: keras.layers.Layer, next_layer: keras.layers.Layer | None, seed: int = 0
+        self,
+        model: keras.Model,
+        layer: keras.layers.Layer,
+        next_layer: keras.layers.Layer | None,
+        seed: int = 0,
+        *,
+        explicit_next_layer: bool = False,
     ) -> None:
         if not layer.built:
             raise ValueError(
                 f"layer {layer.name!r} is not built yet: call the model on a batch (or "
                 f"model.build(input_shape)) before making a unit view"
             )
+        slots.check_supported(getattr(model, "optimizer", None))
         self.model = model
         self.layer = layer
         self.next_layer = next_layer
-        self.weights = incoming_weights(layer)
+        self.weights, prefixes = incoming_weights(layer)
         first, blocks, _ = self.weights[0]
         self.size = int(first.shape[-1]) // blocks
+        owner = _owner(layer)
+        self._outgoing = _recurrent_outgoing(self.weights, owner, self.size) + outgoing_weights(
+            layer, self.size, next_layer, explicit_next_layer
+        )
         self.min_active = 1
         self.edits: list[Edit] = []
         self.seed = int(seed)
         self._scales = np.ones(self.size)
         self._age = np.zeros(self.size, dtype=np.int64)
         self._draws = 0  # reinit calls so far: each draws with its own seed, so resumes repeat them
-        hooks = _instrument.hooks_of(layer)
-        if hooks.cell_mask is not None or hooks.output_mask is not None:
-            raise ValueError(f"layer {layer.name!r} already has a unit view; reuse it")
-        with tf.init_scope(), tf.distribute.get_strategy().scope():
-            self._mask = tf.Variable(tf.ones((self.size,)), trainable=False, name=f"adaptgrad_{layer.name}_mask")
-        if _instrument.is_recurrent(layer):
-            hooks.cell_mask = self._mask
-            if hasattr(layer, "use_cudnn"):  # the fused kernel would bypass the cell and its mask
-                layer.use_cudnn = False
-        else:
-            hooks.output_mask = self._mask
+        self._saved: dict[int, list[np.ndarray]] = {}  # gated unit -> its incoming, then outgoing slices
+        self._gate, self._restore = self._install_gate(owner, prefixes)
         _instrument.invalidate_compiled(model)
+
+    def _install_gate(self, owner: Any, prefixes: list[str | None]) -> tuple[UnitGate, list[tuple[Any, str, Any]]]:
+        """Put one shared :class:`UnitGate` on every incoming weight (and in the layer's config);
+        adopt the gated units of gates already there (a loaded model). Returns the gate and what
+        :meth:`remove` puts back."""
+        existing = [v.constraint for v, _, _ in self.weights if isinstance(v.constraint, UnitGate)]
+        if any(getattr(gate, "view", None) is not None for gate in existing):
+            raise ValueError(f"layer {self.layer.name!r} already has a unit view; reuse it")
+        gated = sorted({unit for gate in existing for unit in gate.gated})
+        gate = UnitGate(self.size, gated)
+        gate.view = self
+        restore: list[tuple[Any, str, Any]] = []
+        for (variable, _, _), prefix in zip(self.weights, prefixes):
+            restore.append((variable, "constraint", variable.constraint))
+            variable.constraint = _wrap(gate, _base(variable.constraint))
+            if prefix is None:
+                continue
+            for attribute, value in ((f"{prefix}_constraint", variable.constraint), (f"{prefix}_initializer", None)):
+                if hasattr(owner, attribute):
+                    old = getattr(owner, attribute)
+                    restore.append((owner, attribute, old))
+                    new = value if value is not None else GatedInitializer(gate, _base(old))
+                    object.__setattr__(owner, attribute, new)
+        return gate, restore
 
     # -- reading ----------------------------------------------------------------------------------
 
     @property
     def active(self) -> np.ndarray:
         """Boolean array: True for units that are not gated."""
-        return self._mask.numpy() > 0.5
+        return self._gate.mask.numpy() > 0.5
 
     @property
     def scales(self) -> np.ndarray:
@@ -254,21 +431,24 @@ class UnitView:
             ([True, True, True, True], [])
 
         Covers incoming and outgoing weights, gates, optimizer slots of those weights, scales,
-        ages, the reinit draw counter and :attr:`edits`.
+        ages, the reinit draw counter, the weights saved for :meth:`ungate` and :attr:`edits`.
         """
         variables = self._touchable_variables()
-        saved = [np.array(keras.ops.convert_to_numpy(variable)) for variable in variables]
-        python = (self._scales.copy(), self._age.copy(), self._draws, list(self.edits))
+        saved = [_numpy(variable) for variable in variables]
+        python = (self._scales.copy(), self._age.copy(), self._draws, list(self.edits), copy.deepcopy(self._saved))
         try:
             yield self
         except BaseException:
             for variable, value in zip(variables, saved):
                 variable.assign(value)
-            self._scales, self._age, self._draws, self.edits[:] = python[0], python[1], python[2], python[3]
+            self._scales, self._age, self._draws, self.edits[:], self._saved = python
             raise
 
     def scale(self, units: Iterable[int], factors: float | Sequence[float]) -> None:
-        """Multiply each unit's incoming weights (all gate blocks, bias included) by its factor."""
+        """Multiply each unit's incoming weights (all gate blocks, bias included) by its factor.
+
+        A gated unit's weights are 0; its saved weights (that :meth:`ungate` restores) are scaled.
+        """
         units = self._check(units)
         factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), (len(units),))
         if not np.all(np.isfinite(factors)):
@@ -278,6 +458,9 @@ class UnitView:
         for variable, blocks, _ in self.weights:
             array = np.asarray(keras.ops.convert_to_numpy(variable))
             variable.assign(array * np.tile(unit_factors, blocks).astype(array.dtype))
+        for unit, saved in self._saved.items():
+            for i in range(len(self.weights)):
+                saved[i] = (saved[i] * unit_factors[unit]).astype(saved[i].dtype)
         self._scales *= unit_factors
         self.edits.extend(Edit("scale", unit, float(factor)) for unit, factor in zip(units, factors))
 
@@ -299,99 +482,126 @@ class UnitView:
         """Switch units off, in the order given, never leaving fewer than ``min_active`` active.
 
         Returns the units actually gated (already-gated units and those over the floor are
-        skipped). A gated unit outputs exactly 0 at every time step until :meth:`ungate`.
+        skipped). A gated unit outputs exactly 0 at every time step until :meth:`ungate`: its
+        incoming and outgoing weights are set to 0 (and saved for :meth:`ungate`).
+
+        Raises:
+            ValueError: the layer's activation does not map 0 to 0, or the optimizer averages
+                weights (``use_ema``) while the next layer is unknown.
         """
+        units = self._check(units)
+        self._check_gateable()
         active = self.active
         budget = int(active.sum()) - max(int(self.min_active), 0)
         chosen = []
-        for unit in self._check(units):
+        for unit in units:
             if active[unit] and budget > 0:
                 chosen.append(unit)
                 active[unit] = False
                 budget -= 1
-        self._set_mask(chosen, 0.0)
-        self._reset_slots(chosen)
+        for unit in chosen:
+            self._saved[unit] = [_numpy(v)[self._in_index(unit, b)] for v, b, _ in self.weights] + [
+                _numpy(out.variable)[out.index(unit)] for out in self._outgoing
+            ]
+        self._gate.set_gated(np.flatnonzero(~active))
+        self._write(chosen, incoming=True, outgoing=True, values=lambda unit, i: 0.0)
         self.edits.extend(Edit("gate", unit) for unit in chosen)
         return chosen
 
     def ungate(self, units: Iterable[int], *, zero_outgoing: bool = False) -> list[int]:
-        """Switch gated units back on with fresh optimizer slots; returns the units ungated."""
+        """Switch gated units back on with the weights they had when gated, and fresh optimizer slots.
+
+        Where those weights are unknown (the model was loaded with the unit gated), the unit
+        starts as :meth:`reinit` draws it, outgoing weights 0. Returns the units ungated.
+        """
         active = self.active
         chosen = [unit for unit in self._check(units) if not active[unit]]
-        self._set_mask(chosen, 1.0)
-        self._reset_slots(chosen)
+        fresh = [unit for unit in chosen if unit not in self._saved]
+        drawn = self._draw(fresh)
+        saved = {unit: self._saved.pop(unit) for unit in chosen if unit in self._saved}
+        active[chosen] = True
+        self._gate.set_gated(np.flatnonzero(~active))
+
+        def values(unit: int, i: int) -> Any:
+            if unit in saved:
+                return 0.0 if zero_outgoing and i >= len(self.weights) else saved[unit][i]
+            return drawn[i][..., self.columns(unit, self.weights[i][1])] if i < len(self.weights) else 0.0
+
+        self._write(chosen, incoming=True, outgoing=True, values=values)
         self._age[chosen] = 0
         self.edits.extend(Edit("ungate", unit) for unit in chosen)
-        if zero_outgoing:
-            self.zero_outgoing(chosen)
+        if zero_outgoing and chosen:
+            self.edits.extend(Edit("zero_outgoing", unit) for unit in chosen)
         return chosen
 
     def reinit(self, units: Iterable[int], *, zero_outgoing: bool = False) -> None:
-        """Draw fresh incoming weights from the layer's initialisers; reset their optimizer slots."""
+        """Draw fresh incoming weights from the layer's initialisers; reset their optimizer slots.
+
+        A gated unit stays gated: the fresh weights are what :meth:`ungate` will restore.
+
+        Raises:
+            ValueError: a weight has no known initializer (a cell without ``*_initializer``).
+        """
         units = self._check(units)
         if not units:
             return
-        seeds = np.random.SeedSequence([self.seed, self._draws]).generate_state(len(self.weights))
-        self._draws += 1
-        for (variable, blocks, initializer), seed in zip(self.weights, seeds):
-            draw = _seeded(initializer, int(seed) % 2**31)
-            fresh = keras.ops.convert_to_numpy(draw(tuple(variable.shape), dtype=variable.dtype))
-            columns = np.concatenate([self.columns(unit, blocks) for unit in units])
-            array = np.array(keras.ops.convert_to_numpy(variable))
-            array[..., columns] = fresh[..., columns]
-            variable.assign(array)
+        drawn = self._draw(units)
+        gated = [unit for unit in units if unit in self._saved]
+        for unit in gated:
+            for i, (_, blocks, _) in enumerate(self.weights):
+                self._saved[unit][i] = drawn[i][..., self.columns(unit, blocks)]
+        live = [unit for unit in units if unit not in self._saved]
+        self._write(
+            live, incoming=True, outgoing=False, values=lambda unit, i: drawn[i][..., self.columns(unit, self.weights[i][1])]
+        )
         self._scales[units] = 1.0
         self._age[units] = 0
-        self._reset_slots(units)
         self.edits.extend(Edit("reinit", unit) for unit in units)
         if zero_outgoing:
             self.zero_outgoing(units)
 
     def zero_outgoing(self, units: Iterable[int]) -> None:
-        """Zero the units' outgoing weights: next layer's input rows, and recurrent rows."""
+        """Zero the units' outgoing weights (next layer's input rows, recurrent rows) and their slots."""
         units = self._check(units)
         if not units:
             return
-        targets = []
-        recurrent = getattr(getattr(self.layer, "cell", None), "recurrent_kernel", None)
-        targets += [(variable, blocks) for variable, blocks, _ in self.weights if variable is recurrent]
         if self.next_layer is None:
             raise ValueError(
                 f"cannot zero outgoing weights of layer {self.layer.name!r}: no next layer is known "
                 f"(pass next_layer=... to unit_view for a subclassed model)"
             )
-        targets.append((input_kernel(self.next_layer), None))
-        for variable, blocks in targets:
-            array = np.array(keras.ops.convert_to_numpy(variable))
-            for unit in units:
-                own = self.columns(unit, blocks) if blocks else np.array([], dtype=int)
-                keep = array[unit, own].copy()
-                array[unit] = 0.0
-                array[unit, own] = keep
-            variable.assign(array)
-            for slot in optimizer_slots(self._optimizer, variable):
-                slot_array = np.array(keras.ops.convert_to_numpy(slot))
-                slot_array[units] = 0.0
-                slot.assign(slot_array)
+        for unit in units:
+            for i in range(len(self.weights), len(self.weights) + len(self._outgoing)):
+                if unit in self._saved:
+                    self._saved[unit][i] = np.zeros_like(self._saved[unit][i])
+        live = [unit for unit in units if unit not in self._saved]
+        self._write(live, incoming=False, outgoing=True, values=lambda unit, i: 0.0)
         self.edits.extend(Edit("zero_outgoing", unit) for unit in units)
 
     def get_state(self) -> dict[str, Any]:
-        """Gates, scales, ages and the reinit counter, as plain values (see :meth:`set_state`)."""
-        return {"mask": self._mask.numpy().copy(), "scales": self._scales.copy(), "age": self._age.copy(), "draws": self._draws}
+        """Gates, scales, ages, the reinit counter and the gated units' saved weights (see :meth:`set_state`)."""
+        return {
+            "mask": self._gate.mask.numpy().copy(),
+            "scales": self._scales.copy(),
+            "age": self._age.copy(),
+            "draws": self._draws,
+            "saved": copy.deepcopy(self._saved),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore gates, scales, ages and the reinit counter saved by :meth:`get_state`."""
-        self._mask.assign(np.asarray(state["mask"], dtype=np.float32))
+        """Restore what :meth:`get_state` returned (the weights themselves are the model's)."""
+        self._gate.set_gated(np.flatnonzero(np.asarray(state["mask"]) < 0.5))
         self._scales = np.asarray(state["scales"], dtype=np.float64).copy()
         self._age = np.asarray(state["age"], dtype=np.int64).copy()
         self._draws = int(state["draws"])
+        self._saved = copy.deepcopy(state["saved"])
 
     def remove(self) -> None:
-        """Ungate every unit and detach the mask from the layer."""
-        self._mask.assign(tf.ones_like(self._mask))
-        hooks = _instrument.hooks_of(self.layer)
-        hooks.cell_mask = hooks.output_mask = None
-        _instrument.release(self.layer)
+        """Ungate every unit and put back the constraints and initializers the layer had."""
+        self.ungate(np.flatnonzero(~self.active))
+        for owner, attribute, value in reversed(self._restore):
+            object.__setattr__(owner, attribute, _base(value))  # a loaded model's stale gate goes too
+        self._gate.view = None
         _instrument.invalidate_compiled(self.model)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -400,15 +610,8 @@ class UnitView:
     def _optimizer(self) -> Any:
         return getattr(self.model, "optimizer", None)
 
-    def _touchable_variables(self) -> list[Any]:
-        """Every variable an edit can change: incoming weights, outgoing kernels, gates, their slots."""
-        weights = [variable for variable, _, _ in self.weights]
-        if self.next_layer is not None:
-            weights += list(self.next_layer.weights)
-        variables = [*weights, self._mask]
-        for variable in weights:
-            variables += optimizer_slots(self._optimizer, variable)
-        return list({id(variable): variable for variable in variables}.values())
+    def _in_index(self, unit: int, blocks: int) -> Index:
+        return (Ellipsis, self.columns(unit, blocks))
 
     def _next_kernel(self, what: str) -> Any:
         if self.next_layer is None:
@@ -425,35 +628,79 @@ class UnitView:
             raise ValueError(f"unit indices {bad} out of range for layer {self.layer.name!r} with {self.size} units")
         return units
 
-    def _set_mask(self, units: list[int], value: float) -> None:
-        if units:
-            mask = self._mask.numpy()
-            mask[units] = value
-            self._mask.assign(mask)
+    def _check_gateable(self) -> None:
+        activation = getattr(_owner(self.layer), "activation", None)
+        if activation is not None and float(keras.ops.convert_to_numpy(activation(keras.ops.zeros((1,))))[0]) != 0.0:
+            name = getattr(activation, "__name__", repr(activation))
+            raise ValueError(
+                f"cannot gate units of layer {self.layer.name!r}: its activation {name!r} maps 0 to a non-zero value, "
+                f"so a unit with zero weights does not output 0; gating needs an activation with f(0) = 0 "
+                f"(linear, relu, tanh, ...)"
+            )
+        optimizer = slots.inner_optimizer(self._optimizer)
+        if self.next_layer is None and getattr(optimizer, "use_ema", False):
+            raise ValueError(
+                f"cannot gate units of layer {self.layer.name!r} under {type(optimizer).__name__}(use_ema=True) without "
+                f"knowing its next layer: the weight average written back at the end of fit would revive them; "
+                f"pass next_layer=... to unit_view"
+            )
 
-    def _reset_slots(self, units: list[int]) -> None:
+    def _draw(self, units: list[int]) -> list[np.ndarray]:
+        """Fresh values for every incoming weight (whole arrays), one seed per call."""
+        if not units:
+            return []
+        missing = [variable.path for variable, _, initializer in self.weights if initializer is None]
+        if missing:
+            raise ValueError(
+                f"cannot draw fresh weights for layer {self.layer.name!r}: no initializer known for {missing}; give "
+                f"its cell kernel_initializer / recurrent_initializer / bias_initializer attributes, or define "
+                f"adaptgrad_unit_weights()"
+            )
+        seeds = np.random.SeedSequence([self.seed, self._draws]).generate_state(len(self.weights))
+        self._draws += 1
+        return [
+            keras.ops.convert_to_numpy(_seeded(initializer, int(seed) % 2**31)(tuple(variable.shape), dtype=variable.dtype))
+            for (variable, _, initializer), seed in zip(self.weights, seeds)
+        ]
+
+    def _write(self, units: list[int], *, incoming: bool, outgoing: bool, values: Callable[[int, int], Any]) -> None:
+        """Set the units' incoming and/or outgoing slices to ``values(unit, i)`` (i numbers the
+        incoming weights, then the outgoing ones) and give those slices fresh optimizer slots.
+        Incoming slices are written last: a recurrent kernel's own columns are incoming."""
         if not units:
             return
-        for variable, blocks, _ in self.weights:
-            columns = np.concatenate([self.columns(unit, blocks) for unit in units])
-            for slot in optimizer_slots(self._optimizer, variable):
-                _edit_columns(slot, columns, 0.0)
+        targets = (
+            [(i, out.variable, out.index) for i, out in enumerate(self._outgoing, start=len(self.weights))] if outgoing else []
+        )
+        if incoming:
+            targets += [(i, v, lambda unit, b=b: self._in_index(unit, b)) for i, (v, b, _) in enumerate(self.weights)]
+        for i, variable, index in targets:
+            array = _numpy(variable)
+            for unit in units:
+                array[index(unit)] = values(unit, i)
+            variable.assign(array)
+            for unit in units:
+                slots.reset_slots(self._optimizer, variable, index(unit))
+
+    def _touchable_variables(self) -> list[Any]:
+        """Every variable an edit can change: incoming and outgoing weights, the gate, their slots."""
+        weights = [variable for variable, _, _ in self.weights] + [out.variable for out in self._outgoing]
+        variables = [*weights, self._gate.mask]
+        for variable in weights:
+            variables += [slot for _, slot, _ in slots.slots_of(self._optimizer, variable)]
+        return list({id(variable): variable for variable in variables}.values())
 
     def __repr__(self) -> str:
         return f"<UnitView layer={self.layer.name!r} size={self.size} active={int(self.active.sum())}>"
 
 
-def _consumer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
-    """The first layer with weights fed by ``layer`` in a Sequential/functional graph, following a
-    single chain through weightless layers (pooling over time, dropout) that keep feature j."""
-    while True:
-        consumers = {id(node.operation): node.operation for node in getattr(layer, "_outbound_nodes", [])}
-        layers = [c for c in consumers.values() if isinstance(c, keras.layers.Layer) and not isinstance(c, keras.Model)]
-        if len(layers) != 1:
-            return None
-        layer = layers[0]
-        if layer.weights:
-            return layer
+def _wrap(gate: UnitGate, inner: Any) -> UnitGate:
+    """The view's gate itself where the weight had no constraint, else a gate sharing its mask around ``inner``."""
+    if inner is None:
+        return gate
+    wrapped = copy.copy(gate)
+    wrapped.inner = inner
+    return wrapped
 
 
 def unit_view(
@@ -463,7 +710,7 @@ def unit_view(
     next_layer: str | keras.layers.Layer | None = None,
     seed: int = 0,
 ) -> UnitView:
-    """A :class:`UnitView` on ``layer``'s units (installs the gating mask; call before ``fit``).
+    """A :class:`UnitView` on ``layer``'s units (installs the gate; call before ``fit``).
 
     Example:
         >>> import keras, adaptgrad
@@ -476,12 +723,20 @@ def unit_view(
 
     Args:
         model: a built Keras 3 model (Sequential, functional or subclassed).
-        layer: name or object of a Dense, SimpleRNN, GRU, LSTM or ``RNN`` layer (any cell that
-            implements ``adaptgrad_unit_weights``).
-        next_layer: the layer that consumes ``layer``'s output, needed to zero outgoing weights.
-            Found automatically in Sequential and functional models.
+        layer: name or object of a Dense, SimpleRNN, GRU, LSTM or ``RNN`` layer over a cell that
+            follows Keras's conventions or implements ``adaptgrad_unit_weights``.
+        next_layer: the layer that consumes ``layer``'s output directly, whose kernel rows are the
+            units' outgoing weights. Found automatically in Sequential and functional models,
+            through weightless layers in between; None (unknown) in a subclassed model.
         seed: seeds the fresh weights that :meth:`UnitView.reinit` draws (each call its own).
+
+    Raises:
+        ValueError: the layer is not built, the consumer found cannot be mapped exactly (pass
+            ``next_layer``), or the model's optimizer is not supported.
+        TypeError: the layer type is not supported.
     """
     target = find_layer(model, layer)
-    consumer = find_layer(model, next_layer) if next_layer is not None else _consumer(target)
-    return UnitView(model, target, consumer, seed)
+    if next_layer is not None:
+        return UnitView(model, target, find_layer(model, next_layer), seed, explicit_next_layer=True)
+    found = _chain_to_consumer(target)
+    return UnitView(model, target, found[1] if found else None, seed)
