@@ -399,9 +399,13 @@ class UnitView:
         return np.sqrt(squares)
 
     def outgoing_norms(self) -> np.ndarray:
-        """L2 norm of the next layer's input-kernel rows that read each unit."""
-        kernel = np.asarray(keras.ops.convert_to_numpy(self._next_kernel("measure outgoing weights")), dtype=np.float64)
-        return np.sqrt((kernel[: self.size].reshape(self.size, -1) ** 2).sum(axis=1))
+        """L2 norm of each unit's weights in the next layer (the rows of its input kernels that read
+        the unit; :meth:`scale_outgoing` scales them)."""
+        squares = np.zeros(self.size)
+        for _, out in self._consumer_weights("measure outgoing weights"):
+            array = np.asarray(_numpy(out.variable), dtype=np.float64)
+            squares += [float((array[out.index(unit)] ** 2).sum()) for unit in range(self.size)]
+        return np.sqrt(squares)
 
     def columns(self, unit: int, blocks: int) -> np.ndarray:
         """Indices along the last axis that belong to ``unit`` in a weight with ``blocks`` blocks."""
@@ -465,17 +469,21 @@ class UnitView:
         self.edits.extend(Edit("scale", unit, float(factor)) for unit, factor in zip(units, factors))
 
     def scale_outgoing(self, units: Iterable[int], factors: float | Sequence[float]) -> None:
-        """Multiply the next layer's input-kernel rows that read each unit by its factor: a gain on
-        the unit's output as the next layer sees it (the layer's own recurrence is unchanged)."""
+        """Multiply each unit's weights in the next layer (the rows of its input kernels that read the
+        unit) by its factor: a gain on the unit's output as the next layer sees it; the layer itself,
+        recurrence included, is unchanged. A gated unit's saved outgoing weights are scaled."""
         units = self._check(units)
         factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), (len(units),))
         if not np.all(np.isfinite(factors)):
             raise ValueError(f"scale factors must be finite, got {factors.tolist()}")
-        kernel = self._next_kernel("scale outgoing weights")
-        array = np.array(keras.ops.convert_to_numpy(kernel))
-        for unit, factor in zip(units, factors):
-            array[unit] *= factor
-        kernel.assign(array)
+        for position, out in self._consumer_weights("scale outgoing weights"):
+            array = _numpy(out.variable)
+            for unit, factor in zip(units, factors):
+                if unit in self._saved:
+                    self._saved[unit][position] = (self._saved[unit][position] * factor).astype(array.dtype)
+                else:
+                    array[out.index(unit)] *= factor
+            out.variable.assign(array)
         self.edits.extend(Edit("scale_outgoing", unit, float(factor)) for unit, factor in zip(units, factors))
 
     def gate(self, units: Iterable[int]) -> list[int]:
@@ -613,13 +621,17 @@ class UnitView:
     def _in_index(self, unit: int, blocks: int) -> Index:
         return (Ellipsis, self.columns(unit, blocks))
 
-    def _next_kernel(self, what: str) -> Any:
+    def _consumer_weights(self, what: str) -> list[tuple[int, _Outgoing]]:
+        """The next layer's outgoing slices (not the layer's own recurrent rows), each with its
+        position in a gated unit's saved slices."""
         if self.next_layer is None:
             raise ValueError(
                 f"cannot {what} of layer {self.layer.name!r}: no next layer is known "
                 f"(pass next_layer=... to unit_view for a subclassed model)"
             )
-        return input_kernel(self.next_layer)
+        own = {id(variable) for variable, _, _ in self.weights}
+        outgoing = enumerate(self._outgoing, start=len(self.weights))
+        return [(position, out) for position, out in outgoing if id(out.variable) not in own]
 
     def _check(self, units: Iterable[int]) -> list[int]:
         units = np.asarray(units if np.isscalar(units) else list(units), dtype=np.int64).ravel().tolist()
