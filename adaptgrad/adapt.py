@@ -87,8 +87,13 @@ class Adapt(keras.callbacks.Callback):
         self.units = units if units is not None else unit_view(watch.model, watch.layer, next_layer=next_layer, seed=seed)
         if self.units.layer is not watch.layer:
             raise ValueError(f"units view layer {self.units.layer.name!r} is not the watched layer {watch.layer.name!r}")
-        for rule in self.rules:
-            rule.check(watch, self.units)
+        try:
+            for rule in self.rules:
+                rule.check(watch, self.units)
+        except Exception:
+            if units is None:  # the view this Adapt made: a refused Adapt leaves the layer as it was
+                self.units.remove()
+            raise
         self.layer_name = watch.layer.name
         _ADAPTS.setdefault(watch.model, weakref.WeakSet()).add(self)
         self._unit_rows: list[pd.DataFrame] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import math
 import pathlib
@@ -9,6 +11,7 @@ import pathlib
 import hydra.utils
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -16,6 +19,7 @@ import adaptgrad
 from adaptgrad import rules
 from adaptgrad.cells import MinimalRNNCell
 from adaptgrad.rules import (
+    AdaptationRule,
     DormantReset,
     DropRegrow,
     GainRescale,
@@ -24,6 +28,7 @@ from adaptgrad.rules import (
     TaylorPrune,
     TrustRatio,
 )
+from adaptgrad.rules.scoring import scale_active
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 
 from reference import data
@@ -446,16 +451,15 @@ END_TO_END = {  # name: (rule, cell, through_time, the actions it must record ov
 }
 
 
-def rnn(cell: str) -> keras.layers.Layer:
+def rnn(cell: str, name: str = "rnn", units: int = SIZE) -> keras.layers.Layer:
     if cell == "simple":
-        return keras.layers.SimpleRNN(6, name="rnn")
+        return keras.layers.SimpleRNN(units, name=name)
     if cell == "gru":
-        return keras.layers.GRU(6, name="rnn")
+        return keras.layers.GRU(units, name=name)
     if cell == "lstm":
-        return keras.layers.LSTM(6, name="rnn")
-    return keras.layers.RNN(
-        MinimalRNNCell(6, kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal"), name="rnn"
-    )
+        return keras.layers.LSTM(units, name=name)
+    cell = MinimalRNNCell(units, kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal")
+    return keras.layers.RNN(cell, name=name)
 
 
 @pytest.mark.parametrize("name", sorted(END_TO_END))
@@ -492,3 +496,265 @@ def test_end_to_end_fit(name):
     np.testing.assert_array_equal(last.active.to_numpy(), active)
     assert history.history["active_units"][-1] == int(active.sum())
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(model(x))))
+
+
+# -- Adapt: ages, tables, logs, build-time checks, atomic rules ----------------------------------
+
+
+def small_model(name: str = "rnn", cell: str = "gru"):
+    x, y = data(16)
+    model = keras.Sequential([keras.Input(x.shape[1:]), rnn(cell, name), keras.layers.Dense(y.shape[-1], name="head")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    return model, x, y
+
+
+def test_adapt_ticks_ages_before_rules_and_records_layer_and_age():
+    model, x, y = small_model()
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn"), [DormantReset(tau=0.99, grace=0)])
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[adapt])
+    units, actions = adapt.units_frame(), adapt.actions_frame()
+    assert list(units.columns[:6]) == ["epoch", "layer", "unit", "active", "age", "scale"]
+    assert set(units.layer) == {"rnn"} and set(actions.layer) == {"rnn"}
+    assert list(actions.columns) == ["epoch", "layer", "rule", "action", "unit", "value"]
+    reset = actions.query("action == 'reinit'")
+    assert len(reset) > 0
+    for epoch in range(3):  # a unit reset at epoch t has age 0 after it, every other unit one more than before
+        frame = units.query("epoch == @epoch").set_index("unit").age
+        previous = units.query("epoch == @epoch - 1").set_index("unit").age if epoch else pd.Series(0, index=frame.index)
+        reset_now = set(reset.query("epoch == @epoch").unit)
+        for unit, age in frame.items():
+            assert age == (0 if unit in reset_now else previous[unit] + 1), (epoch, unit)
+
+
+def test_two_adapts_on_one_model_log_their_own_layer_and_tables_concatenate():
+    x, y = data(16)
+    inputs = keras.Input(x.shape[1:])
+    hidden = keras.layers.GRU(6, return_sequences=True, name="first")(inputs)
+    hidden = keras.layers.GRU(6, name="second")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(y.shape[-1], name="head")(hidden))
+    model.compile(optimizer="adam", loss="mse")
+    first = adaptgrad.Adapt(adaptgrad.watch(model, "first"), [TaylorPrune(fraction=0.2)])
+    second = adaptgrad.Adapt(adaptgrad.watch(model, "second"), [TaylorPrune(fraction=0.4)])
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[first, second]).history
+    assert history["active_units/first"] == [5, 4] and history["active_units/second"] == [4, 3]
+    assert "active_units" not in history  # ambiguous with two adapted layers
+    actions = pd.concat([first.actions_frame(), second.actions_frame()])
+    assert actions.groupby("layer").size().to_dict() == {"first": 2, "second": 3}
+
+    del second  # once it is the only Adapt on the model, the plain key is back
+    gc.collect()
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[first]).history
+    assert history["active_units"] == history["active_units/first"]
+
+
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
+class GateThenFail(AdaptationRule):
+    """Gates unit 0, then raises (as a buggy rule would)."""
+
+    def apply(self, stats, units, epoch):
+        units.gate([0])
+        raise RuntimeError("rule bug")
+
+
+def test_a_rule_that_raises_leaves_the_layer_as_it_was_and_is_recorded():
+    model, x, y = small_model()
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn"), [GateThenFail(start_epoch=1)])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[adapt])
+    before = weights(model)
+    with pytest.raises(RuntimeError, match="rule bug"):
+        model.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, verbose=0, callbacks=[adapt])
+    assert adapt.units.active.all() and adapt.units.edits == []
+    after = weights(model)
+    assert not all(np.array_equal(after[p], before[p]) for p in before)  # epoch 1 trained...
+    kernel = after["rnn/gru_cell/kernel"][:, [0, SIZE, 2 * SIZE]]
+    assert np.abs(kernel).sum() > 0  # ...and unit 0's weights were not left zeroed by the undone gate
+    actions = adapt.actions_frame()
+    assert actions[["epoch", "rule", "action", "unit"]].values.tolist() == [[1, "GateThenFail", "failed", -1]]
+
+
+def test_requirements_are_checked_when_adapt_is_built():
+    from adaptgrad.question import question_model, toy_data
+
+    model = question_model(4)
+    model(toy_data()[0])  # subclassed: the consumer of "minimalrnn" is unknown unless named
+    for rule in [DropRegrow(), DormantReset(), GainRescale(), TrustRatio()]:
+        probe = adaptgrad.watch(model, "minimalrnn")
+        with pytest.raises(ValueError, match=r"(?s)next_layer=.*Adapt"):
+            adaptgrad.Adapt(probe, [rule])
+        probe.remove()
+    probe = adaptgrad.watch(model, "minimalrnn")
+    adaptgrad.Adapt(probe, [DormantReset(zero_outgoing=False), GainRescale()], next_layer="out").units.remove()
+    probe.remove()
+
+    model, _, _ = small_model()
+    with pytest.raises(ValueError, match=r"gain_rescale cannot use through-time capture.*through_time=False"):
+        adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [GainRescale()])
+
+    model, _, _ = small_model()
+    probe = adaptgrad.watch(model, "rnn", stats={"grad_sum"})
+    with pytest.raises(ValueError, match=r"taylor_prune reads \['act_grad_sum'\].*captures only \['grad_sum'\]"):
+        adaptgrad.Adapt(probe, [TaylorPrune()])
+
+
+def test_every_rule_declares_what_it_reads_and_runs_on_exactly_that():
+    rng = np.random.default_rng(0)
+    for name, cls in SHIPPED.items():
+        assert cls.reads <= set(SUM_FIELDS), name
+        keras.backend.clear_session()
+        model, units = gru_view()
+        rule = checked(cls(), model, units)
+        only = OutputGradientStats(batches=4, count=40, units=SIZE, **{f: rng.random(SIZE) for f in cls.reads})
+        run(rule, only, units)  # reading any other field would raise
+
+
+# -- grace: the issue's failures, reproduced and gone -----------------------------------------------
+
+
+def test_grace_protects_new_units():
+    """A unit at most ``grace`` epochs old is neither dropped nor reset, however low its score."""
+    _, units = gru_view()
+    units.reinit([0])  # age 0, like a unit just reset or regrown
+    units.edits.clear()
+    low_first = make_stats(act_grad_sum=np.arange(SIZE) + 0.0, act_abs_sum=np.array([0.0, 0.1, 9, 9, 9, 9]))
+    rule = DropRegrow(fraction=0.3, end_epoch=10, grace=1)
+    assert run(rule, low_first, units) == [("gate", 1), ("gate", 2)]  # unit 0 is the lowest but new
+    units.tick()
+    assert run(DormantReset(tau=0.1, grace=1), low_first, units) == []  # unit 0 (age 1) is not judged
+    units.tick()
+    assert run(DormantReset(tau=0.1, grace=1, zero_outgoing=False), low_first, units) == [("reinit", 0)]
+
+
+SCENARIO_STEPS = 10
+
+
+def scenario(cell: str, rule, *, epochs: int, units: int = 16, samples: int = 256, seed: int = 0):
+    """Issue #10's setting: ``cell`` (16 units) -> Dense(1), through-time capture, Adam 0.01, 256
+    sequences of 10 steps (target: 0.3 * sum of feature 0 + last value of feature 1), batches of 32."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(samples, SCENARIO_STEPS, 2)).astype("float32")
+    y = (0.3 * x[:, :, 0].sum(1) + x[:, -1, 1])[:, None].astype("float32")
+    model = keras.Sequential([keras.Input(x.shape[1:]), rnn(cell, "rnn", units), keras.layers.Dense(1, name="head")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    rules = rule if isinstance(rule, list) else [rule]
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True, stats=set().union(*(r.reads for r in rules))), rules)
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[adapt], shuffle=False)
+    return adapt.actions_frame()
+
+
+def soonest_repeat(actions, first: str, then: str) -> list[int]:
+    """For each ``first`` action (epoch t, unit u): epochs until the next ``then`` action on u."""
+    delays = []
+    for row in actions.query("action == @first").itertuples():
+        later = actions.query("action == @then and unit == @row.unit and epoch > @row.epoch").epoch
+        if len(later):
+            delays.append(int(later.min()) - row.epoch)
+    return delays
+
+
+@pytest.mark.slow  # faster twins: test_grace_protects_new_units, test_grace_holds_on_real_runs
+def test_drop_regrow_without_grace_drops_regrown_units_at_once_and_grace_stops_it():
+    rule = dict(fraction=0.3, end_epoch=8)
+    ungrace = scenario("gru", DropRegrow(**rule, grace=0), epochs=6)
+    regrown = ungrace.query("action == 'ungate'")
+    assert len(regrown) >= 6 and soonest_repeat(ungrace, "ungate", "gate").count(1) >= len(regrown) // 2  # the failure
+    graced = scenario("gru", DropRegrow(**rule), epochs=6)
+    assert len(graced.query("action == 'gate'")) > 0
+    assert all(delay > DropRegrow().grace for delay in soonest_repeat(graced, "ungate", "gate"))
+
+
+@pytest.mark.slow  # faster twins: test_grace_protects_new_units, test_grace_holds_on_real_runs
+def test_dormant_reset_grad_score_without_grace_loops_and_the_defaults_do_not():
+    looping = scenario("gru", DormantReset(tau=0.3, score="grad", grace=0), epochs=6)
+    per_unit = looping.query("action == 'reinit'").unit.value_counts()
+    assert per_unit.max() == 6  # one unit re-initialised at every epoch: the failure
+    for rule in [DormantReset(tau=0.3, score="grad"), DormantReset(tau=0.3)]:
+        actions = scenario("gru", rule, epochs=6)
+        assert all(delay > rule.grace for delay in soonest_repeat(actions, "reinit", "reinit")), rule
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "minimal"])
+def test_grace_holds_on_real_runs(cell):
+    """Both rules on one layer, a small grace so that they act often: the property, read from the table."""
+    drop, reset = DropRegrow(fraction=0.5, end_epoch=8, grace=1), DormantReset(tau=0.5, score="grad", grace=1)
+    actions = scenario(cell, [drop, reset], epochs=6, units=8, samples=64)
+    assert len(actions.query("action == 'ungate'")) > 0 and len(actions.query("action == 'reinit'")) > 0
+    assert all(delay > drop.grace for delay in soonest_repeat(actions, "ungate", "gate"))
+    assert all(delay > reset.grace for delay in soonest_repeat(actions, "reinit", "reinit"))
+
+
+# -- scaling rules: the statistic is the derivative of the edit -------------------------------------
+
+
+@pytest.fixture
+def float64():
+    keras.config.set_floatx("float64")
+    keras.mixed_precision.set_global_policy("float64")
+    yield
+    keras.config.set_floatx("float32")
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def gain_derivative(cell: str, through_time: bool, *, units: int = 12, eps: float = 1e-4):
+    """(the watch's act_grad_sum, a central finite difference of the batch loss under the rule's own
+    edit of each unit's log gain), on one batch of 32 sequences of 10 steps, learning rate 0."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 10, 2))
+    y = (0.3 * x[:, :, 0].sum(1) + x[:, -1, 1])[:, None]
+    model = keras.Sequential([keras.Input(x.shape[1:]), rnn(cell, "rnn", units), keras.layers.Dense(1, name="head")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    probe = adaptgrad.watch(model, "rnn", through_time=through_time)
+    view = adaptgrad.unit_view(model, "rnn")
+    rule = GainRescale()
+    rule.check(probe, view)
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    statistic = probe.stats().act_grad_sum
+
+    def loss_with_gain(unit: int, log_gain: float) -> float:
+        saved = [w.numpy() for w in model.weights]
+        factors = np.ones(units)
+        factors[unit] = math.exp(log_gain)
+        scale_active(view, factors, outgoing=rule.fold == "outgoing")  # what the rule does
+        loss = float(np.mean((keras.ops.convert_to_numpy(model(x)) - y) ** 2))
+        for weight, value in zip(model.weights, saved):
+            weight.assign(value)
+        return loss
+
+    finite = [(loss_with_gain(j, eps) - loss_with_gain(j, -eps)) / (2 * eps) for j in range(units)]
+    return statistic, np.array(finite)
+
+
+@pytest.mark.parametrize("cell, through_time", [("minimal", True), ("minimal", False), ("gru", False), ("lstm", False)])
+def test_gain_statistic_is_the_derivative_of_the_rules_own_edit(float64, cell, through_time):
+    statistic, finite = gain_derivative(cell, through_time)
+    assert np.abs(finite).max() > 1e-3
+    np.testing.assert_allclose(statistic, finite, rtol=1e-3)
+
+
+@pytest.mark.parametrize("cell, through_time", [("minimal", True), ("minimal", False), ("gru", False)])
+def test_gain_rescale_step_lowers_the_loss_of_its_batch(float64, cell, through_time):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 10, 2))
+    y = (0.3 * x[:, :, 0].sum(1) + x[:, -1, 1])[:, None]
+    model = keras.Sequential([keras.Input(x.shape[1:]), rnn(cell, "rnn", 12), keras.layers.Dense(1, name="head")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=through_time), [GainRescale(lr=0.05)])
+    before = model.evaluate(x, y, batch_size=32, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=[adapt])
+    assert len(adapt.actions_frame()) > 0
+    assert model.evaluate(x, y, batch_size=32, verbose=0) < before
+
+
+# -- safe defaults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["taylor_prune", "taylor_gate_ema"])
+def test_default_pruning_run_keeps_at_least_half_the_units(tmp_path, rule):
+    from adaptgrad.config import compose
+    from adaptgrad.run import run as run_job
+
+    overrides = [f"rule={rule}", "data=toy", "model.units=8", "trainer.epochs=20", "trainer.checkpoint=false"]
+    result = run_job(compose(overrides), tmp_path, rule_preset=rule)
+    assert result["status"] == "ok", result
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history.active_units.min() == 4 and history.active_units.iloc[-1] == 4  # the floor, reached and held
