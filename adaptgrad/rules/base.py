@@ -75,8 +75,9 @@ class AdaptationRule:
     """
 
     name: ClassVar[str] = ""
-    reads: ClassVar[frozenset[str]] = frozenset()
-    """The :class:`~adaptgrad.OutputGradientStats` sum fields :meth:`apply` reads."""
+    reads: ClassVar[frozenset[str]] = frozenset(SUM_FIELDS)
+    """The :class:`~adaptgrad.OutputGradientStats` sum fields :meth:`apply` reads (the watch must
+    capture them; the runner asks for the union over its rules). Default: all of them."""
 
     start_epoch: int = 0
     every: int = 1

@@ -22,8 +22,9 @@ gain acts. The capture mode decides those positions, hence which edit the statis
   incoming weights (kernel and recurrent columns, bias; ``UnitView.scale``) only when the cell
   is positively homogeneous, ``f(gamma z) = gamma f(z)``: ``MinimalRNNCell`` and a SimpleRNN
   with ``relu`` or ``linear`` activation. For GRU, LSTM and tanh cells it is only first order
-  (measured against a central finite difference of the edit: GRU 83 %, SimpleRNN-tanh 92 % sign
-  agreement, issue #10), so :func:`gain_fold` refuses them and names output mode.
+  (against a central finite difference of the edit, max error relative to the largest derivative:
+  GRU 0.87, LSTM 0.29, tanh SimpleRNN 1.32; see :class:`~adaptgrad.rules.GainRescale`), so
+  :func:`gain_fold` refuses them and names output mode.
 """
 
 from __future__ import annotations

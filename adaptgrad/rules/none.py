@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptgrad.rules.base import AdaptationRule
 from adaptgrad.stats import OutputGradientStats
@@ -19,6 +19,8 @@ class NoOp(AdaptationRule, name="none"):
         >>> NoOp.reads
         frozenset()
     """
+
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     def apply(self, stats: OutputGradientStats, units: Any, epoch: int) -> None:
         return None
