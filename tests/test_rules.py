@@ -41,7 +41,7 @@ SHIPPED = {name: cls for name, cls in rules.REGISTRY.items() if cls.__module__.s
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def gru_view(epochs: int = 3):
+def gru_view(epochs: int = 4):
     """A built GRU(6) -> Dense(1) model and a unit view on the GRU whose units are ``epochs`` old
     (past the rules' default grace)."""
     model = keras.Sequential([keras.Input((4, 2)), keras.layers.GRU(SIZE, name="rnn"), keras.layers.Dense(1, name="head")])

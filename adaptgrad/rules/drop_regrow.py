@@ -38,9 +38,12 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
       (:attr:`~adaptgrad.UnitView.age`) are gated;
     - regrow: as many of the previously gated units as were dropped (fewer if fewer are gated),
       those with the highest ``rms_grad`` (``sqrt(mean g**2)``, RigL's dense-gradient
-      criterion; a gated unit outputs 0 but its output gradient is still seen), are ungated with
-      zero outgoing weights and reset optimizer slots, so they start without changing the
-      network's function. Units dropped in this very step are never regrown in it.
+      criterion), ties going to the oldest incoming weights (``age``: in practice the unit gated
+      longest ago), are ungated with zero outgoing weights and reset optimizer slots, so they
+      start without changing the network's function. Units dropped in this very step are never
+      regrown in it. A gated unit whose outgoing weights are zeroed by the gate has no output
+      gradient at all, so its ``rms_grad`` is 0 and the tie-break decides: the swap then cycles
+      through the gated units, oldest first.
 
     So the number of active units stays constant once some units are gated; on a layer with no
     gated unit (the first step) the rule only drops, and it drops fewer than ``n`` if that would
@@ -98,14 +101,20 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
 
     @staticmethod
     def plan(
-        taylor: np.ndarray, rms_grad: np.ndarray, active: np.ndarray, count: int, droppable: np.ndarray | None = None
+        taylor: np.ndarray,
+        rms_grad: np.ndarray,
+        active: np.ndarray,
+        count: int,
+        droppable: np.ndarray | None = None,
+        age: np.ndarray | None = None,
     ) -> tuple[list[int], list[int]]:
         """(drop, regrow): up to ``count`` active (and ``droppable``) units with the lowest Taylor
-        score (lowest first), and as many gated units with the highest ``rms_grad`` (highest first)."""
+        score (lowest first), and as many gated units with the highest ``rms_grad`` (highest
+        first; ties: highest ``age``, then lowest index)."""
         active = np.asarray(active, dtype=bool)
         candidates = active if droppable is None else active & np.asarray(droppable, dtype=bool)
         drop = lowest_active(np.asarray(taylor, dtype=np.float64), candidates, 1.0)[:count]
-        regrow = highest(rms_grad, np.flatnonzero(~active), len(drop))
+        regrow = highest(rms_grad, np.flatnonzero(~active), len(drop), ties=age)
         return drop, regrow
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
@@ -114,6 +123,7 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         count = int(round(f_t * int(active.sum())))
         if count == 0 or stats.batches == 0:
             return
-        drop, regrow = self.plan(stats.taylor, stats.rms_grad, active, count, units.age > self.grace)
+        age = units.age
+        drop, regrow = self.plan(stats.taylor, stats.rms_grad, active, count, age > self.grace, age)
         units.ungate(regrow, zero_outgoing=True)
         units.gate(drop)

@@ -36,10 +36,12 @@ def lowest_active(scores: np.ndarray, active: np.ndarray, fraction: float) -> li
     return order[:count].tolist()
 
 
-def highest(scores: np.ndarray, candidates: np.ndarray, count: int) -> list[int]:
-    """The ``count`` candidate units with the highest scores, highest first; ties by unit index."""
+def highest(scores: np.ndarray, candidates: np.ndarray, count: int, ties: np.ndarray | None = None) -> list[int]:
+    """The ``count`` candidate units with the highest scores, highest first; ties broken by the
+    highest ``ties`` value (if given), then by unit index."""
     candidates = np.asarray(candidates, dtype=np.int64)
-    order = candidates[np.lexsort((candidates, -np.asarray(scores, dtype=np.float64)[candidates]))]
+    second = np.zeros(candidates.size) if ties is None else -np.asarray(ties, dtype=np.float64)[candidates]
+    order = candidates[np.lexsort((candidates, second, -np.asarray(scores, dtype=np.float64)[candidates]))]
     return order[: max(int(count), 0)].tolist()
 
 
