@@ -49,7 +49,9 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
     weights are 0, so its output gradient restarts near 0 and the ``grad`` score calls it
     dormant again. On a GRU(16) (256 sequences of 10 steps, Adam 0.01, through time, tau=0.3)
     ``score="grad"`` without grace re-initialised one unit in 8 of 8 epochs, its ratio falling
-    0.27 -> 0.07 (issue #10, reproduced in ``tests/test_rules.py``); the activation score of a
+    0.26 -> 0.06 (issue #10, reproduced in ``tests/test_rules.py`` and ``scripts/grace_evidence.py``);
+    with ``grace=2`` it reset nothing (the unit recovered before it could be judged again); the
+    activation score reset nothing at tau 0.3 on that layer: the activation score of a
     freshly drawn unit is that of any other unit, so it does not loop. ``grace`` (default 2)
     gives a reset unit two epochs to grow outgoing weights before it is judged again, and keeps
     either score from resetting a unit twice within ``grace`` epochs. Units of a layer just

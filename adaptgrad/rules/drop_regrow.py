@@ -65,7 +65,7 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
     3      0 of 20                     0.1-0.3
     =====  ==========================  ==========================================
 
-    The default ``grace=3`` is the smallest with none. Units of a layer just built have age 0
+    (``scripts/grace_evidence.py``). The default ``grace=3`` is the smallest with none. Units of a layer just built have age 0
     too, so the first drop happens at the end of epoch ``grace`` (with the defaults, epoch 3:
     f = 0.24).
 
