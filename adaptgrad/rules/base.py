@@ -58,7 +58,7 @@ def check_int(rule: str, name: str, value: Any, low: int) -> int:
     except (TypeError, ValueError, OverflowError):
         whole = False
     if not whole or int(value) < low:
-        raise ValueError(f"{rule}: {name}={value!r} is out of range; valid: an integer >= {low}")
+        raise ValueError(f"{rule}: {name}={value!r} must be >= {low} (an integer)")
     return int(value)
 
 
