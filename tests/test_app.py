@@ -58,7 +58,8 @@ def test_every_experiment_preset_composes(name):
 
 
 def test_a_job_runs_in_process_and_writes_its_files(tmp_path):
-    result = run(compose([*TINY, "rule=taylor_prune", "rule.fraction=0.5"]), tmp_path, rule_preset="taylor_prune")
+    overrides = [*TINY, "rule=taylor_prune", "rule.fraction=0.5", "rule.max_sparsity=1.0"]  # no floor but min_active
+    result = run(compose(overrides), tmp_path, rule_preset="taylor_prune")
     assert result["status"] == "ok" and result["epochs"] == 2
     for name in ("config.yaml", "history.csv", "units.parquet", "actions.csv", "result.json"):
         assert (tmp_path / name).is_file(), name
