@@ -350,12 +350,13 @@ class UnitView:
 
     def _install_gate(self, owner: Any, prefixes: list[str | None]) -> tuple[UnitGate, list[tuple[Any, str, Any]]]:
         """Put one shared :class:`UnitGate` on every incoming weight (and in the layer's config);
-        adopt the gated units of gates already there (a loaded model). Returns the gate and what
+        adopt the gated units of gates already there (a loaded model), else the units whose incoming
+        weights are all 0. Returns the gate and what
         :meth:`remove` puts back."""
         existing = [v.constraint for v, _, _ in self.weights if isinstance(v.constraint, UnitGate)]
         if any(getattr(gate, "view", None) is not None for gate in existing):
             raise ValueError(f"layer {self.layer.name!r} already has a unit view; reuse it")
-        gated = sorted({unit for gate in existing for unit in gate.gated})
+        gated = sorted({unit for gate in existing for unit in gate.gated}) if existing else self._zero_units()
         gate = UnitGate(self.size, gated)
         gate.view = self
         restore: list[tuple[Any, str, Any]] = []
@@ -371,6 +372,15 @@ class UnitView:
                     new = value if value is not None else GatedInitializer(gate, _base(old))
                     object.__setattr__(owner, attribute, new)
         return gate, restore
+
+    def _zero_units(self) -> list[int]:
+        """Units whose incoming weights are all exactly 0: gated in a model saved without its gates'
+        config (a subclassed model rebuilds its layers from code)."""
+        zero = np.ones(self.size, dtype=bool)
+        for variable, blocks, _ in self.weights:
+            array = np.asarray(keras.ops.convert_to_numpy(variable))
+            zero &= np.all(array.reshape(-1, blocks, self.size) == 0, axis=(0, 1))
+        return np.flatnonzero(zero).tolist() if not zero.all() else []
 
     # -- reading ----------------------------------------------------------------------------------
 
