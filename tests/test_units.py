@@ -241,3 +241,33 @@ def test_transaction_undoes_every_change_of_a_failed_block_and_re_raises():
         units.reinit([1])
     assert [e.action for e in units.edits[-1:]] == ["reinit"]
     assert units.get_state()["draws"] == state["draws"] + 1
+
+
+def snapshot(layer: keras.layers.Layer) -> dict:
+    """Every attribute of the layer, its cell and its weights, by identity."""
+    owners = {"layer": layer, "cell": getattr(layer, "cell", None)}
+    state = {f"{name}.{key}": id(value) for name, owner in owners.items() if owner for key, value in vars(owner).items()}
+    state.update({f"{w.path}.constraint": id(w.constraint) for w in layer.weights})
+    return state
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_watch_and_unit_view_keep_the_fast_kernel_and_remove_leaves_the_layer_as_it_was(kind):
+    model = sequence_model(kind)
+    model.compile(optimizer="adam", loss="mse")
+    layer = model.get_layer("layer")
+    x, y = data(16, return_sequences=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # Keras's own bookkeeping settles
+    before = snapshot(layer)
+    w = adaptgrad.watch(model, "layer")
+    units = adaptgrad.unit_view(model, "layer")
+    units.gate([0])
+    assert layer.use_cudnn == "auto"
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert layer.use_cudnn == "auto"
+    units.remove()
+    w.remove()
+    after = snapshot(layer)
+    changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    assert not changed, changed
+    assert units.active.all()
