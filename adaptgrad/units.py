@@ -494,10 +494,10 @@ class UnitView:
                 chosen.append(unit)
                 active[unit] = False
                 budget -= 1
+        incoming = [(_numpy(v), lambda unit, b=b: self._in_index(unit, b)) for v, b, _ in self.weights]
+        outgoing = [(_numpy(out.variable), out.index) for out in self._outgoing]
         for unit in chosen:
-            self._saved[unit] = [_numpy(v)[self._in_index(unit, b)] for v, b, _ in self.weights] + [
-                _numpy(out.variable)[out.index(unit)] for out in self._outgoing
-            ]
+            self._saved[unit] = [array[index(unit)].copy() for array, index in incoming + outgoing]
         self._gate.set_gated(np.flatnonzero(~active))
         self._write(chosen, incoming=True, outgoing=True, values=lambda unit, i: 0.0)
         self.edits.extend(Edit("gate", unit) for unit in chosen)
@@ -666,8 +666,7 @@ class UnitView:
             for unit in units:
                 array[index(unit)] = values(unit, i)
             variable.assign(array)
-            for unit in units:
-                slots.reset_slots(self._optimizer, variable, index(unit))
+            slots.reset_slots(self._optimizer, variable, [index(unit) for unit in units])
 
     def _touchable_variables(self) -> list[Any]:
         """Every variable an edit can change: incoming and outgoing weights, the gate, their slots."""
