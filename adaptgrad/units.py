@@ -494,10 +494,13 @@ class UnitView:
                 chosen.append(unit)
                 active[unit] = False
                 budget -= 1
-        incoming = [(_numpy(v), lambda unit, b=b: self._in_index(unit, b)) for v, b, _ in self.weights]
-        outgoing = [(_numpy(out.variable), out.index) for out in self._outgoing]
+        variables, indexers = self._slices()
+        true = {id(variable): _numpy(variable) for variable in variables}
+        for unit, saved in self._saved.items():  # a recurrent kernel's entry can be two gated units' slices
+            for variable, index, values in zip(variables, indexers, saved):
+                true[id(variable)][index(unit)] = values
         for unit in chosen:
-            self._saved[unit] = [array[index(unit)].copy() for array, index in incoming + outgoing]
+            self._saved[unit] = [true[id(v)][index(unit)].copy() for v, index in zip(variables, indexers)]
         self._gate.set_gated(np.flatnonzero(~active))
         self._write(chosen, incoming=True, outgoing=True, values=lambda unit, i: 0.0)
         self.edits.extend(Edit("gate", unit) for unit in chosen)
@@ -523,6 +526,7 @@ class UnitView:
             return drawn[i][..., self.columns(unit, self.weights[i][1])] if i < len(self.weights) else 0.0
 
         self._write(chosen, incoming=True, outgoing=True, values=values)
+        self._write(sorted(self._saved), incoming=True, outgoing=True, values=lambda unit, i: 0.0)  # shared entries
         self._age[chosen] = 0
         self.edits.extend(Edit("ungate", unit) for unit in chosen)
         if zero_outgoing and chosen:
@@ -604,6 +608,13 @@ class UnitView:
     @property
     def _optimizer(self) -> Any:
         return getattr(self.model, "optimizer", None)
+
+    def _slices(self) -> tuple[list[Any], list[Callable[[int], Index]]]:
+        """Every incoming, then every outgoing weight, each with the function selecting a unit's slice."""
+        incoming = [(v, lambda unit, b=b: self._in_index(unit, b)) for v, b, _ in self.weights]
+        outgoing = [(out.variable, out.index) for out in self._outgoing]
+        variables, indexers = zip(*(incoming + outgoing))
+        return list(variables), list(indexers)
 
     def _in_index(self, unit: int, blocks: int) -> Index:
         return (Ellipsis, self.columns(unit, blocks))

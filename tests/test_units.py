@@ -271,3 +271,19 @@ def test_watch_and_unit_view_keep_the_fast_kernel_and_remove_leaves_the_layer_as
     changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
     assert not changed, changed
     assert units.active.all()
+
+
+def test_gating_and_ungating_in_any_order_restores_shared_recurrent_entries_exactly():
+    model = sequence_model("gru")
+    units = adaptgrad.unit_view(model, "layer")
+    before = [np.array(w.numpy()) for w in model.weights]
+    x, _ = data(4, return_sequences=True)
+    units.gate([3])
+    units.gate([1])  # recurrent entries (1, column of 3) and (3, column of 1) belong to both units
+    units.ungate([3])
+    for variable, blocks, _ in units.weights:
+        np.testing.assert_array_equal(variable.numpy()[..., units.columns(1, blocks)], 0.0)
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("layer")(x))[..., 1] == 0.0)
+    units.ungate([1])
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
