@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adaptgrad.adapt import Adapt
     from adaptgrad.capture import GradientWatch, watch
-    from adaptgrad.compact import compact
+    from adaptgrad.compaction import compact
     from adaptgrad.rules import AdaptationRule
     from adaptgrad.stats import OutputGradientStats
     from adaptgrad.units import UnitView, unit_view
@@ -39,7 +39,7 @@ _EXPORTS = {
     "GradientWatch": "adaptgrad.capture",
     "OutputGradientStats": "adaptgrad.stats",
     "UnitView": "adaptgrad.units",
-    "compact": "adaptgrad.compact",
+    "compact": "adaptgrad.compaction",
     "unit_view": "adaptgrad.units",
     "watch": "adaptgrad.capture",
 }

@@ -5,7 +5,7 @@ Example:
     >>> from adaptgrad.gates import UnitGate
     >>> gate = UnitGate(units=3, gated=[1])
     >>> layer = keras.layers.Dense(3, kernel_constraint=gate, bias_initializer="ones")
-    >>> gate(keras.ops.ones((2, 3))).tolist()
+    >>> keras.ops.convert_to_numpy(gate(keras.ops.ones((2, 3)))).tolist()
     [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
     >>> keras.constraints.deserialize(keras.constraints.serialize(gate)).gated
     [1]
@@ -61,10 +61,11 @@ class UnitGate(keras.constraints.Constraint):
     """Keep the columns of gated units exactly 0 (after the ``inner`` constraint, if any).
 
     Example:
+        >>> import keras
         >>> from adaptgrad.gates import UnitGate
         >>> gate = UnitGate(units=2, gated=[0])
         >>> gate.set_gated([1])
-        >>> gate(keras.ops.ones((1, 4))).tolist()       # two gate blocks of 2 units
+        >>> keras.ops.convert_to_numpy(gate(keras.ops.ones((1, 4)))).tolist()  # two gate blocks of 2 units
         [[1.0, 0.0, 1.0, 0.0]]
 
     One gate may be shared by every weight of a layer: all read the same mask variable.
@@ -102,9 +103,10 @@ class GatedInitializer(keras.initializers.Initializer):
     """Draw from ``inner``, then set the columns of the gate's gated units to 0.
 
     Example:
+        >>> import keras
         >>> from adaptgrad.gates import GatedInitializer, UnitGate
         >>> init = GatedInitializer(UnitGate(units=2, gated=[1]), "ones")
-        >>> init((1, 4)).tolist()
+        >>> keras.ops.convert_to_numpy(init((1, 4))).tolist()
         [[1.0, 0.0, 1.0, 0.0]]
     """
 

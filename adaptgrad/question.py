@@ -38,6 +38,12 @@ class MyModel(keras.Model):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "size": self.size}
 
+    def adaptgrad_compact(self, units: dict[str, int]) -> MyModel:
+        """A new built model with ``units["minimalrnn"]`` units (for :func:`adaptgrad.compact`)."""
+        model = MyModel(units.get("minimalrnn", self.size))
+        model(keras.ops.zeros((1, 1, int(self.minimalrnn.cell.kernel.shape[0]))))
+        return model
+
 
 def question_model(size: int = 2) -> MyModel:
     """A fresh, unbuilt instance of the question's ``MyModel``."""

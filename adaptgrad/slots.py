@@ -97,10 +97,13 @@ def _fresh(optimizer: Any, name: str) -> Callable[[np.ndarray], np.ndarray]:
     return lambda weights: np.full_like(weights, start)
 
 
-def reset_slots(optimizer: Any, variable: Any, index: tuple[Any, ...]) -> None:
-    """Give the entries ``index`` of ``variable``'s slots fresh values (see :func:`slots_of`)."""
-    weights = np.asarray(keras.ops.convert_to_numpy(variable))[index]
+def reset_slots(optimizer: Any, variable: Any, indices: list[tuple[Any, ...]]) -> None:
+    """Give the entries ``indices`` of ``variable``'s slots fresh values (see :func:`slots_of`)."""
+    if not indices:
+        return
+    weights = np.asarray(keras.ops.convert_to_numpy(variable))
     for _, slot, fresh in slots_of(optimizer, variable):
         array = np.array(keras.ops.convert_to_numpy(slot))
-        array[index] = fresh(weights)
+        for index in indices:
+            array[index] = fresh(weights[index])
         slot.assign(array)

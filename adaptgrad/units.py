@@ -79,7 +79,8 @@ class _Outgoing:
     index: Callable[[int], Index]
 
 
-def _owner(layer: keras.layers.Layer) -> Any:
+def weight_owner(layer: keras.layers.Layer) -> Any:
+    """The object holding a layer's unit weights: the cell of a recurrent layer, else the layer."""
     return layer.cell if _instrument.is_recurrent(layer) else layer
 
 
@@ -118,7 +119,7 @@ def incoming_weights(layer: keras.layers.Layer) -> tuple[list[UnitWeight], list[
     Raises:
         TypeError: the layer follows neither Keras's conventions nor the protocol.
     """
-    owner = _owner(layer)
+    owner = weight_owner(layer)
     if hasattr(owner, "adaptgrad_unit_weights"):
         weights = [tuple(weight) for weight in owner.adaptgrad_unit_weights()]
         return weights, [None] * len(weights)  # type: ignore[return-value]
@@ -171,13 +172,13 @@ def _set(variable: Any, index: Index, values: Any) -> None:
 # -- outgoing weights ------------------------------------------------------------------------------
 
 
-def _input_kernels(consumer: keras.layers.Layer) -> list[Any]:
+def input_kernels(consumer: keras.layers.Layer) -> list[Any]:
     """The weights whose axis ``ndim - 2`` indexes ``consumer``'s input features (last input axis)."""
     if isinstance(consumer, keras.layers.TimeDistributed):
-        return _input_kernels(consumer.layer)
+        return input_kernels(consumer.layer)
     if isinstance(consumer, keras.layers.Bidirectional):
-        return _input_kernels(consumer.forward_layer) + _input_kernels(consumer.backward_layer)
-    owner = _owner(consumer)
+        return input_kernels(consumer.forward_layer) + input_kernels(consumer.backward_layer)
+    owner = weight_owner(consumer)
     kernel = getattr(owner, "kernel", None)
     if isinstance(consumer, (keras.layers.Dense, keras.layers.RNN)) or (
         isinstance(consumer, keras.layers.Layer) and type(consumer).__name__.startswith("Conv") and kernel is not None
@@ -192,7 +193,7 @@ def _row_index(kernel: Any, rows: np.ndarray) -> Index:
     return (slice(None),) * (len(kernel.shape) - 2) + (rows,)
 
 
-def _chain_to_consumer(layer: keras.layers.Layer) -> tuple[list[keras.layers.Layer], keras.layers.Layer] | None:
+def consumer_chain(layer: keras.layers.Layer) -> tuple[list[keras.layers.Layer], keras.layers.Layer] | None:
     """The weightless layers between ``layer`` and the first layer with weights it feeds, following a
     single chain in a Sequential/functional graph; None where the consumer is not unique."""
     chain: list[keras.layers.Layer] = []
@@ -241,18 +242,14 @@ def _trace_rows(layer: keras.layers.Layer, chain: list[keras.layers.Layer], size
     return rows
 
 
-def outgoing_weights(
-    layer: keras.layers.Layer, size: int, next_layer: keras.layers.Layer | None, explicit: bool
-) -> list[_Outgoing]:
-    """The next layer's kernels that hold ``layer``'s outgoing weights, with each unit's rows.
+def unit_rows(layer: keras.layers.Layer, size: int, next_layer: keras.layers.Layer, explicit: bool) -> list[np.ndarray]:
+    """For each unit of ``layer``, the rows (axis ``ndim - 2``) of ``next_layer``'s input kernels it feeds.
 
     Raises:
         ValueError: the consumer, or the chain of layers to it, cannot be mapped exactly.
     """
-    if next_layer is None:
-        return []
     hint = "pass next_layer=<the layer whose kernel rows are these units' outgoing weights> to unit_view"
-    kernels = _input_kernels(next_layer)
+    kernels = input_kernels(next_layer)
     if not kernels:
         raise ValueError(
             f"unit_view cannot map the outgoing weights of layer {layer.name!r} onto {next_layer.name!r} "
@@ -266,18 +263,25 @@ def outgoing_weights(
                 f"next_layer {next_layer.name!r} has {features} input features, layer {layer.name!r} has {size} "
                 f"units; pass the layer that consumes {layer.name!r}'s output directly"
             )
-        rows = [np.array([unit]) for unit in range(size)]
-    else:
-        chain, _ = _chain_to_consumer(layer)  # type: ignore[misc]
-        try:
-            rows = _trace_rows(layer, chain, size, features)
-        except Exception as error:  # noqa: BLE001 - any failure to trace means: not exactly mappable
-            path = " -> ".join(step.name for step in [layer, *chain, next_layer])
-            raise ValueError(
-                f"unit_view cannot map the outgoing weights of layer {layer.name!r} exactly onto "
-                f"{next_layer.name!r} ({type(next_layer).__name__}) through {path}: {error}; {hint}"
-            ) from error
-    return [_Outgoing(kernel, lambda unit, k=kernel: _row_index(k, rows[unit])) for kernel in kernels]
+        return [np.array([unit]) for unit in range(size)]
+    chain, _ = consumer_chain(layer)  # type: ignore[misc]
+    try:
+        return _trace_rows(layer, chain, size, features)
+    except Exception as error:  # noqa: BLE001 - any failure to trace means: not exactly mappable
+        path = " -> ".join(step.name for step in [layer, *chain, next_layer])
+        raise ValueError(
+            f"unit_view cannot map the outgoing weights of layer {layer.name!r} exactly onto "
+            f"{next_layer.name!r} ({type(next_layer).__name__}) through {path}: {error}; {hint}"
+        ) from error
+
+
+def _next_outgoing(
+    layer: keras.layers.Layer, size: int, next_layer: keras.layers.Layer | None, explicit: bool
+) -> list[_Outgoing]:
+    if next_layer is None:
+        return []
+    rows = unit_rows(layer, size, next_layer, explicit)
+    return [_Outgoing(kernel, lambda unit, k=kernel: _row_index(k, rows[unit])) for kernel in input_kernels(next_layer)]
 
 
 def _recurrent_outgoing(weights: list[UnitWeight], owner: Any, size: int) -> list[_Outgoing]:
@@ -334,8 +338,8 @@ class UnitView:
         self.weights, prefixes = incoming_weights(layer)
         first, blocks, _ = self.weights[0]
         self.size = int(first.shape[-1]) // blocks
-        owner = _owner(layer)
-        self._outgoing = _recurrent_outgoing(self.weights, owner, self.size) + outgoing_weights(
+        owner = weight_owner(layer)
+        self._outgoing = _recurrent_outgoing(self.weights, owner, self.size) + _next_outgoing(
             layer, self.size, next_layer, explicit_next_layer
         )
         self.min_active = 1
@@ -350,12 +354,13 @@ class UnitView:
 
     def _install_gate(self, owner: Any, prefixes: list[str | None]) -> tuple[UnitGate, list[tuple[Any, str, Any]]]:
         """Put one shared :class:`UnitGate` on every incoming weight (and in the layer's config);
-        adopt the gated units of gates already there (a loaded model). Returns the gate and what
+        adopt the gated units of gates already there (a loaded model), else the units whose incoming
+        weights are all 0. Returns the gate and what
         :meth:`remove` puts back."""
         existing = [v.constraint for v, _, _ in self.weights if isinstance(v.constraint, UnitGate)]
         if any(getattr(gate, "view", None) is not None for gate in existing):
             raise ValueError(f"layer {self.layer.name!r} already has a unit view; reuse it")
-        gated = sorted({unit for gate in existing for unit in gate.gated})
+        gated = sorted({unit for gate in existing for unit in gate.gated}) if existing else self._zero_units()
         gate = UnitGate(self.size, gated)
         gate.view = self
         restore: list[tuple[Any, str, Any]] = []
@@ -371,6 +376,15 @@ class UnitView:
                     new = value if value is not None else GatedInitializer(gate, _base(old))
                     object.__setattr__(owner, attribute, new)
         return gate, restore
+
+    def _zero_units(self) -> list[int]:
+        """Units whose incoming weights are all exactly 0: gated in a model saved without its gates'
+        config (a subclassed model rebuilds its layers from code)."""
+        zero = np.ones(self.size, dtype=bool)
+        for variable, blocks, _ in self.weights:
+            array = np.asarray(keras.ops.convert_to_numpy(variable))
+            zero &= np.all(array.reshape(-1, blocks, self.size) == 0, axis=(0, 1))
+        return np.flatnonzero(zero).tolist() if not zero.all() else []
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -507,10 +521,13 @@ class UnitView:
                 chosen.append(unit)
                 active[unit] = False
                 budget -= 1
+        variables, indexers = self._slices()
+        true = {id(variable): _numpy(variable) for variable in variables}
+        for unit, saved in self._saved.items():  # a recurrent kernel's entry can be two gated units' slices
+            for variable, index, values in zip(variables, indexers, saved):
+                true[id(variable)][index(unit)] = values
         for unit in chosen:
-            self._saved[unit] = [_numpy(v)[self._in_index(unit, b)] for v, b, _ in self.weights] + [
-                _numpy(out.variable)[out.index(unit)] for out in self._outgoing
-            ]
+            self._saved[unit] = [true[id(v)][index(unit)].copy() for v, index in zip(variables, indexers)]
         self._gate.set_gated(np.flatnonzero(~active))
         self._write(chosen, incoming=True, outgoing=True, values=lambda unit, i: 0.0)
         self.edits.extend(Edit("gate", unit) for unit in chosen)
@@ -536,6 +553,7 @@ class UnitView:
             return drawn[i][..., self.columns(unit, self.weights[i][1])] if i < len(self.weights) else 0.0
 
         self._write(chosen, incoming=True, outgoing=True, values=values)
+        self._write(sorted(self._saved), incoming=True, outgoing=True, values=lambda unit, i: 0.0)  # shared entries
         self._age[chosen] = 0
         self.edits.extend(Edit("ungate", unit) for unit in chosen)
         if zero_outgoing and chosen:
@@ -618,6 +636,13 @@ class UnitView:
     def _optimizer(self) -> Any:
         return getattr(self.model, "optimizer", None)
 
+    def _slices(self) -> tuple[list[Any], list[Callable[[int], Index]]]:
+        """Every incoming, then every outgoing weight, each with the function selecting a unit's slice."""
+        incoming = [(v, lambda unit, b=b: self._in_index(unit, b)) for v, b, _ in self.weights]
+        outgoing = [(out.variable, out.index) for out in self._outgoing]
+        variables, indexers = zip(*(incoming + outgoing))
+        return list(variables), list(indexers)
+
     def _in_index(self, unit: int, blocks: int) -> Index:
         return (Ellipsis, self.columns(unit, blocks))
 
@@ -641,7 +666,7 @@ class UnitView:
         return units
 
     def _check_gateable(self) -> None:
-        activation = getattr(_owner(self.layer), "activation", None)
+        activation = getattr(weight_owner(self.layer), "activation", None)
         if activation is not None and float(keras.ops.convert_to_numpy(activation(keras.ops.zeros((1,))))[0]) != 0.0:
             name = getattr(activation, "__name__", repr(activation))
             raise ValueError(
@@ -691,8 +716,7 @@ class UnitView:
             for unit in units:
                 array[index(unit)] = values(unit, i)
             variable.assign(array)
-            for unit in units:
-                slots.reset_slots(self._optimizer, variable, index(unit))
+            slots.reset_slots(self._optimizer, variable, [index(unit) for unit in units])
 
     def _touchable_variables(self) -> list[Any]:
         """Every variable an edit can change: incoming and outgoing weights, the gate, their slots."""
@@ -750,5 +774,5 @@ def unit_view(
     target = find_layer(model, layer)
     if next_layer is not None:
         return UnitView(model, target, find_layer(model, next_layer), seed, explicit_next_layer=True)
-    found = _chain_to_consumer(target)
+    found = consumer_chain(target)
     return UnitView(model, target, found[1] if found else None, seed)

@@ -100,8 +100,12 @@ def test_taylor_prune_gates_lowest_normalised_taylor_and_respects_min_active():
     model, units = gru_view()
     act_grad_sum = np.array([0.5, -0.1, 2.0, 0.05, -3.0, 0.3])
     stats = make_stats(act_grad_sum=act_grad_sum)
+    before = weights(model)
     assert run(TaylorPrune(fraction=0.34), stats, units) == [("gate", 3), ("gate", 1)]  # round(0.34*6) = 2
     assert units.active.tolist() == [True, False, True, False, True, True]
+    units.ungate([1, 3])  # gating zeroed the units' weights and saved them; ungating restores them exactly
+    for path, array in weights(model).items():
+        np.testing.assert_array_equal(array, before[path])
 
     model, units = gru_view()
     assert run(TaylorPrune(fraction=0.9, min_active=5), stats, units) == [("gate", 3)]
@@ -282,7 +286,7 @@ def test_drop_regrow_drops_lowest_taylor_and_regrows_highest_rms_among_previousl
     assert units.active.tolist() == [True, False, True, False, True, False]
     after = weights(model)
     np.testing.assert_array_equal(after["head/kernel"][4], 0.0)  # regrown unit starts with no outgoing weight
-    np.testing.assert_array_equal(after["head/kernel"][5], 0.0)  # a gated unit has no outgoing weight either
+    np.testing.assert_array_equal(after["head/kernel"][5], 0.0)  # a gated unit's outgoing weights are 0
     np.testing.assert_array_equal(np.delete(after["head/kernel"], [4, 5], 0), np.delete(before["head/kernel"], [4, 5], 0))
     assert units.scales.tolist() == [1.0] * SIZE
 

@@ -241,3 +241,49 @@ def test_transaction_undoes_every_change_of_a_failed_block_and_re_raises():
         units.reinit([1])
     assert [e.action for e in units.edits[-1:]] == ["reinit"]
     assert units.get_state()["draws"] == state["draws"] + 1
+
+
+def snapshot(layer: keras.layers.Layer) -> dict:
+    """Every attribute of the layer, its cell and its weights, by identity."""
+    owners = {"layer": layer, "cell": getattr(layer, "cell", None)}
+    state = {f"{name}.{key}": id(value) for name, owner in owners.items() if owner for key, value in vars(owner).items()}
+    state.update({f"{w.path}.constraint": id(w.constraint) for w in layer.weights})
+    return state
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_watch_and_unit_view_keep_the_fast_kernel_and_remove_leaves_the_layer_as_it_was(kind):
+    model = sequence_model(kind)
+    model.compile(optimizer="adam", loss="mse")
+    layer = model.get_layer("layer")
+    x, y = data(16, return_sequences=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # Keras's own bookkeeping settles
+    before = snapshot(layer)
+    w = adaptgrad.watch(model, "layer")
+    units = adaptgrad.unit_view(model, "layer")
+    units.gate([0])
+    assert layer.use_cudnn == "auto"
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert layer.use_cudnn == "auto"
+    units.remove()
+    w.remove()
+    after = snapshot(layer)
+    changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    assert not changed, changed
+    assert units.active.all()
+
+
+def test_gating_and_ungating_in_any_order_restores_shared_recurrent_entries_exactly():
+    model = sequence_model("gru")
+    units = adaptgrad.unit_view(model, "layer")
+    before = [np.array(w.numpy()) for w in model.weights]
+    x, _ = data(4, return_sequences=True)
+    units.gate([3])
+    units.gate([1])  # recurrent entries (1, column of 3) and (3, column of 1) belong to both units
+    units.ungate([3])
+    for variable, blocks, _ in units.weights:
+        np.testing.assert_array_equal(variable.numpy()[..., units.columns(1, blocks)], 0.0)
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("layer")(x))[..., 1] == 0.0)
+    units.ungate([1])
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
