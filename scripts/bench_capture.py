@@ -191,8 +191,7 @@ class EagerLoop:
         self.optimizer = keras.optimizers.SGD()
         size = config.batch_size
         self.batches = [
-            (tf.constant(x[i : i + size]), tf.constant(y[i : i + size]))
-            for i in range(0, config.eager_batches * size, size)
+            (tf.constant(x[i : i + size]), tf.constant(y[i : i + size])) for i in range(0, config.eager_batches * size, size)
         ]
         self.sums = {field: np.zeros(config.units) for field in SUM_FIELDS}
 
@@ -216,9 +215,7 @@ class EagerLoop:
             self.step(x, y)
 
 
-def build_variants(
-    config: Config, x: np.ndarray, y: np.ndarray
-) -> tuple[dict[str, Variant], dict[str, adaptgrad.GradientWatch]]:
+def build_variants(config: Config, x: np.ndarray, y: np.ndarray) -> tuple[dict[str, Variant], dict[str, adaptgrad.GradientWatch]]:
     variants: dict[str, Variant] = {}
     watches: dict[str, adaptgrad.GradientWatch] = {}
     data = batches(x, y, config.batch_size)
@@ -296,10 +293,7 @@ def report(config: Config, variants: dict[str, Variant]) -> None:
         print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} |")
     print()
     print(machine_line())
-    print(
-        "Ratios and speed-ups: medians over rounds of the quotient of two epoch times measured "
-        "in the same round."
-    )
+    print("Ratios and speed-ups: medians over rounds of the quotient of two epoch times measured in the same round.")
     print()
     bars = {name: bar for name, bar in BARS.items() if name in variants}
     for name, bar in bars.items():
