@@ -70,7 +70,10 @@ class Hooks:
 
     @property
     def in_use(self) -> bool:
-        return any(slot is not None for slot in (self.output_probe, self.time_probe, self.output_mask, self.cell_mask))
+        return any(
+            slot is not None
+            for slot in (self.output_probe, self.time_probe, self.output_mask, self.cell_mask)
+        )
 
     def uninstall(self) -> None:
         """Restore the layer's own methods (only once no slot is in use)."""
