@@ -161,12 +161,13 @@ def through_time_loop(
     for nothing.
 
     How ``z`` enters the loop decides what the capture costs, because every op of a while loop
-    costs ~10 µs per step. In a while loop without a mask, ``z`` is a TensorList carried as one
-    more state and popped once per step: the backward loop then pushes each step's gradient, one
-    op. Otherwise ``z`` is a second input sequence: Keras masks every state (a list cannot be
-    masked), and an unrolled loop slices its inputs cheaply, whereas a while loop's per-step
-    reads cost about six more ops in its backward loop. The loop runs time-major, and ``add_n``
-    adds ``z_t`` once to the state that is also the output.
+    costs several µs per step. Without a mask, for a cell whose output is its first state (all of
+    Keras's cells and the MinimalRNN), :func:`_popping_loop` runs a loop of its own, as lean as
+    Keras's: it pops ``x_t`` and ``z_t`` from lists (the backward loop pushes each step's
+    gradient, one op), carries no time index and keeps no output list unless something needs it.
+    Otherwise ``z`` is a second input sequence of Keras's loop: Keras masks every state (a list
+    cannot be masked), and an unrolled loop slices its inputs cheaply. ``add_n`` adds ``z_t``
+    once to the state that is also the output.
     """
     cell = layer.cell
     units = hidden_units(layer)
