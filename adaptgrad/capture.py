@@ -11,7 +11,7 @@ Example:
     ...     w.stats().batches
     2
 
-The watched layer's output passes through an identity whose gradient function adds per-unit
+The watched layer's output passes through an identity whose gradient function adds the requested per-unit
 reductions of ``G = dL/dH`` (and of ``H*G``) into non-trainable variables. It runs inside the
 graph Keras compiles, so there is no per-batch Python callback; validation and prediction never
 compute a gradient, so they are never counted.
@@ -122,10 +122,10 @@ class GradientWatch:
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="hidden"),
         ...                           keras.layers.Dense(1)])
         >>> model.compile(optimizer="sgd", loss="mse")
-        >>> w = adaptgrad.watch(model, "hidden")
+        >>> w = adaptgrad.watch(model, "hidden", stats=["grad_sum", "act_grad_sum"])
         >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, verbose=0)
-        >>> w.stats().grad_sum.shape, w.stats().batches
-        ((4,), 2)
+        >>> w.stats().grad_sum.shape, w.stats().batches, sorted(w.fields)
+        ((4,), 2, ['act_grad_sum', 'grad_sum'])
         >>> w.remove()
     """
 
