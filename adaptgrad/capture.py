@@ -11,8 +11,9 @@ Example:
     ...     w.stats().batches
     2
 
-The watched layer's output passes through an identity whose gradient function adds the requested per-unit
-reductions of ``G = dL/dH`` (and of ``H*G``) into non-trainable variables. It runs inside the
+The watched layer's output passes through an identity whose gradient function adds the
+requested per-unit reductions of ``G = dL/dH`` (and of ``H*G``) into non-trainable variables.
+It runs inside the
 graph Keras compiles, so there is no per-batch Python callback; validation and prediction never
 compute a gradient, so they are never counted.
 """
