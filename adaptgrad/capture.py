@@ -13,9 +13,8 @@ Example:
 
 The watched layer's output passes through an identity whose gradient function adds the
 requested per-unit reductions of ``G = dL/dH`` (and of ``H*G``) into non-trainable variables.
-It runs inside the
-graph Keras compiles, so there is no per-batch Python callback; validation and prediction never
-compute a gradient, so they are never counted.
+It runs inside the graph Keras compiles, so there is no per-batch Python callback; validation
+and prediction never compute a gradient, so they are never counted.
 """
 
 from __future__ import annotations
