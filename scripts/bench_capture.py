@@ -7,6 +7,7 @@ Run it from the project root (about half a minute with the defaults on 2 cores):
     python scripts/bench_capture.py --unroll       # every variant's RNN with unroll=True
     python scripts/bench_capture.py --cell gru     # a GRU layer instead of the MinimalRNN
     python scripts/bench_capture.py --stats gradient --stats grad_sum,act_abs_sum   # these sets only
+    python scripts/bench_capture.py --threads 1    # TensorFlow on one thread (steadier on a shared machine)
 
 It trains separately built models of the same architecture, ``Input((steps, features)) ->
 RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)`` (``--cell``: another of the runner's cells;
@@ -60,6 +61,7 @@ import tensorflow as tf
 
 import adaptgrad
 from adaptgrad.models import CELLS, recurrent_layer
+from adaptgrad.runtime import limit_threads
 from adaptgrad.stats import SUM_FIELDS, requested_fields
 from adaptgrad.train import batches
 
@@ -99,6 +101,7 @@ class Config:
     unroll: bool = False
     cell: str = "minimal_rnn"
     stats: tuple[str, ...] = tuple(STATS_SETS)
+    threads: int | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -112,6 +115,9 @@ class Variant:
     run: Callable[[], None]
     scale: float = 1.0
     times: list[float] = dataclasses.field(default_factory=list)
+    cpu_times: list[float] = dataclasses.field(default_factory=list)
+    """This process's CPU time (all threads) per epoch: on a shared machine it depends less on the
+    other tenants than the wall time does."""
 
 
 def add_eager_batches(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +146,9 @@ def parse_args() -> Config:
         type=stats_set,
         help=f"a through-time variant capturing this set: {', '.join(STATS_SETS)} or comma-separated sum "
         f"fields; repeat for several (default: all four named sets)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="TensorFlow threads (intra- and inter-op; default: all); 1 steadies the CPU-time ratio"
     )
     add_eager_batches(parser)
     args = vars(parser.parse_args())
@@ -244,9 +253,10 @@ def time_rounds(variants: dict[str, Variant], repeats: int, *, warm_up: bool = T
             variant.run()  # traces the train functions, builds the optimizers
     for round_index in range(repeats):
         for variant in variants.values():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             variant.run()
             variant.times.append((time.perf_counter() - start) * variant.scale)
+            variant.cpu_times.append((time.process_time() - cpu_start) * variant.scale)
         timings = ", ".join(f"{name} {v.times[-1]:.3f}s" for name, v in variants.items())
         print(f"round {round_index + 1}/{repeats}: {timings}", flush=True)
 
@@ -275,25 +285,33 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def paired_ratio(numerator: Variant, denominator: Variant) -> float:
-    """Median over rounds of the quotient of the two epoch times measured in the same round."""
+def paired_ratio(numerator: Variant, denominator: Variant, cpu: bool = False) -> float:
+    """Median over rounds of the quotient of the two epoch times (``cpu``: CPU times) measured in
+    the same round."""
+    if cpu:
+        return statistics.median(n / d for n, d in zip(numerator.cpu_times, denominator.cpu_times))
     return statistics.median(n / d for n, d in zip(numerator.times, denominator.times))
 
 
 def report(config: Config, variants: dict[str, Variant]) -> None:
     medians = {name: statistics.median(v.times) for name, v in variants.items()}
     ratios = {name: paired_ratio(v, variants[PLAIN]) for name, v in variants.items()}
+    cpu_ratios = {name: paired_ratio(v, variants[PLAIN], cpu=True) for name, v in variants.items()}
     print()
-    print("| variant | median epoch (s) | ratio to plain fit |")
-    print("|---|---:|---:|")
+    print("| variant | median epoch (s) | ratio to plain fit | CPU-time ratio |")
+    print("|---|---:|---:|---:|")
     for name, variant in variants.items():
         label = name
         if name == EAGER:
             label += f" (timed on {config.eager_batches} batches, scaled x{variant.scale:g})"
-        print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} |")
+        print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} | {cpu_ratios[name]:.3f} |")
     print()
     print(machine_line())
-    print("Ratios and speed-ups: medians over rounds of the quotient of two epoch times measured in the same round.")
+    print(
+        "Ratios and speed-ups: medians over rounds of the quotient of two epoch times measured "
+        f"in the same round; CPU time: this process's, all threads. TensorFlow threads: {config.threads or 'all'}; "
+        f"load average at the end: {os.getloadavg()[0]:.1f}"
+    )
     print()
     bars = {name: bar for name, bar in BARS.items() if name in variants}
     for name, bar in bars.items():
@@ -341,6 +359,8 @@ def measure(config: Config) -> tuple[dict[str, Variant], str]:
 
 def main() -> None:
     config = parse_args()
+    if config.threads:
+        limit_threads(config.threads)
     started = time.perf_counter()
     variants, check = measure(config)
     print(check)
