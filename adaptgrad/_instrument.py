@@ -256,7 +256,13 @@ def _popping_loop(
         return (x_list, z_list, out_list, *new_states)
 
     loop_vars = (make_list(inputs), make_list(z), output_list, *initial_state)
-    _, _, out_list, *new_states = tf.while_loop(lambda *_: True, body, loop_vars, maximum_iterations=tf.shape(z)[0])
+    _, _, out_list, *new_states = tf.while_loop(
+        lambda *_: True,
+        body,
+        loop_vars,
+        maximum_iterations=tf.shape(z)[0],
+        parallel_iterations=32,  # as Keras
+    )
     last_output = new_states[0]
     if keep:
         outputs = tf.raw_ops.TensorListStack(input_handle=out_list, element_shape=element_shape(z), element_dtype=z.dtype)
