@@ -74,7 +74,7 @@ class _Accumulators:
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
         if "act_grad_batch_sq_sum" in self.sums:
-            batch_hg = values.get("act_grad_sum", tf.reduce_sum(h * g, axis=axes))
+            batch_hg = values["act_grad_sum"] if "act_grad_sum" in values else _REDUCTIONS["act_grad_sum"](g, h, axes)
             if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
                 batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, batch_hg)
             values["act_grad_batch_sq_sum"] = tf.square(batch_hg) / replicas
