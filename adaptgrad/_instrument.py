@@ -136,12 +136,13 @@ def through_time_loop(
     for nothing.
 
     How ``z`` enters the loop decides what the capture costs, because every op of a while loop
-    costs ~10 µs per step. In a while loop without a mask, ``z`` is a TensorList carried as one
-    more state and popped once per step: the backward loop then pushes each step's gradient, one
-    op. Otherwise ``z`` is a second input sequence: Keras masks every state (a list cannot be
-    masked), and an unrolled loop slices its inputs cheaply, whereas a while loop's per-step
-    reads cost about six more ops in its backward loop. The loop runs time-major, and ``add_n``
-    adds ``z_t`` once to the state that is also the output.
+    costs several µs per step. Without a mask, for a cell whose output is its first state (all of
+    Keras's cells and the MinimalRNN), :func:`_popping_loop` runs a loop of its own, as lean as
+    Keras's: it pops ``x_t`` and ``z_t`` from lists (the backward loop pushes each step's
+    gradient, one op), carries no time index and keeps no output list unless something needs it.
+    Otherwise ``z`` is a second input sequence of Keras's loop: Keras masks every state (a list
+    cannot be masked), and an unrolled loop slices its inputs cheaply. ``add_n`` adds ``z_t``
+    once to the state that is also the output.
     """
     cell = layer.cell
     units = hidden_units(layer)
@@ -177,29 +178,76 @@ def through_time_loop(
         return_all_outputs=layer.return_sequences or time_probe.needs_hidden,
     )
     if mask is None and not layer.unroll:
-        element_shape = tf.constant([-1, units])
-        z_list = tf.raw_ops.TensorListFromTensor(tensor=z, element_shape=element_shape)
+        # trace the step once on time 0, as Keras does, to see whether the output is state 0
+        output, first_states = cell_step(time_major[0], list(initial_state), z[0])
+        if output is first_states[0]:
+            return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, time_probe.needs_hidden)
 
-        def step(x: tf.Tensor, states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            *states, rest = states
-            rest, z_t = tf.raw_ops.TensorListPopBack(input_handle=rest, element_shape=element_shape, element_dtype=z.dtype)
-            output, new_states = cell_step(x, states, z_t)
-            return output, [*new_states, rest]
+    def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        return cell_step(inputs[0], list(states), inputs[1])
 
-        last_output, outputs, new_states = keras_backend.rnn(step, time_major, [*initial_state, z_list], **loop)
-        new_states = list(new_states)[:-1]
-        if time_probe.needs_hidden:
-            hidden["h"] = tf.reverse(outputs, axis=[0])  # step i popped z[T-1-i]
-        if shared[0]:  # the same value; this way no gradient flows into the collected outputs
-            last_output = new_states[0]
+    last_output, outputs, new_states = keras_backend.rnn(step, (time_major, z), initial_state, **loop)
+    if time_probe.needs_hidden:
+        hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
+    return last_output, tf.transpose(outputs, [1, 0, 2]), new_states
+
+
+def _popping_loop(
+    cell_step: Callable[[tf.Tensor, list[tf.Tensor], tf.Tensor], tuple[tf.Tensor, list[tf.Tensor]]],
+    time_major: tf.Tensor,
+    initial_state: list[tf.Tensor],
+    z: tf.Tensor,
+    hidden: dict[str, tf.Tensor],
+    layer: keras.layers.RNN,
+    collect: bool,
+) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+    """The time loop of a cell whose output is its first state, without a mask, as lean as a
+    while loop gets: the inputs and ``z`` are lists popped from the back (in the backward loop
+    each costs one push, and only if it needs a gradient), the last output is the final state,
+    and the outputs are pushed onto a list only when the layer returns them or ``collect``
+    (hidden states for the probe) asks for them."""
+    inputs = time_major if layer.go_backwards else tf.reverse(time_major, [0])  # popped from the back
+
+    def element_shape(tensor: tf.Tensor) -> tf.Tensor:
+        return tf.constant([-1 if size is None else size for size in tensor.shape[1:]], tf.int32)
+
+    def make_list(tensor: tf.Tensor) -> tf.Tensor:
+        return tf.raw_ops.TensorListFromTensor(tensor=tensor, element_shape=element_shape(tensor))
+
+    def pop(handle: tf.Tensor, like: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.raw_ops.TensorListPopBack(input_handle=handle, element_shape=element_shape(like), element_dtype=like.dtype)
+
+    keep = collect or layer.return_sequences
+    steps = -1 if z.shape[0] is None else z.shape[0]  # XLA needs the list's size
+    output_list = tf.raw_ops.EmptyTensorList(element_shape=element_shape(z), max_num_elements=steps, element_dtype=z.dtype)
+
+    def body(x_list: tf.Tensor, z_list: tf.Tensor, out_list: tf.Tensor, *states: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        x_list, x_t = pop(x_list, inputs)
+        z_list, z_t = pop(z_list, z)
+        output, new_states = cell_step(x_t, list(states), z_t)
+        if keep:  # no gradient flows back into the hidden states collected only for the probe
+            pushed = output if layer.return_sequences else tf.stop_gradient(output)
+            out_list = tf.raw_ops.TensorListPushBack(input_handle=out_list, tensor=pushed)
+        return (x_list, z_list, out_list, *new_states)
+
+    loop_vars = (make_list(inputs), make_list(z), output_list, *initial_state)
+    _, _, out_list, *new_states = tf.while_loop(
+        lambda *_: True,
+        body,
+        loop_vars,
+        maximum_iterations=tf.shape(z)[0],
+        parallel_iterations=32,  # as Keras
+    )
+    last_output = new_states[0]
+    if keep:
+        outputs = tf.raw_ops.TensorListStack(input_handle=out_list, element_shape=element_shape(z), element_dtype=z.dtype)
     else:
-
-        def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            return cell_step(inputs[0], list(states), inputs[1])
-
-        last_output, outputs, new_states = keras_backend.rnn(step, (time_major, z), initial_state, **loop)
-        if time_probe.needs_hidden:
-            hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
+        outputs = last_output[None]
+    if collect:  # step i popped z[T-1-i]: gather the states in reverse, one copy
+        reverse = tf.range(tf.shape(z)[0] - 1, -1, -1)
+        hidden["h"] = tf.raw_ops.TensorListGather(
+            input_handle=out_list, indices=reverse, element_shape=element_shape(z), element_dtype=z.dtype
+        )
     return last_output, tf.transpose(outputs, [1, 0, 2]), new_states
 
 

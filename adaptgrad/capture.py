@@ -11,10 +11,10 @@ Example:
     ...     w.stats().batches
     2
 
-The watched layer's output passes through an identity whose gradient function adds per-unit
-reductions of ``G = dL/dH`` (and of ``H*G``) into non-trainable variables. It runs inside the
-graph Keras compiles, so there is no per-batch Python callback; validation and prediction never
-compute a gradient, so they are never counted.
+The watched layer's output passes through an identity whose gradient function adds the
+requested per-unit reductions of ``G = dL/dH`` (and of ``H*G``) into non-trainable variables.
+It runs inside the graph Keras compiles, so there is no per-batch Python callback; validation
+and prediction never compute a gradient, so they are never counted.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class _Accumulators:
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
         if "act_grad_batch_sq_sum" in self.sums:
-            batch_hg = values.get("act_grad_sum", tf.reduce_sum(h * g, axis=axes))
+            batch_hg = values["act_grad_sum"] if "act_grad_sum" in values else _REDUCTIONS["act_grad_sum"](g, h, axes)
             if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
                 batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, batch_hg)
             values["act_grad_batch_sq_sum"] = tf.square(batch_hg) / replicas
@@ -122,10 +122,10 @@ class GradientWatch:
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="hidden"),
         ...                           keras.layers.Dense(1)])
         >>> model.compile(optimizer="sgd", loss="mse")
-        >>> w = adaptgrad.watch(model, "hidden")
+        >>> w = adaptgrad.watch(model, "hidden", stats=["grad_sum", "act_grad_sum"])
         >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, verbose=0)
-        >>> w.stats().grad_sum.shape, w.stats().batches
-        ((4,), 2)
+        >>> w.stats().grad_sum.shape, w.stats().batches, sorted(w.fields)
+        ((4,), 2, ['act_grad_sum', 'grad_sum'])
         >>> w.remove()
     """
 

@@ -119,7 +119,7 @@ ask for it with adaptgrad.watch(model, layer, stats=[..., 'act_grad_sum']), or s
             raise ValueError("OutputGradientStats needs units= when no sum is given")
         expected = (int(units),) if units is not None else next(iter(shapes))
         if shapes - {expected} or len(expected) != 1:
-            raise ValueError(f"every sum must have shape {expected} (units,), got {({k: a.shape for k, a in arrays.items()})}")
+            raise ValueError(f"every sum must have shape {expected} (units,), got { ({k: a.shape for k, a in arrays.items()}) }")
         object.__setattr__(self, "_sums", arrays)
         object.__setattr__(self, "_units", expected[0])
         object.__setattr__(self, "batches", int(batches))

@@ -6,16 +6,20 @@ Run it from the project root (about half a minute with the defaults on 2 cores):
     python scripts/bench_capture.py --samples 1024 --repeats 3 --eager-batches 4   # quick look
     python scripts/bench_capture.py --unroll       # every variant's RNN with unroll=True
     python scripts/bench_capture.py --cell gru     # a GRU layer instead of the MinimalRNN
+    python scripts/bench_capture.py --stats gradient --stats grad_sum,act_abs_sum   # these sets only
+    python scripts/bench_capture.py --threads 1    # TensorFlow on one thread (steadier on a shared machine)
 
-It trains four separately built models of the same architecture, ``Input((steps, features)) ->
+It trains separately built models of the same architecture, ``Input((steps, features)) ->
 RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)`` (``--cell``: another of the runner's cells;
 ``--unroll``: the layer unrolled), with MSE and SGD on random data, in input
 order (``shuffle=False``), and measures the wall time of one epoch of:
 
 1. ``plain fit``: ``model.fit(dataset, epochs=1, verbose=0)`` without a watch (the baseline);
 2. ``fit + watch (output)``: the same after ``adaptgrad.watch(model, 'rnn')``;
-3. ``fit + watch (through time)``: the same after
-   ``adaptgrad.watch(model, 'rnn', through_time=True)``;
+3. ``fit + watch (through time, <set>)``: the same after
+   ``adaptgrad.watch(model, 'rnn', through_time=True, stats=<set>)``, one variant per ``--stats``
+   set (default: ``all``, ``gradient`` = grad_sum, grad_abs_sum, grad_sq_sum, ``act_grad_sum``
+   and ``none`` = ``stats=()``, which only counts batches and positions);
 4. ``eager GradientTape loop``: the question's approach, by hand: a Python loop over batches
    without ``tf.function`` that splits the forward pass (``h = rnn(x)``, ``out = head(h)``),
    takes ``tape.gradient(loss, [h] + trainable_variables)``, accumulates in numpy the same
@@ -32,7 +36,8 @@ tracing is excluded. Then each of ``--repeats`` rounds times one epoch of every 
 so that slow phases of a shared machine hit all variants alike. The table gives each variant's
 median epoch time and the median over rounds of its time divided by the plain fit's time in the
 same round (the speed-ups over the eager loop are paired the same way). The bars from the issue
-are printed as PASS/FAIL lines for information only: the script always exits 0.
+(output mode; through time with the ``gradient`` set and with ``act_grad_sum``) are printed as
+PASS/FAIL lines for information only: the script always exits 0.
 
 ``scripts/bench.py`` runs the same measurement (:func:`measure`) as its ``capture`` section.
 """
@@ -56,15 +61,30 @@ import tensorflow as tf
 
 import adaptgrad
 from adaptgrad.models import CELLS, recurrent_layer
-from adaptgrad.stats import SUM_FIELDS
+from adaptgrad.runtime import limit_threads
+from adaptgrad.stats import SUM_FIELDS, requested_fields
 from adaptgrad.train import batches
 
 PLAIN = "plain fit"
 WATCH_OUTPUT = "fit + watch (output)"
-WATCH_TIME = "fit + watch (through time)"
 EAGER = "eager GradientTape loop"
-BARS = {WATCH_OUTPUT: 1.03, WATCH_TIME: 1.10}
-"""Largest acceptable ratio of a watched fit's epoch time to the plain fit's."""
+STATS_SETS: dict[str, tuple[str, ...] | None] = {
+    "all": None,
+    "gradient": ("grad_sum", "grad_abs_sum", "grad_sq_sum"),
+    "act_grad_sum": ("act_grad_sum",),
+    "none": (),
+}
+"""The named ``--stats`` sets (any comma-separated list of sum fields is accepted too)."""
+
+
+def watch_time(stats: str) -> str:
+    """The name of the through-time variant capturing the ``--stats`` set ``stats``."""
+    return f"fit + watch (through time, {stats})"
+
+
+BARS = {WATCH_OUTPUT: 1.03, watch_time("gradient"): 1.15, watch_time("act_grad_sum"): 1.25}
+"""Largest acceptable ratio of a watched fit's epoch time to the plain fit's (variants not run
+are left out)."""
 EAGER_SPEEDUP_BAR = 5.0
 """Smallest acceptable speed-up of a watched fit over the eager loop."""
 
@@ -80,6 +100,8 @@ class Config:
     eager_batches: int
     unroll: bool = False
     cell: str = "minimal_rnn"
+    stats: tuple[str, ...] = tuple(STATS_SETS)
+    threads: int | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -93,6 +115,9 @@ class Variant:
     run: Callable[[], None]
     scale: float = 1.0
     times: list[float] = dataclasses.field(default_factory=list)
+    cpu_times: list[float] = dataclasses.field(default_factory=list)
+    """This process's CPU time (all threads) per epoch: on a shared machine it depends less on the
+    other tenants than the wall time does."""
 
 
 def add_eager_batches(parser: argparse.ArgumentParser) -> None:
@@ -115,14 +140,44 @@ def parse_args() -> Config:
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
     parser.add_argument("--unroll", action="store_true", help="build the RNN with unroll=True")
     parser.add_argument("--cell", choices=CELLS, default="minimal_rnn", help="the recurrent layer's cell (minimal_rnn)")
+    parser.add_argument(
+        "--stats",
+        action="append",
+        type=stats_set,
+        help=f"a through-time variant capturing this set: {', '.join(STATS_SETS)} or comma-separated sum "
+        f"fields; repeat for several (default: all four named sets)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="TensorFlow threads (intra- and inter-op; default: all); 1 steadies the CPU-time ratio"
+    )
     add_eager_batches(parser)
-    config = Config(**vars(parser.parse_args()))
+    args = vars(parser.parse_args())
+    args["stats"] = tuple(dict.fromkeys(args["stats"] or STATS_SETS))
+    config = Config(**args)
     sizes = (config.samples, config.repeats, config.units, config.steps, config.features)
     if min(*sizes, config.batch_size) < 1:
         parser.error("sizes and counts must be >= 1 (only --eager-batches may be 0)")
     if not 0 <= config.eager_batches <= config.batches_per_epoch:
         parser.error(f"--eager-batches must be in [0, {config.batches_per_epoch}] (batches/epoch)")
     return config
+
+
+def stats_set(text: str) -> str:
+    """Check a ``--stats`` value: a named set or comma-separated sum fields."""
+    try:
+        fields_of(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{error}; named sets: {', '.join(STATS_SETS)}") from None
+    return text
+
+
+def fields_of(stats: str) -> tuple[str, ...] | None:
+    """The ``stats=`` argument for a ``--stats`` value."""
+    if stats in STATS_SETS:
+        return STATS_SETS[stats]
+    fields = tuple(name.strip() for name in stats.split(",") if name.strip())
+    requested_fields(fields)
+    return fields
 
 
 def build_model(config: Config) -> keras.Model:
@@ -145,8 +200,7 @@ class EagerLoop:
         self.optimizer = keras.optimizers.SGD()
         size = config.batch_size
         self.batches = [
-            (tf.constant(x[i : i + size]), tf.constant(y[i : i + size]))
-            for i in range(0, config.eager_batches * size, size)
+            (tf.constant(x[i : i + size]), tf.constant(y[i : i + size])) for i in range(0, config.eager_batches * size, size)
         ]
         self.sums = {field: np.zeros(config.units) for field in SUM_FIELDS}
 
@@ -170,17 +224,16 @@ class EagerLoop:
             self.step(x, y)
 
 
-def build_variants(
-    config: Config, x: np.ndarray, y: np.ndarray
-) -> tuple[dict[str, Variant], dict[str, adaptgrad.GradientWatch]]:
+def build_variants(config: Config, x: np.ndarray, y: np.ndarray) -> tuple[dict[str, Variant], dict[str, adaptgrad.GradientWatch]]:
     variants: dict[str, Variant] = {}
     watches: dict[str, adaptgrad.GradientWatch] = {}
     data = batches(x, y, config.batch_size)
-    for name, through_time in ((PLAIN, None), (WATCH_OUTPUT, False), (WATCH_TIME, True)):
+    watched = [(WATCH_OUTPUT, False, None), *((watch_time(s), True, fields_of(s)) for s in config.stats)]
+    for name, through_time, stats in ((PLAIN, None, None), *watched):
         model = build_model(config)
         model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
         if through_time is not None:
-            watches[name] = adaptgrad.watch(model, "rnn", through_time=through_time)
+            watches[name] = adaptgrad.watch(model, "rnn", through_time=through_time, stats=stats)
 
         def fit_epoch(model: keras.Model = model) -> None:
             model.fit(data, epochs=1, shuffle=False, verbose=0)
@@ -200,9 +253,10 @@ def time_rounds(variants: dict[str, Variant], repeats: int, *, warm_up: bool = T
             variant.run()  # traces the train functions, builds the optimizers
     for round_index in range(repeats):
         for variant in variants.values():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             variant.run()
             variant.times.append((time.perf_counter() - start) * variant.scale)
+            variant.cpu_times.append((time.process_time() - cpu_start) * variant.scale)
         timings = ", ".join(f"{name} {v.times[-1]:.3f}s" for name, v in variants.items())
         print(f"round {round_index + 1}/{repeats}: {timings}", flush=True)
 
@@ -231,35 +285,41 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def paired_ratio(numerator: Variant, denominator: Variant) -> float:
-    """Median over rounds of the quotient of the two epoch times measured in the same round."""
+def paired_ratio(numerator: Variant, denominator: Variant, cpu: bool = False) -> float:
+    """Median over rounds of the quotient of the two epoch times (``cpu``: CPU times) measured in
+    the same round."""
+    if cpu:
+        return statistics.median(n / d for n, d in zip(numerator.cpu_times, denominator.cpu_times))
     return statistics.median(n / d for n, d in zip(numerator.times, denominator.times))
 
 
 def report(config: Config, variants: dict[str, Variant]) -> None:
     medians = {name: statistics.median(v.times) for name, v in variants.items()}
     ratios = {name: paired_ratio(v, variants[PLAIN]) for name, v in variants.items()}
+    cpu_ratios = {name: paired_ratio(v, variants[PLAIN], cpu=True) for name, v in variants.items()}
     print()
-    print("| variant | median epoch (s) | ratio to plain fit |")
-    print("|---|---:|---:|")
+    print("| variant | median epoch (s) | ratio to plain fit | CPU-time ratio |")
+    print("|---|---:|---:|---:|")
     for name, variant in variants.items():
         label = name
         if name == EAGER:
             label += f" (timed on {config.eager_batches} batches, scaled x{variant.scale:g})"
-        print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} |")
+        print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} | {cpu_ratios[name]:.3f} |")
     print()
     print(machine_line())
     print(
         "Ratios and speed-ups: medians over rounds of the quotient of two epoch times measured "
-        "in the same round."
+        f"in the same round; CPU time: this process's, all threads. TensorFlow threads: {config.threads or 'all'}; "
+        f"load average at the end: {os.getloadavg()[0]:.1f}"
     )
     print()
-    for name, bar in BARS.items():
+    bars = {name: bar for name, bar in BARS.items() if name in variants}
+    for name, bar in bars.items():
         print(f"{verdict(ratios[name] <= bar)}: {name} / {PLAIN} = {ratios[name]:.3f} <= {bar:.2f}")
     if EAGER not in variants:
         print("SKIPPED: eager loop comparison (--eager-batches 0)")
         return
-    for name in BARS:
+    for name in bars:
         speedup = paired_ratio(variants[EAGER], variants[name])
         ok = speedup >= EAGER_SPEEDUP_BAR
         print(f"{verdict(ok)}: {EAGER} / {name} = {speedup:.1f}x >= {EAGER_SPEEDUP_BAR:g}x")
@@ -299,6 +359,8 @@ def measure(config: Config) -> tuple[dict[str, Variant], str]:
 
 def main() -> None:
     config = parse_args()
+    if config.threads:
+        limit_threads(config.threads)
     started = time.perf_counter()
     variants, check = measure(config)
     print(check)

@@ -157,11 +157,13 @@ def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, thro
     return totals
 
 
-def assert_stats_equal(stats, totals, rtol: float = 1e-5) -> None:
-    """Every sum of ``stats`` equals the reference within ``rtol`` (relative to the field's scale)."""
+def assert_stats_equal(stats, totals, rtol: float = 1e-5, fields=SUM_FIELDS) -> None:
+    """``stats`` has exactly the sums ``fields``, each equal to the reference within ``rtol``
+    (relative to the field's scale), and the reference counts."""
     assert stats.batches == totals["batches"]
     assert stats.count == totals["count"]
-    for name in SUM_FIELDS:
+    assert stats.fields == frozenset(fields)
+    for name in fields:
         got, want = getattr(stats, name), totals[name]
         scale = np.max(np.abs(want)) + 1e-30
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=name)

@@ -72,8 +72,16 @@ def test_through_time_with_layer_options(cell, options):
     x, y = data(7, options.get("return_sequences", False), padded=options.get("masked", False))
     model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
     want = reference_fit(
-        ref_model, rnn, head, x, y, batch_size=3, epochs=2, optimizer=keras.optimizers.SGD(0.1),
-        through_time=True, masked=options.get("masked", False),
+        ref_model,
+        rnn,
+        head,
+        x,
+        y,
+        batch_size=3,
+        epochs=2,
+        optimizer=keras.optimizers.SGD(0.1),
+        through_time=True,
+        masked=options.get("masked", False),
     )
     assert_stats_equal(w.stats(), want)
 
@@ -86,8 +94,79 @@ def test_through_time_in_every_compile_mode(kind, compile_kwargs):
     w = adaptgrad.watch(model, "rnn", through_time=True)
     x, y = data(5)
     model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
-    want = reference_fit(ref_model, rnn, head, x, y, batch_size=2, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=True)
+    want = reference_fit(
+        ref_model, rnn, head, x, y, batch_size=2, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=True
+    )
     assert_stats_equal(w.stats(), want)
+
+
+GRADIENT = ("grad_sum", "grad_abs_sum", "grad_sq_sum")
+SUBSETS = {
+    "none": (),
+    "gradient": GRADIENT,
+    "act_grad_sum": ("act_grad_sum",),
+    "batch_sq_and_activity": ("act_grad_batch_sq_sum", "act_abs_sum"),
+}
+SUBSET_MODES = {
+    "output": dict(through_time=False, cell="minimal"),
+    "time": dict(through_time=True, cell="lstm", go_backwards=True),  # the lean loop
+    "time_sequences": dict(through_time=True, cell="minimal", return_sequences=True),  # outputs kept
+    "time_masked": dict(through_time=True, cell="gru", masked=True),  # Keras's loop, z as input
+}
+
+
+@pytest.mark.parametrize("subset", SUBSETS)
+@pytest.mark.parametrize("mode", SUBSET_MODES)
+def test_captured_subset_matches_reference(subset, mode):
+    """Each subset holds exactly its fields, each equal to the reference; the counts are exact."""
+    options = dict(SUBSET_MODES[mode])
+    through_time, cell = options.pop("through_time"), options.pop("cell")
+    return_sequences, masked = options.pop("return_sequences", False), options.get("masked", False)
+    model, (ref_model, rnn, head) = twin("functional", cell, 4, return_sequences, **options)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    w = adaptgrad.watch(model, "rnn", through_time=through_time, stats=SUBSETS[subset])
+    assert w.fields == frozenset(SUBSETS[subset])
+    x, y = data(7, return_sequences, padded=masked)
+    model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
+    want = reference_fit(
+        ref_model,
+        rnn,
+        head,
+        x,
+        y,
+        batch_size=3,
+        epochs=2,
+        optimizer=keras.optimizers.SGD(0.1),
+        through_time=through_time,
+        masked=masked,
+    )
+    assert_stats_equal(w.stats(), want, fields=SUBSETS[subset])
+
+
+def test_reading_a_field_not_captured_says_how_to_ask_for_it():
+    model, *_ = build("functional", "gru")
+    model.compile(optimizer="sgd", loss="mse")
+    w = adaptgrad.watch(model, "rnn", through_time=True, stats=GRADIENT)
+    model.fit(*data(4), batch_size=2, verbose=0)
+    stats = w.stats()
+    assert stats.rms_grad.shape == (4,)
+    assert set(stats.as_dict()) == {*GRADIENT, "mean_grad", "mean_abs_grad", "rms_grad", "batches", "count"}
+    with pytest.raises(AttributeError, match=r"act_grad_sum was not captured.*stats=\[\.\.\., 'act_grad_sum'\]"):
+        _ = stats.act_grad_sum
+    with pytest.raises(AttributeError, match=r"taylor needs act_grad_sum, which was not captured"):
+        _ = stats.taylor
+    assert not hasattr(stats, "act_abs_sum")
+
+
+def test_unknown_statistic_is_refused_at_watch_time():
+    model, *_ = build("functional")
+    with pytest.raises(
+        ValueError, match=r"unknown statistic 'taylor'.*valid: 'grad_sum'.*'act_abs_sum'.*derived from act_grad_sum"
+    ):
+        adaptgrad.watch(model, "rnn", stats=["grad_sum", "taylor"])
+    with pytest.raises(ValueError, match=r"not the string 'grad_sum'; e\.g\. stats=\['grad_sum'\]"):
+        adaptgrad.watch(model, "rnn", stats="grad_sum")
+    assert "call" not in vars(model.get_layer("rnn"))  # nothing was attached
 
 
 @pytest.mark.parametrize("through_time", [False, True])
@@ -109,7 +188,9 @@ def test_users_own_gradient_tape_loop(through_time, in_function):
     step = tf.function(train_step) if in_function else train_step
     for _ in range(3):
         step(tf.constant(x), tf.constant(y))
-    want = reference_fit(ref_model, rnn, head, x, y, batch_size=4, epochs=3, optimizer=keras.optimizers.Adam(0.01), through_time=through_time)
+    want = reference_fit(
+        ref_model, rnn, head, x, y, batch_size=4, epochs=3, optimizer=keras.optimizers.Adam(0.01), through_time=through_time
+    )
     assert_stats_equal(w.stats(), want)
 
 
@@ -146,7 +227,9 @@ def test_mixed_precision_divides_out_the_loss_scale(through_time):
     w = adaptgrad.watch(half, "rnn", through_time=through_time)
     half.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
     keras.mixed_precision.set_global_policy("float32")
-    want = reference_fit(ref_model, rnn, head, x, y, batch_size=3, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=through_time)
+    want = reference_fit(
+        ref_model, rnn, head, x, y, batch_size=3, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=through_time
+    )
     # float16 activations: about three significant digits
     assert_stats_equal(w.stats(), want, rtol=2e-2)
 
