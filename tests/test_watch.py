@@ -112,6 +112,7 @@ SUBSET_MODES = {
     "time": dict(through_time=True, cell="lstm", go_backwards=True),  # the lean loop
     "time_sequences": dict(through_time=True, cell="minimal", return_sequences=True),  # outputs kept
     "time_masked": dict(through_time=True, cell="gru", masked=True),  # Keras's loop, z as input
+    "time_unrolled": dict(through_time=True, cell="simple", unroll=True),  # Keras's unrolled loop
 }
 
 
