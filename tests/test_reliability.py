@@ -65,14 +65,14 @@ def test_sigkilled_job_resumes_to_identical_files(tmp_path):
 
 
 def test_corrupt_checkpoint_is_ignored_with_a_warning(tmp_path):
-    store = Checkpoints(tmp_path)
+    store = Checkpoints(tmp_path, digest="config-a")
     store.save(0, {"epoch": 0})
     store.save(1, {"epoch": 1})
     store.save(2, {"epoch": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.ckpt", "epoch-0002.ckpt"]
     newest = tmp_path / "epoch-0002.ckpt"
     newest.write_bytes(newest.read_bytes()[:-5])  # a torn write
-    with pytest.warns(RuntimeWarning, match="ignoring corrupt checkpoint .*epoch-0002.ckpt: checksum mismatch"):
+    with pytest.warns(RuntimeWarning, match="ignoring checkpoint .*epoch-0002.ckpt: checksum mismatch"):
         assert store.latest() == (1, {"epoch": 1})
     (tmp_path / "epoch-0001.ckpt").write_bytes(b"garbage")
     with warnings.catch_warnings():
@@ -90,7 +90,7 @@ def test_resume_after_a_corrupt_newest_checkpoint_still_gives_identical_files(tm
     (partial / "result.json").write_text(json.dumps({**result, "status": "running"}))
     newest = partial / "checkpoints" / "epoch-0002.ckpt"
     newest.write_bytes(b"torn")
-    with pytest.warns(RuntimeWarning, match="corrupt checkpoint"):
+    with pytest.warns(RuntimeWarning, match="ignoring checkpoint .*checksum mismatch"):
         again = run(compose(args), partial)
     assert again["status"] == "ok" and again["resumed_from"] == 2
     assert same_tables(tmp_path / "whole", partial)
