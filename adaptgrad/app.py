@@ -30,6 +30,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -164,12 +165,15 @@ def preflight(argv: list[str]) -> int:
     ):
         return 0
     multirun = bool(args.multirun)
-    pin = pinned_dir(args.overrides, multirun=multirun)
-    points = check_invocation(args.overrides, multirun=multirun, pin=pin)
+    try:
+        pin = pinned_dir(args.overrides, multirun=multirun)
+        points = check_invocation(args.overrides, multirun=multirun, pin=pin)
+    except OverrideParseException:
+        return 0  # Hydra reports it with the grammar's hint
     bad = [p for p in points if p.error]
     for point in bad[:10]:
         shown = " ".join(o for o in point.overrides if not o.startswith("hydra"))
-        where = f"job {point.number} of {len(points)} ({shown}): " if multirun else ""
+        where = f"job {point.number} ({shown}): " if multirun else ""
         print(f"error: {where}{point.error}", file=sys.stderr)
     if bad:
         if multirun:
@@ -205,6 +209,7 @@ def main() -> None:
         print(message, file=sys.stderr)
         raise SystemExit(2)
     register_experiments()
+    _failed_jobs.clear()
     code = preflight(sys.argv)
     if code:
         _locks.close()

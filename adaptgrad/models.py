@@ -27,7 +27,7 @@ log = logging.getLogger("adaptgrad")
 CELLS = ("minimal_rnn", "simple_rnn", "gru", "lstm")
 LAYER_NAMES = {"minimal_rnn": "minimalrnn", "simple_rnn": "simple_rnn", "gru": "gru", "lstm": "lstm"}
 """The recurrent layer's name per cell; ``minimalrnn`` is the question's own name."""
-MODEL_KEYS = ("cell", "units", "depth", "return_sequences", "head_units")
+MODEL_KEYS = ("_target_", "cell", "units", "depth", "return_sequences", "head_units")
 """The keys of a built-in model's config."""
 
 
@@ -102,8 +102,8 @@ def make_model(config: dict[str, Any], *, input_shape: tuple[int, ...], outputs:
     import numpy as np
 
     sizes = {"input_shape": tuple(input_shape), "outputs": int(outputs), "task": task}
-    if "_target_" not in config:
-        return build_model(config["cell"], **sizes, **{k: v for k, v in config.items() if k != "cell"})
+    if config.get("_target_") is None:
+        return build_model(config["cell"], **sizes, **{k: v for k, v in config.items() if k not in ("_target_", "cell")})
     target = str(config["_target_"])
     module_name, _, attribute = target.rpartition(".")
     try:
@@ -132,7 +132,7 @@ def _accepted(function: Any, target: str, kwargs: dict[str, Any]) -> dict[str, A
     parameters = inspect.signature(function).parameters
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return kwargs
-    dropped = sorted(k for k in kwargs if k not in parameters and k in MODEL_KEYS)
+    dropped = sorted(k for k in kwargs if k not in parameters and k in MODEL_KEYS)  # from model=<built-in>
     if dropped:
         log.warning("model %s does not take %s from the selected model preset; ignored", target, dropped)
     for key in kwargs:

@@ -129,8 +129,8 @@ def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path) -> 
         "replicas": model.distribute_strategy.num_replicas_in_sync,
     }
     if files.diverged_at is not None:
-        names = ", ".join(files.nonfinite)
-        message = f"{names} {'is' if len(files.nonfinite) == 1 else 'are'} NaN or inf"
+        first, *rest = files.nonfinite
+        message = f"{first} is NaN or inf" + (f" (and {', '.join(rest)})" if rest else "")
         result.update(status="diverged", error={"type": "Divergence", "message": message, "epoch": files.diverged_at})
     return result
 
