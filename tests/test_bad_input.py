@@ -20,14 +20,29 @@ TINY = ["data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1"]
 
 # (overrides, message the job records) - each fails before the first epoch
 BEFORE_TRAINING = {
-    "unknown_layer": (["layer=rnn"], "model 'minimal_rnn_model' has no layer named 'rnn'; its layers: ['inputs', 'minimalrnn', 'minimal_rnn_cell', 'head']"),
-    "fraction_out_of_range": (["rule=taylor_prune", "rule.fraction=1.5"], "taylor_prune: fraction=1.5 is out of range; valid: (0.0, 1.0)"),
+    "unknown_layer": (
+        ["layer=rnn"],
+        "model 'minimal_rnn_model' has no layer named 'rnn'; its layers: ['inputs', 'minimalrnn', 'minimal_rnn_cell', 'head']",
+    ),
+    "fraction_out_of_range": (
+        ["rule=taylor_prune", "rule.fraction=1.5"],
+        "taylor_prune: fraction=1.5 is out of range; valid: (0.0, 1.0)",
+    ),
     "negative_epochs": (["trainer.epochs=-1"], "trainer.epochs=-1 must be an integer >= 1"),
     "negative_start_epoch": (["rule=none", "rule.start_epoch=-2"], "none: start_epoch=-2 must be >= 0"),
-    "min_active_above_units": (["rule=taylor_prune", "rule.min_active=9"], "taylor_prune: min_active=9 exceeds the 4 units of layer 'minimalrnn'; valid: 1..4"),
+    "min_active_above_units": (
+        ["rule=taylor_prune", "rule.min_active=9"],
+        "taylor_prune: min_active=9 exceeds the 4 units of layer 'minimalrnn'; valid: 1..4",
+    ),
     "data_does_not_fit": (["data=sunspots", "data.window=400"], "window=400 and horizon=1 leave 0 windows of 309 values"),
-    "through_time_on_dense": (["layer=head"], "through_time=True needs a recurrent layer (keras.layers.RNN, SimpleRNN, GRU, LSTM); layer 'head' is a Dense"),
-    "rule_not_a_rule": (["rule._target_=collections.OrderedDict"], "rule._target_='collections.OrderedDict' is not an adaptgrad.AdaptationRule subclass"),
+    "through_time_on_dense": (
+        ["layer=head"],
+        "through_time=True needs a recurrent layer (keras.layers.RNN, SimpleRNN, GRU, LSTM); layer 'head' is a Dense",
+    ),
+    "rule_not_a_rule": (
+        ["rule._target_=collections.OrderedDict"],
+        "rule._target_='collections.OrderedDict' is not an adaptgrad.AdaptationRule subclass",
+    ),
     "rule_not_importable": (["rule._target_=no_such_module.Rule"], "rule._target_='no_such_module.Rule' cannot be imported"),
 }
 
@@ -41,9 +56,13 @@ def test_bad_input_fails_before_training_with_a_clear_message(case, tmp_path):
     assert "\n" not in result["error"]["message"]  # one line, no traceback
 
 
-@pytest.mark.parametrize("override,valid", [("model=rnn", "minimal_rnn"), ("data=mnist", "sunspots"), ("rule=prune", "taylor_prune")])
+@pytest.mark.parametrize(
+    "override,valid", [("model=rnn", "minimal_rnn"), ("data=mnist", "sunspots"), ("rule=prune", "taylor_prune")]
+)
 def test_unknown_group_option_lists_the_valid_ones(override, valid):
-    with pytest.raises(MissingConfigException, match=rf"(?s)Could not find '{override.replace('=', '/')}'.*Available options.*{valid}"):
+    with pytest.raises(
+        MissingConfigException, match=rf"(?s)Could not find '{override.replace('=', '/')}'.*Available options.*{valid}"
+    ):
         compose([override])
 
 
@@ -105,9 +124,15 @@ CHECKED_UP_FRONT = {
         ["trainer.distribution=mirrored", "trainer.cpu_devices=3", "trainer.batch_size=2"],
         "trainer.batch_size=2 does not split evenly over trainer.cpu_devices=3 replicas; use a multiple of 3",
     ),
-    "model_target_not_importable": (["model._target_=no_such_module.build"], "model._target_='no_such_module.build' cannot be imported"),
+    "model_target_not_importable": (
+        ["model._target_=no_such_module.build"],
+        "model._target_='no_such_module.build' cannot be imported",
+    ),
     "layer_twice": (["layer=[minimalrnn,minimalrnn]"], "layer=['minimalrnn', 'minimalrnn'] names a layer twice"),
-    "fraction_out_of_range": (["rule=taylor_prune", "rule.fraction=1.5"], "taylor_prune: fraction=1.5 is out of range; valid: (0.0, 1.0)"),
+    "fraction_out_of_range": (
+        ["rule=taylor_prune", "rule.fraction=1.5"],
+        "taylor_prune: fraction=1.5 is out of range; valid: (0.0, 1.0)",
+    ),
     "data_does_not_fit": (["data=sunspots", "data.window=400"], "window=400 and horizon=1 leave 0 windows of 309 values"),
 }
 
@@ -146,10 +171,16 @@ def test_integer_learning_rate_is_taken_as_a_float():
     [
         ("trainer.epoch=3", "trainer.epoch is not a key of the config; did you mean 'trainer.epochs'?"),
         ("model.unitz=3", "model.unitz is not a key of the config; did you mean 'model.units'?"),
-        ("model=gruu", "Could not find 'model/gruu'; valid model options: gru, lstm, minimal_rnn, simple_rnn; did you mean 'gru'?"),
+        (
+            "model=gruu",
+            "Could not find 'model/gruu'; valid model options: gru, lstm, minimal_rnn, simple_rnn; did you mean 'gru'?",
+        ),
         ("rule=taylor_prun", "did you mean 'taylor_prune'?"),
         ("experiment=questoin", "Could not find 'experiment/questoin'; valid experiment options: question, "),
-        ("hparams_search=optuma", "Could not find 'hparams_search/optuma'; valid hparams_search options: optuna; did you mean 'optuna'?"),
+        (
+            "hparams_search=optuma",
+            "Could not find 'hparams_search/optuma'; valid hparams_search options: optuna; did you mean 'optuna'?",
+        ),
     ],
 )
 def test_misspelt_keys_and_options_get_a_did_you_mean(override, message):
@@ -163,8 +194,9 @@ def test_misspelt_experiment_is_an_error_everywhere():
 
 
 def invoke(monkeypatch, *args: str) -> int:
-    """``adaptgrad ARGS`` in this process; its exit code."""
-    monkeypatch.setattr(sys, "argv", ["adaptgrad", *args])
+    """``adaptgrad ARGS`` in this process; its exit code. Hydra's logging setup is off: it would
+    close pytest's log handlers."""
+    monkeypatch.setattr(sys, "argv", ["adaptgrad", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
     try:
         main()
     except SystemExit as exit:
@@ -184,7 +216,10 @@ def test_cli_sweep_with_one_bad_point_trains_nothing(tmp_path, monkeypatch, caps
     code = invoke(monkeypatch, "-m", *TINY, "rule=taylor_prune", "rule.fraction=0.1,1.5", "seed=0,1", f"hydra.sweep.dir={sweep}")
     err = capsys.readouterr().err
     assert code == 2 and not sweep.exists()
-    assert "error: job 2 (data=toy model.units=4 trainer.epochs=2 trainer.batch_size=1 rule=taylor_prune rule.fraction=1.5 seed=0)" in err
+    assert (
+        "error: job 2 (data=toy model.units=4 trainer.epochs=2 trainer.batch_size=1 rule=taylor_prune rule.fraction=1.5 seed=0)"
+        in err
+    )
     assert "taylor_prune: fraction=1.5 is out of range; valid: (0.0, 1.0)" in err
     assert "error: 2 of 4 jobs cannot run; no job was started" in err
 
@@ -209,4 +244,6 @@ def test_empty_training_set_and_zero_time_steps_are_refused(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     for target, message in (("empty", "has no training examples"), ("no_steps", "has sequences of 0 time steps")):
         (point,) = check_invocation(["data=toy", f"data._target_=my_data.{target}"], multirun=False)
-        assert point.error == f"data 'my_data.{target}' {message}" + ("; a recurrent layer needs at least 1" if target == "no_steps" else "")
+        assert point.error == f"data 'my_data.{target}' {message}" + (
+            "; a recurrent layer needs at least 1" if target == "no_steps" else ""
+        )
