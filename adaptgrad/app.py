@@ -23,6 +23,8 @@ import importlib.util
 import json
 import logging
 import sys
+import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -114,8 +116,34 @@ def _find(module: str) -> Any:
         return None
 
 
+MAIN_PID_ENV = "ADAPTGRAD_MAIN_PID"
+"""Environment variable holding the pid of the ``adaptgrad`` process that launched the jobs."""
+_watching: list[threading.Thread] = []
+
+
+def stop_with_parent(poll: float = 1.0) -> None:
+    """In a worker process that the ``adaptgrad`` command started (joblib's loky workers,
+    ``submitit_local``'s jobs), exit as soon as that command's process is gone (killed), instead
+    of training on unsupervised. The job is left as a killed job is: ``running``, with its
+    checkpoints, and resumes when the sweep is rerun. Elsewhere (the command's own process, Slurm
+    or Ray workers) nothing happens."""
+    parent = int(os.environ.get(MAIN_PID_ENV, "0"))
+    if _watching or not parent or os.getpid() == parent or os.getppid() != parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        log.error("the adaptgrad process %d that started this worker is gone; stopping (rerun the sweep to resume)", parent)
+        os._exit(1)
+
+    _watching.append(threading.Thread(target=watch, name="adaptgrad-stop-with-parent", daemon=True))
+    _watching[0].start()
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float:
+    stop_with_parent()
     from adaptgrad.run import run, summary_table  # TensorFlow loads only if the job trains
 
     hydra_cfg = HydraConfig.get()
@@ -210,6 +238,7 @@ def main() -> None:
         raise SystemExit(2)
     register_experiments()
     _failed_jobs.clear()
+    os.environ[MAIN_PID_ENV] = str(os.getpid())
     code = preflight(sys.argv)
     if code:
         _locks.close()

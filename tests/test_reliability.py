@@ -359,3 +359,23 @@ def test_a_completed_job_is_skipped_without_importing_tensorflow(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["skipped", "False"], proc.stderr[-2000:]
+
+
+def test_a_worker_stops_when_the_adaptgrad_process_that_started_it_is_killed(tmp_path):
+    # the adaptgrad process (here a stand-in) starts a worker, as joblib's loky does, then is SIGKILLed
+    worker = "from adaptgrad.app import stop_with_parent\nstop_with_parent(0.05)\nprint('watching', flush=True)\nimport time\ntime.sleep(120)\n"
+    parent = (
+        "import os, signal, subprocess, sys\n"
+        "os.environ['ADAPTGRAD_MAIN_PID'] = str(os.getpid())\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline().strip() == 'watching'\n"
+        "print(child.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    status = Path(f"/proc/{int(proc.stdout.strip())}/status")
+    deadline = time.monotonic() + 30
+    while status.exists() and "zombie" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not status.exists() or "zombie" in status.read_text(), "the worker trains on without its parent"
