@@ -210,7 +210,7 @@ def preflight(argv: list[str]) -> int:
     argv.extend(pin)
     if not points:
         return 0
-    own = Path(points[0].directory if not multirun else points[0].directory.parent)  # the run's or the sweep's dir
+    own = points[0].root  # the run's or the sweep's dir
     try:
         _locks.enter_context(lock(own))
     except (Busy, OSError) as error:

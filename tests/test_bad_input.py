@@ -8,6 +8,7 @@ import sys
 import pandas as pd
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from adaptgrad.app import main, missing_launcher
 from adaptgrad.config import compose, prepare
@@ -247,3 +248,15 @@ def test_empty_training_set_and_zero_time_steps_are_refused(tmp_path, monkeypatc
         assert point.error == f"data 'my_data.{target}' {message}" + (
             "; a recurrent layer needs at least 1" if target == "no_steps" else ""
         )
+
+
+def test_checked_jobs_are_the_jobs_hydra_runs(tmp_path):
+    """Each job's config as checked up front is the config the job gets, and its dir the job's dir."""
+    sweep = ["rule=none,taylor_prune", "seed=0,1", "model.units=2,3", "data=toy"]
+    subdir = "hydra.sweep.subdir=${hydra.job.override_dirname}"
+    points = check_invocation([*sweep, f"hydra.sweep.dir={tmp_path}", subdir], multirun=True)
+    assert len(points) == 8 and all(p.error is None for p in points)
+    for point in points:
+        task = [o for o in point.overrides if not o.startswith("hydra")]
+        assert point.config_text == OmegaConf.to_yaml(compose(task), resolve=True)
+        assert point.directory == tmp_path / ",".join(sorted(task)) and point.root == tmp_path  # Hydra sorts them
