@@ -62,7 +62,10 @@ class Hooks:
 
     @property
     def in_use(self) -> bool:
-        return any(slot is not None for slot in (self.output_probe, self.time_probe, self.output_mask, self.cell_mask))
+        return any(
+            slot is not None
+            for slot in (self.output_probe, self.time_probe, self.output_mask, self.cell_mask)
+        )
 
     def uninstall(self) -> None:
         """Restore the layer's own methods (only once no slot is in use)."""
@@ -160,7 +163,9 @@ def through_time_loop(
     units = hidden_units(layer)
     anchor = next((w for w in cell.trainable_weights), None)
     if anchor is None:
-        raise ValueError(f"through-time capture on layer {layer.name!r} needs a trainable weight in its cell")
+        raise ValueError(
+            f"through-time capture on layer {layer.name!r} needs a trainable weight in its cell"
+        )
     time_major = tf.transpose(sequences, [1, 0, *range(2, len(sequences.shape))])
     kept = None
     if mask is not None:

@@ -51,7 +51,9 @@ class _Accumulators:
             self.count = variable((), "count")
         self.units = units
 
-    def update(self, h: tf.Tensor, g: tf.Tensor, loss_scale: tf.Tensor | None, kept: tf.Tensor | None = None) -> tf.Operation:
+    def update(
+        self, h: tf.Tensor, g: tf.Tensor, loss_scale: tf.Tensor | None, kept: tf.Tensor | None = None
+    ) -> tf.Operation:
         """Add one batch's reductions of H and G (same shape, units on the last axis); ``kept``
         (0/1, H's shape without the units) leaves out the positions that are 0 there."""
         h = tf.cast(h, tf.float32)

@@ -51,7 +51,9 @@ class MinimalRNNCell(keras.layers.Layer):
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer=self.kernel_initializer, name="kernel")
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), initializer=self.kernel_initializer, name="kernel"
+        )
         self.recurrent_kernel = self.add_weight(
             shape=(self.units, self.units),
             initializer=self.recurrent_initializer,

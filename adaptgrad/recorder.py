@@ -89,12 +89,8 @@ class JobFiles(keras.callbacks.Callback):
         shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and not k.startswith("active_units"))
         log.info(
             "epoch %d/%d  %s  active=%d/%d  (%.2fs)",
-            epoch + 1,
-            self.epochs,
-            shown,
-            sum(int(a.units.active.sum()) for a in self.adapts),
-            sum(a.units.size for a in self.adapts),
-            time.perf_counter() - self._started,
+            epoch + 1, self.epochs, shown, sum(int(a.units.active.sum()) for a in self.adapts),
+            sum(a.units.size for a in self.adapts), time.perf_counter() - self._started,
         )
         self.nonfinite = [k for k, v in row.items() if not math.isfinite(v)]
         if self.nonfinite:  # any loss or metric

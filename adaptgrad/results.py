@@ -130,11 +130,15 @@ class Results:
         config = self.runs[list(self.config_columns)]
         config = config[config.notna().any(axis=1)]
         varying = [
-            column for column in self.config_columns if not _is_replicate_key(column) and config[column].nunique(dropna=False) > 1
+            column
+            for column in self.config_columns
+            if not _is_replicate_key(column) and config[column].nunique(dropna=False) > 1
         ]
         return [column for column in varying if not _follows_target(config, column, varying)]
 
-    def summary(self, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
+    def summary(
+        self, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Mean and sample standard deviation of final metrics over the ok runs of each group.
 
         Args:
@@ -256,7 +260,8 @@ def _natural_key(run_id: str) -> tuple[tuple[tuple[int | str, ...], ...], str]:
     such as ``"01"``/``"1"``.
     """
     parts = tuple(
-        tuple(int(chunk) if i % 2 else chunk for i, chunk in enumerate(re.split(r"([0-9]+)", part))) for part in run_id.split("/")
+        tuple(int(chunk) if i % 2 else chunk for i, chunk in enumerate(re.split(r"([0-9]+)", part)))
+        for part in run_id.split("/")
     )
     return parts, run_id
 
@@ -413,7 +418,9 @@ def _actions_table(path: Path) -> pd.DataFrame:
     return actions.astype({c: t for c, t in ACTIONS_COLUMNS.items() if c in actions.columns})
 
 
-def _read_table(path: Path, run_id: str, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame | None:
+def _read_table(
+    path: Path, run_id: str, reader: Callable[[Path], pd.DataFrame]
+) -> pd.DataFrame | None:
     """``reader(path)`` with a leading ``run_id`` column; ``None`` if absent or unreadable."""
     if not path.is_file():
         return None
@@ -548,9 +555,7 @@ def _plot(results: Results, by: Sequence[str], directory: Path) -> list[Path]:
             axes.set_title(f"{facet}={name}" if facet else f"{metric}: mean ± std over seeds")
         axes_list[0].set_ylabel(f"{metric} (mean ± std over seeds)")
         handles, labels_ = axes_list[0].get_legend_handles_labels()
-        figure.legend(
-            handles, labels_, fontsize="small", loc="lower center", ncol=min(4, len(labels_)), bbox_to_anchor=(0.5, -0.02)
-        )
+        figure.legend(handles, labels_, fontsize="small", loc="lower center", ncol=min(4, len(labels_)), bbox_to_anchor=(0.5, -0.02))
         figure.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels_) // 4), 1, 1))
         directory.mkdir(parents=True, exist_ok=True)
         figure.savefig(directory / filename, dpi=100, bbox_inches="tight")
@@ -583,9 +588,15 @@ def _parser() -> argparse.ArgumentParser:
         "config keys that vary between runs. Jobs that are not ok are listed on stderr.",
     )
     parser.add_argument("path", help="a sweep dir, a run dir, or any directory above them")
-    parser.add_argument("--format", choices=("markdown", "csv", "parquet"), default="markdown", help="output format")
-    parser.add_argument("--output", type=Path, metavar="FILE", help="write the table to FILE (needed for parquet)")
-    parser.add_argument("--plot", type=Path, metavar="DIR", help="write val_loss.png and active_units.png into DIR")
+    parser.add_argument(
+        "--format", choices=("markdown", "csv", "parquet"), default="markdown", help="output format"
+    )
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE", help="write the table to FILE (needed for parquet)"
+    )
+    parser.add_argument(
+        "--plot", type=Path, metavar="DIR", help="write val_loss.png and active_units.png into DIR"
+    )
     parser.add_argument(
         "--metric",
         nargs="+",

@@ -90,12 +90,7 @@ class AdaptationRule:
 
     def get_config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this rule (subclasses add theirs)."""
-        return {
-            "start_epoch": self.start_epoch,
-            "every": self.every,
-            "stop_epoch": self.stop_epoch,
-            "min_active": self.min_active,
-        }
+        return {"start_epoch": self.start_epoch, "every": self.every, "stop_epoch": self.stop_epoch, "min_active": self.min_active}
 
     def get_state(self) -> dict[str, Any]:
         """State carried across epochs (e.g. an EMA of scores), as plain values; default none."""
