@@ -87,10 +87,14 @@ def _watch(model: keras.Model, layer: keras.layers.Layer, job: Job) -> GradientW
 
 
 def _save_model(model: keras.Model, adapts: list[Adapt], directory: Path) -> None:
-    """``model.keras``: the adapted model without the watches, written atomically."""
+    """``model.keras``: the adapted model without the watches, written atomically. A model Keras
+    cannot save is logged, not a failure of the job (its tables are complete)."""
     for adapt in adapts:
         adapt.watch.remove()
-    write_atomic(directory / "model.keras", lambda temp: model.save(temp))
+    try:
+        write_atomic(directory / "model.keras", lambda temp: model.save(temp))
+    except Exception as error:  # noqa: BLE001
+        log.warning("model.keras not written: %s: %s", type(error).__name__, error)
 
 
 def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path) -> dict[str, Any]:
