@@ -39,6 +39,11 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int =
     )
 
 
+def on_path(directory: Path) -> dict[str, str]:
+    """The environment that puts ``directory`` (a user's modules) on the path, before adaptgrad's."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))}
+
+
 def test_every_group_has_its_options():
     assert GROUPS["model"] == ["gru", "lstm", "minimal_rnn", "simple_rnn"]
     assert GROUPS["data"] == ["adding", "copy_memory", "digits", "sunspots", "toy"]
@@ -122,7 +127,7 @@ def test_cli_user_rule_through_own_config_folder(tmp_path):
         *TINY,
         f"hydra.run.dir={tmp_path / 'out'}",
         cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path)},
+        env=on_path(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     actions = collect(tmp_path / "out").actions

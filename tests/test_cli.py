@@ -4,7 +4,6 @@ case has a faster in-process twin (named in its docstring)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,14 +13,9 @@ from test_reliability import DATA, HUGE, TINY, snapshot
 from adaptgrad.results import collect
 from adaptgrad.results import main as results_main
 
-from test_app import cli, own_model
+from test_app import cli, on_path, own_model
 
 pytestmark = pytest.mark.slow
-
-
-def on_path(directory: Path) -> dict[str, str]:
-    """The environment that puts ``directory`` (a user's modules) on the path, before adaptgrad's."""
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))}
 
 
 def test_own_model_two_layers_gating_rule_then_skipped(tmp_path):

@@ -23,7 +23,7 @@ from adaptgrad.config import compose
 from adaptgrad.results import collect
 from adaptgrad.run import run, summary_table
 
-from test_app import cli
+from test_app import cli, on_path
 
 TABLES = ("history.csv", "units.parquet", "actions.csv")
 # a small real task where the rule acts every epoch (re-initialising units draws random weights)
@@ -154,7 +154,7 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
         "trainer.batch_size=1",
         f"hydra.sweep.dir={sweep}",
     ]
-    first = cli(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    first = cli(*args, cwd=tmp_path, env=on_path(tmp_path))
     assert first.returncode == 1, first.stderr[-3000:]
     assert "6 ran, 0 resumed, 0 skipped (completed earlier), 2 did not complete" in first.stdout
     assert "failed: this rule is broken on purpose" in first.stderr and "diverged: loss is NaN or inf" in first.stderr
@@ -167,7 +167,7 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
         p: p.read_bytes() for p in sweep.rglob("*.csv") if json.loads((p.parent / "result.json").read_text())["status"] == "ok"
     }
 
-    second = cli(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    second = cli(*args, cwd=tmp_path, env=on_path(tmp_path))
     assert second.returncode == 1
     assert "2 ran, 0 resumed, 4 skipped (completed earlier), 2 did not complete" in second.stdout
     assert all(p.read_bytes() == content for p, content in ok_files.items())
