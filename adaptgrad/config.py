@@ -255,9 +255,10 @@ def check_optimizer(optimizer: dict[str, Any]) -> dict[str, Any]:
 
 
 def _layers(value: Any) -> tuple[str, ...]:
-    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    """``layer`` as a tuple of names (empty: null, every recurrent layer)."""
     if value is None:
         return ()
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
     if not names or not all(isinstance(name, str) and name for name in names):
         raise ValueError(f"layer={value!r} must be null, a layer name or a list of layer names")
     if len(set(names)) != len(names):
