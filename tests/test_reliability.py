@@ -21,6 +21,7 @@ from test_bad_input import invoke
 from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import compose
 from adaptgrad.results import collect
+from adaptgrad.results import main as results_main
 from adaptgrad.run import run, summary_table
 
 from test_app import cli, on_path
@@ -321,6 +322,7 @@ def test_infinite_loss_stays_numeric_in_files_tables_and_console(tmp_path, monke
     runs = collect(tmp_path).runs
     assert pd.api.types.is_float_dtype(runs["final.loss"]) and runs["final.loss"].iloc[0] == float("inf")
     assert "| loss          | inf |" in summary_table(result, tmp_path / "job")
+    assert results_main([str(tmp_path), "--format", "csv"]) == 0  # adaptgrad-results reads it too
     again = run(compose(HUGE), tmp_path / "job")
     assert again["status"] == "diverged" and summary_table(again, tmp_path / "job")  # a rerun prints, no crash
 
