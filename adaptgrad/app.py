@@ -18,10 +18,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info lines
 
+import contextlib
 import importlib.util
 import json
 import logging
 import sys
+import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -29,10 +32,13 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from adaptgrad.config import CONF_DIR, INVOCATION_ENV, register_experiments
+from adaptgrad.jobdir import Busy, lock, plan, refusal
+from adaptgrad.preflight import check_invocation, pinned_dir
 
 log = logging.getLogger("adaptgrad")
 
@@ -88,7 +94,6 @@ def _error_message(job_dir: Path) -> str:
     return str((result.get("error") or {}).get("message", ""))
 
 
-
 def missing_launcher(argv: list[str]) -> str | None:
     """A clear message if ``hydra/launcher=NAME`` names a launcher whose plugin is not installed."""
     for arg in argv:
@@ -111,9 +116,35 @@ def _find(module: str) -> Any:
         return None
 
 
+MAIN_PID_ENV = "ADAPTGRAD_MAIN_PID"
+"""Environment variable holding the pid of the ``adaptgrad`` process that launched the jobs."""
+_watching: list[threading.Thread] = []
+
+
+def stop_with_parent(poll: float = 1.0) -> None:
+    """In a worker process that the ``adaptgrad`` command started (joblib's loky workers,
+    ``submitit_local``'s jobs), exit as soon as that command's process is gone (killed), instead
+    of training on unsupervised. The job is left as a killed job is: ``running``, with its
+    checkpoints, and resumes when the sweep is rerun. Elsewhere (the command's own process, Slurm
+    or Ray workers) nothing happens."""
+    parent = int(os.environ.get(MAIN_PID_ENV, "0"))
+    if _watching or not parent or os.getpid() == parent or os.getppid() != parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        log.error("the adaptgrad process %d that started this worker is gone; stopping (rerun the sweep to resume)", parent)
+        os._exit(1)
+
+    _watching.append(threading.Thread(target=watch, name="adaptgrad-stop-with-parent", daemon=True))
+    _watching[0].start()
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float:
-    from adaptgrad.run import run, summary_table  # TensorFlow loads in the process that trains
+    stop_with_parent()
+    from adaptgrad.run import run, summary_table  # TensorFlow loads only if the job trains
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -130,6 +161,75 @@ def _app(cfg: DictConfig) -> float:
     return float(result.get("final", {}).get("val_loss", float("nan")))
 
 
+_locks = contextlib.ExitStack()
+
+
+def preflight(argv: list[str]) -> int:
+    """Check every job of the invocation before Hydra starts any (see :mod:`adaptgrad.preflight`):
+    print one line per bad job and return the exit code (0: go on). Pins a time-dependent output
+    dir in ``argv`` and takes the lock of the run's (or the sweep's) dir, held until the process
+    ends, so that no other ``adaptgrad`` writes there meanwhile; a job dir that holds another
+    config's run is refused before Hydra writes anything into it."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv[1:])
+    except SystemExit:
+        return 0  # Hydra reports it
+    if any(
+        getattr(args, name, None)
+        for name in (
+            "help",
+            "hydra_help",
+            "version",
+            "cfg",
+            "info",
+            "shell_completion",
+            "config_path",
+            "config_name",
+            "config_dir",
+            "experimental_rerun",
+        )
+    ):
+        return 0
+    multirun = bool(args.multirun)
+    try:
+        pin = pinned_dir(args.overrides, multirun=multirun)
+        points = check_invocation(args.overrides, multirun=multirun, pin=pin)
+    except OverrideParseException:
+        return 0  # Hydra reports it with the grammar's hint
+    bad = [p for p in points if p.error]
+    for point in bad[:10]:
+        shown = " ".join(o for o in point.overrides if not o.startswith("hydra"))
+        where = f"job {point.number} ({shown}): " if multirun else ""
+        print(f"error: {where}{point.error}", file=sys.stderr)
+    if bad:
+        if multirun:
+            print(f"error: {len(bad)} of {len(points)} jobs cannot run; no job was started", file=sys.stderr)
+        return 2
+    argv.extend(pin)
+    if not points:
+        return 0
+    own = points[0].root  # the run's or the sweep's dir
+    try:
+        _locks.enter_context(lock(own))
+    except (Busy, OSError) as error:
+        print(
+            f"error: {error}" if isinstance(error, Busy) else f"error: cannot use {own}: {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return 1
+    refused = [p for p in points if p.directory is not None and plan(p.directory, p.config_text) == "refuse"]
+    for point in refused:
+        print(f"error: {refusal(point.directory)}", file=sys.stderr)
+    if refused and multirun:
+        print(
+            f"sweep {own}: 0 ran, 0 resumed, 0 skipped (completed earlier), {len(refused)} refused; nothing was written",
+            flush=True,
+        )
+    return 1 if refused else 0
+
+
 def main() -> None:
     """Console-script entry point (``adaptgrad`` and ``python -m adaptgrad``)."""
     message = missing_launcher(sys.argv[1:])
@@ -137,7 +237,16 @@ def main() -> None:
         print(message, file=sys.stderr)
         raise SystemExit(2)
     register_experiments()
-    _app()
+    _failed_jobs.clear()
+    os.environ[MAIN_PID_ENV] = str(os.getpid())
+    code = preflight(sys.argv)
+    if code:
+        _locks.close()
+        raise SystemExit(code)
+    try:
+        _app()
+    finally:
+        _locks.close()
     if _failed_jobs:
         print(f"{len(_failed_jobs)} job(s) did not complete:", file=sys.stderr)
         for line in _failed_jobs:

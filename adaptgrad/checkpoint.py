@@ -3,15 +3,16 @@
 Example:
     >>> import tempfile, pathlib
     >>> from adaptgrad.checkpoint import Checkpoints
-    >>> store = Checkpoints(pathlib.Path(tempfile.mkdtemp()))
+    >>> store = Checkpoints(pathlib.Path(tempfile.mkdtemp()), digest="abc")
     >>> store.save(0, {"weights": [1.0, 2.0]})
     >>> store.latest()
     (0, {'weights': [1.0, 2.0]})
 
 A checkpoint is one file ``epoch-NNNN.ckpt``: a SHA-256 digest followed by the pickled state
-(model weights, optimizer variables, gates and scales, rule state, the rows of the job's tables).
-It is written atomically; the newest two are kept. A file whose digest does not match, or that
-cannot be read, is skipped with a warning and the one before it is used (or none: a fresh start).
+(model weights, optimizer variables, gates and scales, rule state, the rows of the job's tables)
+and the digest of the config that wrote it. It is written atomically; the newest two are kept. A
+file whose checksum does not match, that cannot be read, or that another config wrote is skipped
+with a warning and the one before it is used (or none: a fresh start).
 """
 
 from __future__ import annotations
@@ -23,17 +24,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from adaptgrad.recorder import write_atomic
+from adaptgrad.atomic import write_atomic
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.ckpt$")
 KEEP = 2
 
 
-class Checkpoints:
-    """The checkpoints in one directory (created on the first save)."""
+def config_digest(config_text: str) -> str:
+    """The digest that identifies a resolved config (its YAML text) in checkpoints."""
+    return hashlib.sha256(config_text.encode("utf-8")).hexdigest()
 
-    def __init__(self, directory: Path) -> None:
+
+class Checkpoints:
+    """The checkpoints in one directory (created on the first save) of the config whose digest
+    is ``digest`` (:func:`config_digest`)."""
+
+    def __init__(self, directory: Path, *, digest: str) -> None:
         self.directory = Path(directory)
+        self.digest = digest
 
     def _files(self) -> list[tuple[int, Path]]:
         if not self.directory.is_dir():
@@ -43,7 +51,7 @@ class Checkpoints:
 
     def save(self, epoch: int, state: dict[str, Any]) -> None:
         """Store ``state`` as the checkpoint after ``epoch`` and drop all but the newest two."""
-        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps({"config_digest": self.digest, "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
         blob = hashlib.sha256(payload).digest() + payload
         write_atomic(self.directory / f"epoch-{epoch:04d}.ckpt", lambda temp: temp.write_bytes(blob))
         for _, old in self._files()[KEEP:]:
@@ -57,9 +65,12 @@ class Checkpoints:
                 digest, payload = blob[:32], blob[32:]
                 if hashlib.sha256(payload).digest() != digest:
                     raise ValueError("checksum mismatch")
-                return epoch, pickle.loads(payload)
+                saved = pickle.loads(payload)
+                if not isinstance(saved, dict) or saved.get("config_digest") != self.digest:
+                    raise ValueError("written by another config")
+                return epoch, saved["state"]
             except Exception as error:  # noqa: BLE001 - any unreadable file is skipped the same way
-                warnings.warn(f"ignoring corrupt checkpoint {path}: {error}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"ignoring checkpoint {path}: {error}", RuntimeWarning, stacklevel=2)
         return None
 
     def clear(self) -> None:

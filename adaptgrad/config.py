@@ -1,22 +1,27 @@
 """From a Hydra config to plain objects: everything a job needs, validated before training.
 
 Example:
-    >>> from adaptgrad.config import compose, prepare
-    >>> job = prepare(compose(["data=toy", "rule=taylor_prune", "rule.fraction=0.5"]), "taylor_prune")
-    >>> job.rule, job.trainer.epochs, job.dataset.input_shape
-    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.5, max_sparsity=0.5), 20, (5, 1))
+    >>> from adaptgrad.config import compose, check
+    >>> spec = check(compose(["data=toy", "rule=taylor_prune", "rule.fraction=0.5"]), "taylor_prune")
+    >>> spec.rule, spec.trainer.epochs, spec.layers
+    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.5, max_sparsity=0.5), 20, ())
 
-The config folder ``conf/`` and the ``experiments/`` presets ship inside the package
-(``adaptgrad/conf``, ``adaptgrad/experiments``) and are read from the checkout when it is one.
+:func:`check` needs no TensorFlow (the app runs it on every sweep point before any job starts);
+:func:`prepare` adds what needs it (the data, the optimizer, the seeded runtime). The config folder
+``conf/`` and the ``experiments/`` presets ship inside the package (``adaptgrad/conf``,
+``adaptgrad/experiments``) and are read from the checkout when it is one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
+import importlib.util
 import inspect
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +29,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from adaptgrad.checkpoint import config_digest
 from adaptgrad.data import Dataset
+from adaptgrad.models import CELLS, MODEL_KEYS
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
 
 if TYPE_CHECKING:
@@ -34,6 +41,9 @@ log = logging.getLogger("adaptgrad")
 
 INVOCATION_ENV = "ADAPTGRAD_INVOCATION"
 """Environment variable naming the current ``adaptgrad`` invocation, set by the sweep report."""
+
+TOP_KEYS = ("model", "data", "rule", "optimizer", "trainer", "seed", "layer", "through_time")
+"""The keys of a job's config."""
 
 
 def _shipped(name: str) -> Path:
@@ -46,6 +56,35 @@ CONF_DIR = _shipped("conf")
 """The config folder: ``config.yaml`` and one folder per config group."""
 EXPERIMENTS_DIR = _shipped("experiments")
 """The ``experiment=NAME`` presets."""
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``options`` to ``name``, or ``""``.
+
+    Example:
+        >>> did_you_mean("epoch", ["epochs", "batch_size"])
+        "; did you mean 'epochs'?"
+    """
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise a ValueError naming the first key of ``given`` not in ``valid``, with the valid ones."""
+    valid = list(valid)
+    for key in given:
+        if key not in valid:
+            raise ValueError(
+                f"{where}{key} is not a key of {where.rstrip('.') or 'the config'}; valid: {', '.join(valid)}{did_you_mean(key, valid)}"
+            )
+
+
+def _integer(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be {'null or ' if optional else ''}an integer >= {minimum}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,32 +104,53 @@ class Trainer:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"trainer.{name}={value!r} must be an integer >= 1")
+            _integer(f"trainer.{name}", getattr(self, name))
+        for name in ("jit_compile", "shuffle", "mixed_precision", "checkpoint"):
+            _boolean(f"trainer.{name}", getattr(self, name))
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"trainer.distribution={self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
         for name in ("cpu_devices", "threads"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"trainer.{name}={value!r} must be null or an integer >= 1")
+            _integer(f"trainer.{name}", getattr(self, name), optional=True)
+        if self.distribution == "mirrored" and self.cpu_devices and self.batch_size % self.cpu_devices:
+            raise ValueError(
+                f"trainer.batch_size={self.batch_size} does not split evenly over trainer.cpu_devices={self.cpu_devices} "
+                f"replicas; use a multiple of {self.cpu_devices}"
+            )
 
 
 DISTRIBUTIONS = ("none", "mirrored")
 
 
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be true or false")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
-class Job:
-    """Everything one run needs, as plain objects (no Hydra config below this point)."""
+class Spec:
+    """A job's config as plain, validated objects that need no TensorFlow.
+
+    ``layers`` empty means every recurrent layer of the model; ``model`` is the model config
+    (a built-in ``cell`` or a ``_target_`` function and its keywords); ``digest`` identifies the
+    resolved config (checkpoints record it)."""
 
     seed: int
-    layer: str | None
+    layers: tuple[str, ...]
     through_time: bool
-    dataset: Dataset
     model: dict[str, Any]
     rule: AdaptationRule
-    optimizer: Callable[[], keras.optimizers.Optimizer]
+    optimizer: dict[str, Any]
     trainer: Trainer
+    digest: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Job(Spec):
+    """Everything one run needs, as plain objects (no Hydra config below this point)."""
+
+    dataset: Dataset
+    make_optimizer: Callable[[], keras.optimizers.Optimizer]
 
 
 def register_experiments() -> None:
@@ -125,25 +185,30 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
     if not (isinstance(cls, type) and issubclass(cls, AdaptationRule)):
         raise ValueError(f"rule._target_={target!r} is not an adaptgrad.AdaptationRule subclass")
     kwargs = {k: v for k, v in OmegaConf.to_container(rule_cfg, resolve=True).items() if k != "_target_"}
+    accepted = _keyword_names(cls)
     preset_cls = REGISTRY.get(preset or "")
     if preset_cls is not None and preset_cls is not cls:
-        accepted = _keyword_names(cls)
         dropped = sorted(k for k in kwargs if k not in accepted)
         if dropped:
             log.warning("rule %s does not take %s from preset rule=%s; ignored", cls.__name__, dropped, preset)
             kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    if accepted is not None:
+        _unknown_keys("rule.", kwargs, sorted(accepted))
     try:
         return cls(**kwargs)
     except TypeError as error:
         raise ValueError(f"rule {cls.__name__} rejected its arguments {kwargs}: {error}") from error
 
 
-def _keyword_names(cls: type) -> set[str]:
-    """Keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to AdaptationRule."""
+def _keyword_names(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to AdaptationRule
+    (None: any, when a class outside it takes ``**kwargs``)."""
     names: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
+        if klass is object:
+            return None
         parameters = inspect.signature(klass.__init__).parameters.values()
         names |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
         if not any(p.kind is p.VAR_KEYWORD for p in parameters) or klass is AdaptationRule:
@@ -151,40 +216,132 @@ def _keyword_names(cls: type) -> set[str]:
     return names
 
 
+def check_model(model: dict[str, Any]) -> dict[str, Any]:
+    """The model config, checked: a built-in ``cell`` with its keys, or a ``_target_`` function
+    of an importable module (found, not imported: it may import TensorFlow)."""
+    target = model.get("_target_")
+    if target is not None:
+        module_name, _, attribute = str(target).rpartition(".")
+        try:
+            found = importlib.util.find_spec(module_name) if module_name and attribute else None
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise ValueError(f"model._target_={target!r} cannot be imported; give module.function of a module on PYTHONPATH")
+        reserved = sorted({"input_shape", "outputs", "task"} & set(model))
+        if reserved:
+            raise ValueError(f"model.{reserved[0]} comes from the data; remove it from the model config")
+        return model
+    _unknown_keys("model.", model, MODEL_KEYS)
+    if model.get("cell") not in CELLS:
+        raise ValueError(f"model.cell={model.get('cell')!r}; valid: {', '.join(CELLS)}, or give model._target_")
+    _integer("model.units", model.get("units"))
+    _integer("model.depth", model.get("depth", 1))
+    _boolean("model.return_sequences", model.get("return_sequences", False))
+    _integer("model.head_units", model.get("head_units"), optional=True)
+    return model
+
+
+def check_optimizer(optimizer: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer config with ``learning_rate`` as a float, checked finite and > 0."""
+    if "_target_" not in optimizer:
+        raise ValueError("optimizer has no _target_; give e.g. optimizer=adam or optimizer._target_=keras.optimizers.SGD")
+    rate = optimizer.get("learning_rate")
+    if rate is None:
+        return optimizer
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"optimizer.learning_rate={rate!r} must be a finite number > 0")
+    return {**optimizer, "learning_rate": float(rate)}
+
+
+def _layers(value: Any) -> tuple[str, ...]:
+    """``layer`` as a tuple of names (empty: null, every recurrent layer)."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"layer={value!r} must be null, a layer name or a list of layer names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layer={names} names a layer twice")
+    return tuple(names)
+
+
+def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
+    """Turn the config into plain objects and validate everything that needs no TensorFlow
+    (names and types of keys, values, the rule); no data is loaded.
+
+    Raises:
+        ValueError: one line naming the bad key or value and what is valid.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    _unknown_keys("", plain, TOP_KEYS)
+    trainer = dict(plain["trainer"])
+    _unknown_keys("trainer.", trainer, [f.name for f in dataclasses.fields(Trainer)])
+    return Spec(
+        seed=_integer("seed", plain["seed"], 0),
+        layers=_layers(plain.get("layer")),
+        through_time=_boolean("through_time", plain["through_time"]),
+        model=check_model(dict(plain["model"])),
+        rule=build_rule(cfg.rule, rule_preset),
+        optimizer=check_optimizer(dict(plain["optimizer"])),
+        trainer=Trainer(**trainer),
+        digest=config_digest(OmegaConf.to_yaml(cfg, resolve=True)),
+    )
+
+
+def load_data(data_cfg: DictConfig) -> Dataset:
+    """The dataset the config names (no TensorFlow needed for the shipped ones), checked to have
+    training examples and time steps."""
+    target = data_cfg.get("_target_")
+    try:
+        dataset = instantiate(data_cfg)
+    except Exception as error:  # noqa: BLE001
+        cause = _cause(error)
+        unexpected = cause.partition("unexpected keyword argument ")[2].strip("'")
+        if unexpected:
+            valid = _parameters(str(target))
+            cause = (
+                f"data.{unexpected} is not a parameter of {target}; valid: {', '.join(valid)}{did_you_mean(unexpected, valid)}"
+            )
+        raise ValueError(f"data {target!r} failed to load: {cause}") from error
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"data._target_ must return an adaptgrad.data.Dataset, got {type(dataset).__name__}")
+    if len(dataset.x_train) == 0:
+        raise ValueError(f"data {target!r} has no training examples")
+    if dataset.input_shape[0] == 0:
+        raise ValueError(f"data {target!r} has sequences of 0 time steps; a recurrent layer needs at least 1")
+    return dataset
+
+
+def _parameters(target: str) -> list[str]:
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+        return [p.name for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+
+
 def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     """Turn the config into plain objects, validating everything that can fail before training."""
+    spec = check(cfg, rule_preset)
     import keras  # here, not at the top: the app's main process never needs TensorFlow
     import tensorflow as tf
 
     from adaptgrad import runtime
 
-    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    runtime.configure(trainer.threads, trainer.cpu_devices)  # before TensorFlow's first op here
-    seed = int(cfg.seed)
+    runtime.configure(spec.trainer.threads, spec.trainer.cpu_devices)  # before TensorFlow's first op here
     keras.backend.clear_session()  # joblib reuses worker processes: no state from a previous job
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(spec.seed)
     tf.config.experimental.enable_op_determinism()
+    dataset = load_data(cfg.data)
     try:
-        dataset = instantiate(cfg.data)
+        make_optimizer = instantiate(spec.optimizer, _partial_=True)  # built inside the strategy scope
+        make_optimizer().get_config()  # bad arguments fail here, before training
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"data {cfg.data.get('_target_')!r} failed to load: {_cause(error)}") from error
-    if not isinstance(dataset, Dataset):
-        raise ValueError(f"data._target_ must return an adaptgrad.data.Dataset, got {type(dataset).__name__}")
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    try:
-        optimizer = instantiate(cfg.optimizer, _partial_=True)  # built inside the strategy scope
-        optimizer().get_config()  # bad arguments fail here, before training
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"optimizer {cfg.optimizer.get('_target_')!r}: {_cause(error)}") from error
+        raise ValueError(f"optimizer {spec.optimizer['_target_']!r}: {_cause(error)}") from error
     return Job(
-        seed=seed,
-        layer=cfg.get("layer"),
-        through_time=bool(cfg.through_time),
-        dataset=dataset,
-        model=model,
-        rule=build_rule(cfg.rule, rule_preset),
-        optimizer=optimizer,
-        trainer=trainer,
+        **{f.name: getattr(spec, f.name) for f in dataclasses.fields(Spec)}, dataset=dataset, make_optimizer=make_optimizer
     )
 
 

@@ -11,12 +11,12 @@ Example:
 
 Data flows one way: :func:`run` turns the config into plain objects once
 (:func:`adaptgrad.config.prepare`), trains them (:func:`adaptgrad.train.train`) and writes the
-job's files (:mod:`adaptgrad.recorder`); nothing downstream reads Hydra's config.
+job's files (:mod:`adaptgrad.recorder`); nothing downstream reads Hydra's config. TensorFlow is
+imported only when the job trains: a completed job is skipped without it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,10 +26,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from adaptgrad.checkpoint import Checkpoints
-from adaptgrad.config import INVOCATION_ENV, prepare
-from adaptgrad.recorder import git_commit, versions, write_json, write_text
-from adaptgrad.train import train
+from adaptgrad import jobdir
+from adaptgrad.atomic import write_json, write_text
+from adaptgrad.checkpoint import Checkpoints, config_digest
 
 log = logging.getLogger("adaptgrad")
 
@@ -45,78 +44,90 @@ def run(
 
     Rerun into the same dir with the same resolved config, a job that completed is skipped, one
     that was interrupted resumes from its last checkpoint, and one that failed or diverged runs
-    again from scratch. A dir that holds another config is left untouched and the job fails.
-    Never raises for a failure of the job itself: the error (type, message, epoch) is recorded
-    with status ``failed``, the history up to that point is kept, and the result is returned.
+    again from scratch. A dir that holds another config, or that another run is writing to, is
+    left untouched and the job is refused (status ``failed``, outcome ``refused``). Never raises
+    for a failure of the job itself, ``sys.exit`` in it included: the error (type, message,
+    epoch) is recorded with status ``failed``, the history up to that point is kept, and the
+    result is returned.
     """
     directory = Path(output_dir)
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
-    previous = _previous(directory)
-    if previous is not None and previous["config"] != config_text:
-        message = (
-            f"output dir {directory} holds a run of a different config; choose another dir "
-            f"(hydra.run.dir / hydra.sweep.dir) - nothing was overwritten"
-        )
-        log.error(message)
-        return {"status": "failed", "outcome": "refused", "error": {"type": "ValueError", "message": message, "epoch": 0}}
-    if previous is not None and previous["result"].get("status") == "ok":
+    try:
+        with jobdir.lock(directory):
+            return _run(cfg, directory, config_text, rule_preset, list(overrides or []))
+    except jobdir.Busy as error:
+        return _refused(str(error))
+
+
+def _refused(message: str) -> dict[str, Any]:
+    log.error(message)
+    return {
+        "status": "failed",
+        "outcome": "refused",
+        "wall_time": 0.0,
+        "error": {"type": "ValueError", "message": message, "epoch": 0},
+    }
+
+
+def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | None, overrides: list[str]) -> dict[str, Any]:
+    decision = jobdir.plan(directory, config_text)
+    if decision == "refuse":
+        return _refused(jobdir.refusal(directory))
+    if decision == "skip":
         log.info("skipping %s: it already completed with this config", directory)
-        _write_outcome(directory, "skipped", "ok")
-        return {**previous["result"], "outcome": "skipped"}
-    if previous is not None and previous["result"].get("status") in ("failed", "diverged"):
-        Checkpoints(directory / "checkpoints").clear()
+        jobdir.write_outcome(directory, "skipped", "ok")
+        return {**jobdir.previous(directory)[1], "outcome": "skipped"}
+    found = jobdir.previous(directory)
+    if found is not None and found[1].get("status") in ("failed", "diverged"):
+        Checkpoints(directory / "checkpoints", digest=config_digest(config_text)).clear()  # from scratch
+    from adaptgrad.config import prepare  # TensorFlow loads from here on
+    from adaptgrad.recorder import git_commit, versions
+    from adaptgrad.train import train
+
     started = time.perf_counter()
     base = {
         "run_id": directory.name,
         "versions": versions(),
         "git_commit": git_commit(Path.cwd()) or git_commit(Path(__file__).parent),
-        "overrides": list(overrides or []),
+        "overrides": overrides,
     }
-    write_text(directory / "config.yaml", config_text)
-    write_json(directory / "result.json", {**base, "status": "running"})
     try:
+        write_text(directory / "config.yaml", config_text)
+        write_json(directory / "result.json", {**base, "status": "running"})
         result = train(prepare(cfg, rule_preset), directory)
-    except Exception as error:  # noqa: BLE001 - the job fails, the sweep goes on
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the job fails, the sweep goes on
         epochs = _epochs_written(directory)
-        log.error("job failed: %s: %s", type(error).__name__, error)
-        result = {"status": "failed", "epochs": epochs, "error": {"type": type(error).__name__, "message": str(error), "epoch": epochs}}
+        kind = type(error).__name__
+        message = str(error) if not isinstance(error, SystemExit) else f"the job called sys.exit({error.code!r})"
+        log.error("job failed: %s: %s", kind, message)
+        result = {"status": "failed", "epochs": epochs, "error": {"type": kind, "message": message, "epoch": epochs}}
     result = {**base, **result, "wall_time": time.perf_counter() - started}
-    write_json(directory / "result.json", result)
     outcome = "resumed" if result.get("resumed_from") else "ran"
-    _write_outcome(directory, outcome, result["status"])
+    try:
+        write_json(directory / "result.json", result)
+        jobdir.write_outcome(directory, outcome, result["status"])
+    except OSError as error:
+        log.error("cannot record the job's end in %s: %s", directory, error)
+        result = {
+            **result,
+            "status": "failed",
+            "error": {"type": type(error).__name__, "message": str(error), "epoch": result.get("epochs", 0)},
+        }
     return {**result, "outcome": outcome}
-
-
-def _previous(directory: Path) -> dict[str, Any] | None:
-    """The config text and result of an earlier attempt in ``directory``, if there was one."""
-    try:
-        config = (directory / "config.yaml").read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    try:
-        result = json.loads((directory / "result.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        result = {}
-    return {"config": config, "result": result}
-
-
-def _write_outcome(directory: Path, outcome: str, status: str) -> None:
-    """Record what this invocation did with the job, for the end-of-sweep report."""
-    write_json(directory / "outcome.json", {"invocation": os.environ.get(INVOCATION_ENV), "outcome": outcome, "status": status})
 
 
 def _epochs_written(directory: Path) -> int:
     try:
         return len(pd.read_csv(directory / "history.csv"))
-    except (FileNotFoundError, pd.errors.EmptyDataError):
+    except (OSError, pd.errors.EmptyDataError):
         return 0
 
 
 def summary_table(result: dict[str, Any], directory: Path) -> str:
     """A short Markdown table of a finished job, for the console."""
     rows = [("status", result["status"]), ("epochs", result.get("epochs", 0))]
-    rows += [(k, f"{v:.4g}") for k, v in result.get("final", {}).items()]
-    rows += [("wall time (s)", f"{result['wall_time']:.1f}"), ("files", str(directory))]
+    rows += [(k, f"{v:.4g}" if isinstance(v, (int, float)) else str(v)) for k, v in result.get("final", {}).items()]
+    rows += [("wall time (s)", f"{result.get('wall_time', 0.0):.1f}"), ("files", str(directory))]
     if result.get("error"):
         rows.append(("error", f"{result['error']['type']}: {result['error']['message']}"))
     width = max(len(str(k)) for k, _ in rows)

@@ -15,6 +15,7 @@ the batches, weights, optimizer state, gates and rule state of an uninterrupted 
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ import numpy as np
 import tensorflow as tf
 
 from adaptgrad.adapt import Adapt
-from adaptgrad.capture import watch
+from adaptgrad.atomic import write_atomic
+from adaptgrad.capture import GradientWatch, watch
 from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import Job
 from adaptgrad.layers import find_layer
-from adaptgrad.models import LAYER_NAMES, build_model
+from adaptgrad.models import make_model, recurrent_layers
 from adaptgrad.recorder import JobFiles
 from adaptgrad.runtime import strategy_for
 
@@ -36,8 +38,10 @@ log = logging.getLogger("adaptgrad")
 
 
 def train(job: Job, directory: Path) -> dict[str, Any]:
-    """Build the model, attach watch and rules, train epoch by epoch with a checkpoint after each,
-    resuming from the newest checkpoint in ``directory``; returns the result."""
+    """Build the model, attach a watch and an Adapt (with its own instance of the rule) to each
+    adapted layer, train epoch by epoch with a checkpoint after each, resuming from the newest
+    checkpoint of the same config in ``directory``; write the final model as ``model.keras``;
+    returns the result."""
     data = job.dataset
     strategy = strategy_for(job.trainer.distribution, job.trainer.cpu_devices)
     previous_policy = keras.mixed_precision.global_policy()
@@ -45,42 +49,63 @@ def train(job: Job, directory: Path) -> dict[str, Any]:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with strategy.scope():
-            model = build_model(
-                job.model["cell"],
-                units=job.model["units"],
-                input_shape=data.input_shape,
-                outputs=data.outputs,
-                task=data.task,
-                return_sequences=job.model.get("return_sequences", False),
-                head_units=job.model.get("head_units"),
-            )
-            layer = find_layer(model, job.layer or LAYER_NAMES[job.model["cell"]])
+            model = make_model(job.model, input_shape=data.input_shape, outputs=data.outputs, task=data.task)
+            names = job.layers or tuple(recurrent_layers(model))
+            if not names:
+                raise ValueError(
+                    f"model {model.name!r} has no recurrent layer; name the layer(s) to adapt with layer=NAME or layer=[A,B]"
+                )
+            layers = [find_layer(model, name) for name in names]
             if data.task == "classification":
                 loss, metrics = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
             else:
                 loss, metrics = "mse", ["mae"]
             model.compile(
-                optimizer=job.optimizer(),
+                optimizer=job.make_optimizer(),
                 loss=loss,
                 metrics=metrics,
                 steps_per_execution=job.trainer.steps_per_execution,
                 jit_compile=job.trainer.jit_compile,
             )
-            adapt = Adapt(watch(model, layer, through_time=job.through_time), [job.rule], seed=job.seed)
-        return _fit(job, model, adapt, directory)
+            adapts = [
+                Adapt(_watch(model, layer, job), [copy.deepcopy(job.rule)], seed=job.seed + 1000 * i)
+                for i, layer in enumerate(layers)
+            ]
+        result = _fit(job, model, adapts, directory)
+        _save_model(model, adapts, directory)
+        return result
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[str, Any]:
+def _watch(model: keras.Model, layer: keras.layers.Layer, job: Job) -> GradientWatch:
+    """A watch on ``layer`` capturing only the statistics the rule reads (all if it does not say)."""
+    reads = getattr(job.rule, "reads", None)
+    if reads is None:
+        return watch(model, layer, through_time=job.through_time)
+    return watch(model, layer, through_time=job.through_time, stats=frozenset(reads))
+
+
+def _save_model(model: keras.Model, adapts: list[Adapt], directory: Path) -> None:
+    """``model.keras``: the adapted model without the watches, written atomically. A model Keras
+    cannot save is logged, not a failure of the job (its tables are complete)."""
+    for adapt in adapts:
+        adapt.watch.remove()
+    try:
+        write_atomic(directory / "model.keras", lambda temp: model.save(temp))
+    except Exception as error:  # noqa: BLE001
+        log.warning("model.keras not written: %s: %s", type(error).__name__, error)
+
+
+def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path) -> dict[str, Any]:
     data, trainer = job.dataset, job.trainer
-    files = JobFiles(directory, adapt, trainer.epochs)
-    checkpoints = Checkpoints(directory / "checkpoints")
+    files = JobFiles(directory, adapts, trainer.epochs)
+    checkpoints = Checkpoints(directory / "checkpoints", digest=job.digest)
     start = 0
     saved = checkpoints.latest() if trainer.checkpoint else None
     if saved is not None:
         start = saved[0] + 1
-        _restore(saved[1], model, adapt, files)
+        _restore(saved[1], model, adapts, files)
         log.info("resuming at epoch %d from %s", start + 1, checkpoints.directory)
     validation = batches(data.x_val, data.y_val, trainer.batch_size)
     for epoch in range(start, trainer.epochs):
@@ -91,13 +116,13 @@ def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[st
             initial_epoch=epoch,
             epochs=epoch + 1,
             shuffle=False,  # the order is epoch_order's
-            callbacks=[adapt, files],
+            callbacks=[*adapts, files],
             verbose=0,
         )
         if files.diverged_at is not None:
             break
         if trainer.checkpoint:
-            checkpoints.save(epoch, _state(model, adapt, files))
+            checkpoints.save(epoch, _state(model, adapts, files))
     history = files.history()
     final = {k: float(v) for k, v in history.iloc[-1].items() if k != "epoch"} if len(history) else {}
     result: dict[str, Any] = {
@@ -108,7 +133,9 @@ def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[st
         "replicas": model.distribute_strategy.num_replicas_in_sync,
     }
     if files.diverged_at is not None:
-        result.update(status="diverged", error={"type": "Divergence", "message": "loss is NaN or inf", "epoch": files.diverged_at})
+        first, *rest = files.nonfinite
+        message = f"{first} is NaN or inf" + (f" (and {', '.join(rest)})" if rest else "")
+        result.update(status="diverged", error={"type": "Divergence", "message": message, "epoch": files.diverged_at})
     return result
 
 
@@ -140,16 +167,16 @@ def epoch_order(seed: int, epoch: int, size: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(size)
 
 
-def _state(model: keras.Model, adapt: Adapt, files: JobFiles) -> dict[str, Any]:
+def _state(model: keras.Model, adapts: list[Adapt], files: JobFiles) -> dict[str, Any]:
     return {
         "weights": model.get_weights(),
         "optimizer": [np.array(v.numpy()) for v in model.optimizer.variables],
-        "adapt": adapt.get_state(),
+        "adapt": [adapt.get_state() for adapt in adapts],
         "history": list(files.rows),
     }
 
 
-def _restore(state: dict[str, Any], model: keras.Model, adapt: Adapt, files: JobFiles) -> None:
+def _restore(state: dict[str, Any], model: keras.Model, adapts: list[Adapt], files: JobFiles) -> None:
     model.set_weights(state["weights"])
     model.optimizer.build(model.trainable_variables)
     variables = model.optimizer.variables
@@ -157,5 +184,6 @@ def _restore(state: dict[str, Any], model: keras.Model, adapt: Adapt, files: Job
         raise ValueError(f"checkpoint holds {len(state['optimizer'])} optimizer variables, the optimizer has {len(variables)}")
     for variable, value in zip(variables, state["optimizer"]):
         variable.assign(value)
-    adapt.set_state(state["adapt"])
+    for adapt, adapt_state in zip(adapts, state["adapt"], strict=True):
+        adapt.set_state(adapt_state)
     files.rows = list(state["history"])

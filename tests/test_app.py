@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import keras
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
@@ -20,7 +21,10 @@ from adaptgrad.results import collect
 from adaptgrad.run import run
 
 TINY = ["data=toy", "model.units=3", "trainer.epochs=2", "trainer.batch_size=1"]
-GROUPS = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("model", "data", "rule", "optimizer", "trainer")}
+GROUPS = {
+    group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    for group in ("model", "data", "rule", "optimizer", "trainer")
+}
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -35,11 +39,18 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int =
     )
 
 
+def on_path(directory: Path) -> dict[str, str]:
+    """The environment that puts ``directory`` (a user's modules) on the path, before adaptgrad's."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))}
+
+
 def test_every_group_has_its_options():
     assert GROUPS["model"] == ["gru", "lstm", "minimal_rnn", "simple_rnn"]
     assert GROUPS["data"] == ["adding", "copy_memory", "digits", "sunspots", "toy"]
     assert GROUPS["optimizer"] == ["adam", "sgd"]
-    assert {"none", "taylor_prune", "taylor_gate_ema", "gain_rescale", "dormant_reset", "drop_regrow", "trust_ratio"} <= set(GROUPS["rule"])
+    assert {"none", "taylor_prune", "taylor_gate_ema", "gain_rescale", "dormant_reset", "drop_regrow", "trust_ratio"} <= set(
+        GROUPS["rule"]
+    )
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
@@ -112,8 +123,12 @@ def test_cli_user_rule_through_own_config_folder(tmp_path):
     (tmp_path / "my_conf" / "rule").mkdir(parents=True)
     (tmp_path / "my_conf" / "rule" / "gate_first.yaml").write_text("_target_: my_rules.GateFirst\nmin_active: 1\n")
     proc = cli(
-        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "rule=gate_first", *TINY, f"hydra.run.dir={tmp_path / 'out'}",
-        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "rule=gate_first",
+        *TINY,
+        f"hydra.run.dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+        env=on_path(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     actions = collect(tmp_path / "out").actions
@@ -122,7 +137,17 @@ def test_cli_user_rule_through_own_config_folder(tmp_path):
 
 def test_joblib_sweep_runs_four_jobs_in_parallel(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "rule=none,taylor_prune", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = cli(
+        "-m",
+        "rule=none,taylor_prune",
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "trainer.threads=1",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = collect(sweep)
     assert len(results.runs) == 4 and (results.runs.status == "ok").all()
@@ -133,7 +158,15 @@ def test_joblib_sweep_runs_four_jobs_in_parallel(tmp_path):
 
 def test_submitit_local_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "rule=none,dormant_reset", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = cli(
+        "-m",
+        "rule=none,dormant_reset",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = collect(sweep).runs
     assert len(runs) == 2 and (runs.status == "ok").all()
@@ -168,15 +201,115 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     root = Path(__file__).resolve().parent.parent
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(root)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert (target / "adaptgrad" / "conf" / "config.yaml").is_file()
     assert (target / "adaptgrad" / "experiments" / "question.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = cli("experiment=question", "trainer.epochs=2", f"hydra.run.dir={elsewhere / 'out'}", cwd=elsewhere, env={"PYTHONPATH": str(target)})
+    proc = cli(
+        "experiment=question",
+        "trainer.epochs=2",
+        f"hydra.run.dir={elsewhere / 'out'}",
+        cwd=elsewhere,
+        env={"PYTHONPATH": str(target)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((elsewhere / "out" / "result.json").read_text())["status"] == "ok"
     # the configs came from the installed copy, not from this checkout
     assert str(target / "adaptgrad" / "conf") in (elsewhere / "out" / ".hydra" / "hydra.yaml").read_text()
+
+
+MY_MODELS = """
+import keras
+
+def stacked_lstm(input_shape, outputs, task, units=8):
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.LSTM(units, return_sequences=True, name="first"),
+        keras.layers.LSTM(units, name="second"),
+        keras.layers.Dense(outputs, name="head"),
+    ])
+"""
+
+
+def own_model(tmp_path: Path) -> list[str]:
+    """A user's model module and config dir outside the package; the overrides that select it."""
+    (tmp_path / "my_models.py").write_text(MY_MODELS)
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "stacked.yaml").write_text("_target_: my_models.stacked_lstm\nunits: 4\n")
+    return [
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "model=stacked",
+        "data=toy",
+        "trainer.epochs=2",
+        "trainer.batch_size=1",
+    ]
+
+
+def test_own_model_with_two_adapted_layers_runs_resumes_and_skips(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = [*own_model(tmp_path), "layer=[first,second]", "rule=taylor_gate_ema", "rule.fraction=0.3"]
+    out = tmp_path / "out"
+    result = run(compose(overrides), out, rule_preset="taylor_gate_ema")
+    assert result["status"] == "ok", result
+    results = collect(out)
+    assert results.units.groupby("layer").unit.nunique().to_dict() == {"first": 4, "second": 4}
+    assert set(results.actions.layer) == {"first", "second"} and set(results.actions.action) == {"gate"}
+    history = pd.read_csv(out / "history.csv")
+    assert {"active_units/first", "active_units/second"} <= set(history.columns) and "active_units" not in history.columns
+    for name in ("first", "second"):  # each layer's own rule instance gated its own units
+        gated = results.units[(results.units.layer == name) & (results.units.epoch == 1)].active.eq(False).sum()
+        assert history[f"active_units/{name}"].iloc[-1] == 4 - gated
+    assert run(compose(overrides), out, rule_preset="taylor_gate_ema")["outcome"] == "skipped"
+    # interrupted after epoch 0 (newest checkpoint gone): resumes to the same tables
+    (out / "checkpoints" / "epoch-0001.ckpt").unlink()
+    (out / "result.json").write_text(json.dumps({"status": "running"}))
+    tables = {name: (out / name).read_bytes() for name in ("history.csv", "units.parquet", "actions.csv")}
+    again = run(compose(overrides), out, rule_preset="taylor_gate_ema")
+    assert again["status"] == "ok" and again["resumed_from"] == 1
+    assert tables == {name: (out / name).read_bytes() for name in tables}
+    loaded = keras.models.load_model(out / "model.keras")
+    assert [layer.name for layer in loaded.layers] == ["first", "second", "head"]
+
+
+def test_own_model_by_target_on_the_command_line_drops_the_preset_keys(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(MY_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run(
+        compose(["data=toy", "model._target_=my_models.stacked_lstm", "model.units=3", "rule=none", "trainer.epochs=1"]),
+        tmp_path / "out",
+    )
+    assert result["status"] == "ok", result  # layer=null: every recurrent layer of the model
+    assert pd.read_parquet(tmp_path / "out" / "units.parquet").groupby("layer").unit.nunique().to_dict() == {
+        "first": 3,
+        "second": 3,
+    }
+    bad = run(compose(["data=toy", "model._target_=my_models.stacked_lstm", "+model.unitz=3", "rule=none"]), tmp_path / "bad")
+    assert (
+        "model.unitz is not a parameter of my_models.stacked_lstm; valid: input_shape, outputs, task, units; did you mean 'units'?"
+        in bad["error"]["message"]
+    )
+
+
+def test_built_in_model_depth_stacks_layers_and_adapts_each(tmp_path):
+    result = run(compose([*TINY, "model=gru", "model.depth=2", "rule=taylor_prune", "rule.fraction=0.5"]), tmp_path)
+    assert result["status"] == "ok", result
+    units = pd.read_parquet(tmp_path / "units.parquet")
+    assert units.groupby("layer").unit.nunique().to_dict() == {"gru_1": 3, "gru_2": 3}
+    assert pd.read_csv(tmp_path / "actions.csv").groupby("layer").size().to_dict() == {"gru_1": 2, "gru_2": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,17 +16,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_bad_input import invoke
 
 from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import compose
 from adaptgrad.results import collect
-from adaptgrad.run import run
+from adaptgrad.results import main as results_main
+from adaptgrad.run import run, summary_table
 
-from test_app import cli
+from test_app import cli, on_path
 
 TABLES = ("history.csv", "units.parquet", "actions.csv")
 # a small real task where the rule acts every epoch (re-initialising units draws random weights)
-JOB = ["data=adding", "data.length=12", "data.samples=256", "model=gru", "model.units=8", "rule=dormant_reset", "rule.tau=0.9", "trainer.epochs=4"]
+JOB = [
+    "data=adding",
+    "data.length=12",
+    "data.samples=256",
+    "model=gru",
+    "model.units=8",
+    "rule=dormant_reset",
+    "rule.tau=0.9",
+    "trainer.epochs=4",
+]
 
 
 def same_tables(a: Path, b: Path) -> bool:
@@ -47,8 +59,13 @@ def test_sigkilled_job_resumes_to_identical_files(tmp_path):
 
     killed_dir = tmp_path / "killed"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "adaptgrad", *args, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptgrad", *args, f"hydra.run.dir={killed_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not (killed_dir / "checkpoints" / "epoch-0001.ckpt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "job ended before it could be killed"
@@ -65,14 +82,14 @@ def test_sigkilled_job_resumes_to_identical_files(tmp_path):
 
 
 def test_corrupt_checkpoint_is_ignored_with_a_warning(tmp_path):
-    store = Checkpoints(tmp_path)
+    store = Checkpoints(tmp_path, digest="config-a")
     store.save(0, {"epoch": 0})
     store.save(1, {"epoch": 1})
     store.save(2, {"epoch": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.ckpt", "epoch-0002.ckpt"]
     newest = tmp_path / "epoch-0002.ckpt"
     newest.write_bytes(newest.read_bytes()[:-5])  # a torn write
-    with pytest.warns(RuntimeWarning, match="ignoring corrupt checkpoint .*epoch-0002.ckpt: checksum mismatch"):
+    with pytest.warns(RuntimeWarning, match="ignoring checkpoint .*epoch-0002.ckpt: checksum mismatch"):
         assert store.latest() == (1, {"epoch": 1})
     (tmp_path / "epoch-0001.ckpt").write_bytes(b"garbage")
     with warnings.catch_warnings():
@@ -90,7 +107,7 @@ def test_resume_after_a_corrupt_newest_checkpoint_still_gives_identical_files(tm
     (partial / "result.json").write_text(json.dumps({**result, "status": "running"}))
     newest = partial / "checkpoints" / "epoch-0002.ckpt"
     newest.write_bytes(b"torn")
-    with pytest.warns(RuntimeWarning, match="corrupt checkpoint"):
+    with pytest.warns(RuntimeWarning, match="ignoring checkpoint .*checksum mismatch"):
         again = run(compose(args), partial)
     assert again["status"] == "ok" and again["resumed_from"] == 2
     assert same_tables(tmp_path / "whole", partial)
@@ -127,11 +144,18 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
     (conf / "exploding.yaml").write_text("_target_: my_rules.Exploding\n")
     sweep = tmp_path / "sweep"
     args = [
-        "-m", "rule=none,taylor_prune,dormant_reset,gain_rescale,broken,exploding", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "data=toy", "model.units=4", "trainer.epochs=3", "trainer.batch_size=1",
+        "-m",
+        "rule=none,taylor_prune,dormant_reset,gain_rescale,broken,exploding",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "data=toy",
+        "model.units=4",
+        "trainer.epochs=3",
+        "trainer.batch_size=1",
         f"hydra.sweep.dir={sweep}",
     ]
-    first = cli(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    first = cli(*args, cwd=tmp_path, env=on_path(tmp_path))
     assert first.returncode == 1, first.stderr[-3000:]
     assert "6 ran, 0 resumed, 0 skipped (completed earlier), 2 did not complete" in first.stdout
     assert "failed: this rule is broken on purpose" in first.stderr and "diverged: loss is NaN or inf" in first.stderr
@@ -140,9 +164,11 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
     assert runs.status.value_counts().to_dict() == {"ok": 4, "failed": 1, "diverged": 1}
     assert runs.loc["my_rules.Broken", "error.type"] == "RuntimeError" and runs.loc["my_rules.Broken", "error.epoch"] == 1
     assert runs.loc["my_rules.Broken", "epochs"] == 1  # the history up to the failure is kept
-    ok_files = {p: p.read_bytes() for p in sweep.rglob("*.csv") if json.loads((p.parent / "result.json").read_text())["status"] == "ok"}
+    ok_files = {
+        p: p.read_bytes() for p in sweep.rglob("*.csv") if json.loads((p.parent / "result.json").read_text())["status"] == "ok"
+    }
 
-    second = cli(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    second = cli(*args, cwd=tmp_path, env=on_path(tmp_path))
     assert second.returncode == 1
     assert "2 ran, 0 resumed, 4 skipped (completed earlier), 2 did not complete" in second.stdout
     assert all(p.read_bytes() == content for p, content in ok_files.items())
@@ -152,8 +178,19 @@ def test_distribution_and_mixed_precision_match_single_device_float32(tmp_path):
     # one batch per epoch (102 training examples, batch 128): every statistic is compared at the
     # same weights. Afterwards float16 trajectories drift (and dynamic loss scaling skips steps
     # whose weight gradients overflow), so mixed precision is compared on epoch 0 only.
-    job = ["data=adding", "data.length=10", "data.samples=128", "model=lstm", "model.units=6", "optimizer=sgd",
-           "rule=taylor_prune", "rule.fraction=0.2", "trainer.epochs=2", "trainer.batch_size=128", "trainer.shuffle=false"]
+    job = [
+        "data=adding",
+        "data.length=10",
+        "data.samples=128",
+        "model=lstm",
+        "model.units=6",
+        "optimizer=sgd",
+        "rule=taylor_prune",
+        "rule.fraction=0.2",
+        "trainer.epochs=2",
+        "trainer.batch_size=128",
+        "trainer.shuffle=false",
+    ]
     runs = {
         "single": job,
         "mirrored": [*job, "trainer.distribution=mirrored", "trainer.cpu_devices=2"],
@@ -169,3 +206,178 @@ def test_distribution_and_mixed_precision_match_single_device_float32(tmp_path):
     first = {name: frame[frame.epoch == 0] for name, frame in units.items()}
     np.testing.assert_allclose(first["mixed"][stats], first["single"][stats], rtol=2e-2, atol=1e-4)
     pd.testing.assert_frame_equal(actions["mixed"][actions["mixed"].epoch == 0], actions["single"][actions["single"].epoch == 0])
+
+
+TINY = ["data=toy", "model.units=3", "trainer.epochs=2", "trainer.batch_size=1"]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (Hydra's records included) and its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_refused_rerun_touches_no_file_of_the_job_and_exits_nonzero(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert invoke(monkeypatch, *TINY, f"hydra.run.dir={out}") == 0
+    before = snapshot(out)
+    assert ".hydra/config.yaml" in before and "result.json" in before
+    capsys.readouterr()
+    assert invoke(monkeypatch, *TINY, "seed=5", f"hydra.run.dir={out}") == 1
+    captured = capsys.readouterr()
+    assert (
+        captured.err
+        == f"error: output dir {out} holds a run of a different config; choose another dir (hydra.run.dir / hydra.sweep.dir) - nothing was overwritten\n"
+    )
+    assert snapshot(out) == before
+
+
+def test_refused_sweep_writes_nothing_and_still_reports(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "sweep"  # job 0 of an earlier sweep, with Hydra's records
+    assert run(compose([*TINY, "rule=none"]), sweep / "0")["status"] == "ok"
+    for record in ("multirun.yaml", "0/.hydra/config.yaml", "0/.hydra/overrides.yaml", "0/.hydra/hydra.yaml"):
+        (sweep / record).parent.mkdir(exist_ok=True)
+        (sweep / record).write_text(f"{record} of the earlier sweep\n")
+    (sweep / ".adaptgrad.lock").touch()  # the sweep's lock, made by the earlier sweep
+    before = snapshot(sweep)
+    assert invoke(monkeypatch, "-m", *TINY, "rule=none,taylor_prune", "seed=3", f"hydra.sweep.dir={sweep}") == 1
+    captured = capsys.readouterr()
+    assert f"sweep {sweep}: 0 ran, 0 resumed, 0 skipped (completed earlier), 1 refused; nothing was written" in captured.out
+    assert (
+        f"error: output dir {sweep / '0'} holds a run of a different config" in captured.err and "Traceback" not in captured.err
+    )
+    assert snapshot(sweep) == before  # multirun.yaml and job 0's .hydra/ included
+
+
+def test_a_dir_another_run_is_writing_to_is_refused(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from adaptgrad.jobdir import lock\nwith lock({str(out)!r}):\n    print('held', flush=True)\n    input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run(compose(TINY), out)
+        assert result["outcome"] == "refused" and "another adaptgrad run is writing to" in result["error"]["message"]
+        assert invoke(monkeypatch, *TINY, f"hydra.run.dir={out}") == 1
+        assert (
+            capsys.readouterr().err
+            == f"error: another adaptgrad run is writing to {out}; wait for it to end or choose another dir\n"
+        )
+        assert sorted(p.name for p in out.iterdir()) == [".adaptgrad.lock"]  # neither run wrote anything
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert run(compose(TINY), out)["status"] == "ok"  # the lock is gone with its holder
+
+
+def test_checkpoint_of_another_config_is_never_resumed(tmp_path):
+    store = Checkpoints(tmp_path, digest="config-a")
+    store.save(0, {"epoch": 0})
+    with pytest.warns(RuntimeWarning, match="ignoring checkpoint .*epoch-0000.ckpt: written by another config"):
+        assert Checkpoints(tmp_path, digest="config-b").latest() is None
+    # a job dir whose config.yaml is gone holds another config's checkpoints: the job starts afresh
+    a, b = [*TINY, "trainer.epochs=3", "seed=1"], [*TINY, "trainer.epochs=3", "seed=2"]
+    assert run(compose(a), tmp_path / "mixed")["status"] == "ok"
+    (tmp_path / "mixed" / "config.yaml").unlink()
+    with pytest.warns(RuntimeWarning, match="written by another config"):
+        result = run(compose(b), tmp_path / "mixed")
+    assert result["status"] == "ok" and result["resumed_from"] is None
+    assert run(compose(b), tmp_path / "clean")["status"] == "ok"
+    assert same_tables(tmp_path / "mixed", tmp_path / "clean")
+
+
+DATA = """
+import numpy as np
+from adaptgrad.data import Dataset
+
+def huge(scale_train=1e20, scale_val=1e20):  # (1e20)² overflows float32: the loss is inf, gradients finite
+    x = np.ones((4, 5, 1), np.float32)
+    y = np.ones((4, 1), np.float32)
+    return Dataset("huge", x, y * scale_train, x, y * scale_val, task="regression", outputs=1)
+"""
+# a tiny plain-SGD step keeps the weights (and mae) finite while the squared error overflows
+HUGE = [
+    *TINY,
+    "data._target_=my_data.huge",
+    "rule=none",
+    "optimizer=sgd",
+    "optimizer.learning_rate=1e-30",
+    "optimizer.momentum=0.0",
+]
+
+
+def test_infinite_loss_stays_numeric_in_files_tables_and_console(tmp_path, monkeypatch):
+    (tmp_path / "my_data.py").write_text(DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run(compose(HUGE), tmp_path / "job")
+    assert result["status"] == "diverged" and result["error"]["message"].startswith("loss is NaN or inf")
+    text = (tmp_path / "job" / "result.json").read_text()
+    assert '"loss": Infinity' in text and '"inf"' not in text
+    assert json.loads(text)["final"]["loss"] == float("inf")
+    runs = collect(tmp_path).runs
+    assert pd.api.types.is_float_dtype(runs["final.loss"]) and runs["final.loss"].iloc[0] == float("inf")
+    assert "| loss          | inf |" in summary_table(result, tmp_path / "job")
+    assert results_main([str(tmp_path), "--format", "csv"]) == 0  # adaptgrad-results reads it too
+    again = run(compose(HUGE), tmp_path / "job")
+    assert again["status"] == "diverged" and summary_table(again, tmp_path / "job")  # a rerun prints, no crash
+
+
+def test_divergence_is_checked_on_every_loss_and_metric(tmp_path, monkeypatch):
+    (tmp_path / "my_data.py").write_text(DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run(compose([*HUGE, "+data.scale_train=1.0"]), tmp_path)
+    assert result["status"] == "diverged" and result["error"]["message"].startswith("val_loss is NaN or inf")
+    assert result["epochs"] == 1 and math.isfinite(result["final"]["loss"])
+
+
+def test_a_job_that_calls_sys_exit_ends_failed(tmp_path, monkeypatch):
+    (tmp_path / "my_rules.py").write_text(
+        "import sys\nfrom adaptgrad import AdaptationRule\n"
+        "class Quits(AdaptationRule):\n    def apply(self, stats, units, epoch):\n        sys.exit(3)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run(compose([*TINY, "rule=none", "rule._target_=my_rules.Quits"]), tmp_path)
+    assert result["status"] == "failed" and result["error"]["message"] == "the job called sys.exit(3)"
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+def test_a_job_that_cannot_write_its_files_ends_failed_without_raising(tmp_path):
+    (tmp_path / "result.json").mkdir()  # any write of result.json fails (a read-only dir does not stop root)
+    result = run(compose(TINY), tmp_path)
+    assert result["status"] == "failed" and result["error"]["type"] == "IsADirectoryError"
+
+
+def test_a_completed_job_is_skipped_without_importing_tensorflow(tmp_path):
+    assert run(compose(TINY), tmp_path)["status"] == "ok"
+    script = (
+        "import sys\nfrom adaptgrad.config import compose\nfrom adaptgrad.run import run\n"
+        f"result = run(compose({TINY!r}), {str(tmp_path)!r})\n"
+        "print(result['outcome'], 'tensorflow' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["skipped", "False"], proc.stderr[-2000:]
+
+
+def test_a_worker_stops_when_the_adaptgrad_process_that_started_it_is_killed(tmp_path):
+    # the adaptgrad process (here a stand-in) starts a worker, as joblib's loky does, then is SIGKILLed
+    worker = "from adaptgrad.app import stop_with_parent\nstop_with_parent(0.05)\nprint('watching', flush=True)\nimport time\ntime.sleep(120)\n"
+    parent = (
+        "import os, signal, subprocess, sys\n"
+        "os.environ['ADAPTGRAD_MAIN_PID'] = str(os.getpid())\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline().strip() == 'watching'\n"
+        "print(child.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    status = Path(f"/proc/{int(proc.stdout.strip())}/status")
+    deadline = time.monotonic() + 30
+    while status.exists() and "zombie" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not status.exists() or "zombie" in status.read_text(), "the worker trains on without its parent"

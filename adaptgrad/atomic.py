@@ -1,0 +1,76 @@
+"""Atomic file writes (temp file + rename), without TensorFlow, so a killed job never leaves a
+half-written file: readers see the previous complete version or none.
+
+Example:
+    >>> import math, json, tempfile, pathlib
+    >>> from adaptgrad.atomic import write_json
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "result.json"
+    >>> write_json(path, {"status": "ok", "final": {"loss": float("inf")}})
+    >>> json.loads(path.read_text())["final"]["loss"]
+    inf
+
+Non-finite numbers stay numbers: JSON files hold ``NaN``, ``Infinity`` and ``-Infinity``, which
+Python's ``json`` and pandas read back as floats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp_path)`` on a temp file beside ``path`` (same suffix), then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        write(Path(temp))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` atomically."""
+    write_atomic(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and mapping keys as strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON atomically (NaN and inf as JSON's ``NaN`` / ``Infinity``)."""
+    write_text(path, json.dumps(_plain(data), indent=2) + "\n")
+
+
+def write_frame(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write a DataFrame atomically as CSV or Parquet, by the file's suffix."""
+    suffix = Path(path).suffix
+    if suffix == ".csv":
+        write_atomic(path, lambda temp: frame.to_csv(temp, index=False))
+    elif suffix == ".parquet":
+        write_atomic(path, lambda temp: frame.to_parquet(temp, index=False))
+    else:
+        raise ValueError(f"cannot write a table to {path}: use .csv or .parquet")
