@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from adaptgrad.recorder import write_atomic
+from adaptgrad.atomic import write_atomic
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.ckpt$")
 KEEP = 2

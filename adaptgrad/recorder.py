@@ -1,12 +1,9 @@
-"""The files a job writes in its output dir, each written atomically (temp file + rename).
+"""The files a job writes in its output dir (through :mod:`adaptgrad.atomic`) and its console lines.
 
 Example:
-    >>> import tempfile, pathlib
-    >>> from adaptgrad.recorder import write_json
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "result.json"
-    >>> write_json(path, {"status": "ok"})
-    >>> path.read_text().strip()
-    '{\\n  "status": "ok"\\n}'
+    >>> from adaptgrad.recorder import edit_summary
+    >>> edit_summary(["gate", "gate", "reinit", "gate"])
+    'gate×3 reinit×1'
 
 A job dir holds ``config.yaml`` (resolved config), ``history.csv`` (one row per epoch),
 ``units.parquet`` (epoch x unit statistics, active flag, scale), ``actions.csv`` (every edit)
@@ -16,76 +13,26 @@ never leaves a half-written file: readers see the previous complete version or n
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import platform
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import keras
 import pandas as pd
 
+from adaptgrad.atomic import write_frame
+
 if TYPE_CHECKING:
     from adaptgrad.adapt import Adapt
 
 log = logging.getLogger("adaptgrad")
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(temp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        write(Path(temp))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` atomically."""
-    write_atomic(path, lambda temp: temp.write_text(text, encoding="utf-8"))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_safe(value.item())
-    return value
-
-
-def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON atomically (NaN becomes null, inf a string)."""
-    write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
-
-
-def write_frame(path: str | os.PathLike, frame: pd.DataFrame) -> None:
-    """Write a DataFrame atomically as CSV or Parquet, by the file's suffix."""
-    suffix = Path(path).suffix
-    if suffix == ".csv":
-        write_atomic(path, lambda temp: frame.to_csv(temp, index=False))
-    elif suffix == ".parquet":
-        write_atomic(path, lambda temp: frame.to_parquet(temp, index=False))
-    else:
-        raise ValueError(f"cannot write a table to {path}: use .csv or .parquet")
 
 
 def versions() -> dict[str, str]:
@@ -112,14 +59,26 @@ def git_commit(directory: str | os.PathLike) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-class JobFiles(keras.callbacks.Callback):
-    """Writes ``history.csv``, ``units.parquet``, ``actions.csv`` after every epoch and logs progress;
-    stops training when the loss is NaN/inf (the job is then ``diverged``)."""
+def edit_summary(actions: Iterable[str]) -> str:
+    """What the rules did in one epoch, for the console: ``gate×3 reinit×1`` or ``no edit``."""
+    counts = Counter(actions)
+    return " ".join(f"{action}×{count}" for action, count in counts.items()) or "no edit"
 
-    def __init__(self, directory: Path, adapt: Adapt, epochs: int) -> None:
+
+class JobFiles(keras.callbacks.Callback):
+    """Writes ``history.csv``, ``units.parquet``, ``actions.csv`` after every epoch and logs one
+    line per epoch (metrics, active units, what the rules did); stops training when the loss is
+    NaN/inf (the job is then ``diverged``).
+
+    Epochs are numbered from 0, as in Keras's callbacks, the rules' ``start_epoch`` and every file;
+    the console line ``epoch 3 of 0..19`` says so. ``adapt`` is the job's :class:`~adaptgrad.Adapt`
+    (or one per adapted layer: the tables are then their frames one under the other).
+    """
+
+    def __init__(self, directory: Path, adapt: Adapt | Sequence[Adapt], epochs: int) -> None:
         super().__init__()
         self.directory = directory
-        self.adapt = adapt
+        self.adapts = [adapt] if isinstance(adapt, keras.callbacks.Callback) else list(adapt)
         self.epochs = epochs
         self.rows: list[dict[str, float]] = []
         self.diverged_at: int | None = None
@@ -132,10 +91,20 @@ class JobFiles(keras.callbacks.Callback):
         row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
         self.rows.append(row)
         self.flush()
-        shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "active_units"))
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and not k.startswith("active_units"))
+        active = "  ".join(
+            f"active{'' if len(self.adapts) == 1 else ' ' + a.watch.layer.name}={int(a.units.active.sum())}/{a.units.size}"
+            for a in self.adapts
+        )
+        actions = self.actions_frame()
+        edits = edit_summary(actions.loc[actions["epoch"] == epoch, "action"])
         log.info(
-            "epoch %d/%d  %s  active=%d/%d  (%.2fs)",
-            epoch + 1, self.epochs, shown, row.get("active_units", 0), self.adapt.units.size,
+            "epoch %d of 0..%d  %s  %s  %s  (%.2fs)",
+            epoch,
+            self.epochs - 1,
+            shown,
+            active,
+            edits,
             time.perf_counter() - self._started,
         )
         if not math.isfinite(row.get("loss", 0.0)):
@@ -145,7 +114,13 @@ class JobFiles(keras.callbacks.Callback):
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
+    def units_frame(self) -> pd.DataFrame:
+        return pd.concat([a.units_frame() for a in self.adapts], ignore_index=True)
+
+    def actions_frame(self) -> pd.DataFrame:
+        return pd.concat([a.actions_frame() for a in self.adapts], ignore_index=True)
+
     def flush(self) -> None:
         write_frame(self.directory / "history.csv", self.history())
-        write_frame(self.directory / "units.parquet", self.adapt.units_frame())
-        write_frame(self.directory / "actions.csv", self.adapt.actions_frame())
+        write_frame(self.directory / "units.parquet", self.units_frame())
+        write_frame(self.directory / "actions.csv", self.actions_frame())

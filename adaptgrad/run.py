@@ -26,9 +26,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from adaptgrad.atomic import write_json, write_text
 from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import INVOCATION_ENV, prepare
-from adaptgrad.recorder import git_commit, versions, write_json, write_text
+from adaptgrad.recorder import git_commit, versions
+from adaptgrad.results.markdown import markdown_table
 from adaptgrad.train import train
 
 log = logging.getLogger("adaptgrad")
@@ -119,6 +121,4 @@ def summary_table(result: dict[str, Any], directory: Path) -> str:
     rows += [("wall time (s)", f"{result['wall_time']:.1f}"), ("files", str(directory))]
     if result.get("error"):
         rows.append(("error", f"{result['error']['type']}: {result['error']['message']}"))
-    width = max(len(str(k)) for k, _ in rows)
-    lines = [f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
-    return "\n".join(lines + [f"| {str(k):{width}} | {v} |" for k, v in rows])
+    return markdown_table(pd.DataFrame(rows, columns=["", "value"]))

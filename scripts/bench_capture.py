@@ -52,10 +52,12 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 import adaptgrad
 from adaptgrad.models import CELLS, recurrent_layer
+from adaptgrad.results.markdown import markdown_table
 from adaptgrad.stats import SUM_FIELDS
 from adaptgrad.train import batches
 
@@ -240,13 +242,13 @@ def report(config: Config, variants: dict[str, Variant]) -> None:
     medians = {name: statistics.median(v.times) for name, v in variants.items()}
     ratios = {name: paired_ratio(v, variants[PLAIN]) for name, v in variants.items()}
     print()
-    print("| variant | median epoch (s) | ratio to plain fit |")
-    print("|---|---:|---:|")
+    rows = []
     for name, variant in variants.items():
         label = name
         if name == EAGER:
             label += f" (timed on {config.eager_batches} batches, scaled x{variant.scale:g})"
-        print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} |")
+        rows.append((label, f"{medians[name]:.3f}", f"{ratios[name]:.3f}"))
+    print(markdown_table(pd.DataFrame(rows, columns=["variant", "median epoch (s)", "ratio to plain fit"])))
     print()
     print(machine_line())
     print(

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from adaptgrad.results import UNITS_COLUMNS, _format_mean_std, collect, main
+from adaptgrad.results import UNITS_COLUMNS, collect, main
+from adaptgrad.results.markdown import format_mean_std
 
 SWEEP = Path("multirun") / "2026-11-27" / "10-00-00"
 METRICS = ["loss", "val_loss", "mae", "val_mae", "active_units", "epoch_time"]
@@ -133,7 +134,7 @@ def sweep(tmp_path: Path) -> Path:
 
 
 IDS = [f"2026-11-27/10-00-00/{j}" for j in (0, 1, 2, 3, 10)]
-BY = ["rule._target_"]  # rule.fraction only varies with the rule class: left out
+BY = ["rule"]  # rule._target_ and rule.fraction only vary with the rule: left out
 
 
 def test_runs_table(sweep: Path) -> None:
@@ -246,7 +247,7 @@ def test_summary_by_hand(sweep: Path) -> None:
     metrics = ("final.val_loss", "final.val_mae", "epochs", "wall_time")
     stats = [f"{m} {s}" for m in metrics for s in ("mean", "std")]
     assert table.columns.tolist() == [*BY, "n", *stats]
-    assert table["rule._target_"].tolist() == ["adaptgrad.rules.NoOp", "adaptgrad.rules.TaylorPrune"]
+    assert table["rule"].tolist() == ["none", "taylor_prune"]
     assert table["n"].tolist() == [2, 1]  # the failed and running jobs are left out
     none, taylor = table.iloc[0], table.iloc[1]
     assert none["final.val_loss mean"] == pytest.approx(0.52)
@@ -275,10 +276,10 @@ def test_cli_markdown(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert header == [*BY, "n", "final.val_loss", "final.val_mae", "epochs", "wall_time"]
     assert set(lines[1]) <= {"|", "-", ":"}
     none = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert none[:2] == ["adaptgrad.rules.NoOp", "2"]
+    assert none[:2] == ["none", "2"]
     assert none[2:] == ["0.52 ± 0.03", "0.22 ± 0.03", "5 ± 0", "11.0 ± 1.4"]
     taylor = [cell.strip() for cell in lines[3].strip("|").split("|")]
-    assert taylor[:3] == ["adaptgrad.rules.TaylorPrune", "1", "0.3"]
+    assert taylor[:3] == ["taylor_prune", "1", "0.3"]
     assert len(lines) == 4
     assert err.splitlines() == [f"{IDS[3]} failed loss is NaN at batch 3", f"{IDS[4]} running"]
 
@@ -381,7 +382,7 @@ def test_hydra_only_interpolations_stay_text(tmp_path: Path) -> None:
     ],
 )
 def test_mean_std_format(mean: Any, std: Any, text: str) -> None:
-    assert _format_mean_std(mean, std) == text
+    assert format_mean_std(mean, std) == text
 
 
 def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -395,7 +396,7 @@ def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     out = tmp_path / "table.md"
     assert main([str(tmp_path), "--output", str(out), "--plot", str(tmp_path / "plots")]) == 0
-    assert out.read_text().splitlines()[0].split("|")[1].strip() == "rule._target_"
+    assert out.read_text().splitlines()[0].split("|")[1].strip() == "rule"
     assert len(out.read_text().splitlines()) == 2  # header and rule only
     captured = capsys.readouterr()
     assert captured.out == ""
