@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from adaptgrad.config import CONF_DIR, INVOCATION_ENV, register_experiments
+from adaptgrad.config import CONF_DIR, INVOCATION_ENV, register_experiments, register_rules, rules_modules
 
 log = logging.getLogger("adaptgrad")
 
@@ -137,6 +137,11 @@ def main() -> None:
         print(message, file=sys.stderr)
         raise SystemExit(2)
     register_experiments()
+    try:
+        register_rules(rules_modules(sys.argv[1:]))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
     _app()
     if _failed_jobs:
         print(f"{len(_failed_jobs)} job(s) did not complete:", file=sys.stderr)

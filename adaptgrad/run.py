@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adaptgrad.atomic import write_json, write_text
 from adaptgrad.checkpoint import Checkpoints
-from adaptgrad.config import INVOCATION_ENV, prepare
+from adaptgrad.config import INVOCATION_ENV, prepare, rule_name
 from adaptgrad.recorder import git_commit, versions
 from adaptgrad.results.markdown import markdown_table
 from adaptgrad.train import train
@@ -73,6 +73,7 @@ def run(
         "versions": versions(),
         "git_commit": git_commit(Path.cwd()) or git_commit(Path(__file__).parent),
         "overrides": list(overrides or []),
+        "rule": rule_name(cfg.rule, rule_preset, overrides or []),
     }
     write_text(directory / "config.yaml", config_text)
     write_json(directory / "result.json", {**base, "status": "running"})

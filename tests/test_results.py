@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,10 @@ def test_varying_keys(sweep: Path, tmp_path: Path) -> None:
     swept = tmp_path / "fractions"  # a parameter swept within one rule class does vary
     write_job(swept / "0", "taylor_prune", 0)
     write_job(swept / "1", "taylor_prune", 0)
-    OmegaConf.save(OmegaConf.create({**config("taylor_prune", 0), "rule": {**RULES["taylor_prune"], "fraction": 0.3}}), swept / "1" / "config.yaml")
+    OmegaConf.save(
+        OmegaConf.create({**config("taylor_prune", 0), "rule": {**RULES["taylor_prune"], "fraction": 0.3}}),
+        swept / "1" / "config.yaml",
+    )
     assert collect(swept).varying_keys() == ["rule.fraction"]
     table = results.summary(["val_loss"])
     assert table.columns.tolist() == ["n", "final.val_loss mean", "final.val_loss std"]
@@ -357,10 +361,7 @@ def test_hydra_only_interpolations_stay_text(tmp_path: Path) -> None:
     job = tmp_path / "job"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "config.yaml").write_text(
-        "trainer:\n  lr: 0.01\n"
-        "optimizer:\n  lr: ${trainer.lr}\n"
-        "out: ${hydra:runtime.output_dir}\n"
-        "name: ???\n"
+        "trainer:\n  lr: 0.01\noptimizer:\n  lr: ${trainer.lr}\nout: ${hydra:runtime.output_dir}\nname: ???\n"
     )
     runs = collect(job).runs
     assert runs["optimizer.lr"].item() == 0.01
@@ -403,3 +404,85 @@ def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no ok run" in captured.err
     assert captured.err.splitlines()[-2:] == ["0 diverged", "1 failed m"]
     assert not (tmp_path / "plots").exists()
+
+
+# --- real jobs, run in-process ------------------------------------------------------------
+
+REAL = ["data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1"]
+ARMS = {"none": ["rule=none"], "taylor_prune": ["rule=taylor_prune", "rule.fraction=0.25"]}
+
+
+def run_jobs(sweep: Path, jobs: list[tuple[str, int]]) -> Path:
+    """Run ``(rule, seed)`` jobs into ``sweep/0``, ``sweep/1``, ... as the app would."""
+    from adaptgrad.config import compose
+    from adaptgrad.run import run
+
+    for number, (rule, seed) in enumerate(jobs):
+        overrides = [*ARMS[rule], f"seed={seed}"]
+        result = run(compose([*REAL, *overrides]), sweep / str(number), rule_preset=rule, overrides=overrides)
+        assert result["status"] == "ok", result
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def real_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished taylor_prune job (its dir is ``real_job / "0"``)."""
+    return run_jobs(tmp_path_factory.mktemp("job"), [("taylor_prune", 0)])
+
+
+def test_real_job_records_its_rule_name(real_job: Path, tmp_path: Path) -> None:
+    assert json.loads((real_job / "0" / "result.json").read_text())["rule"] == "taylor_prune"
+    results = collect(real_job)
+    assert results.runs["rule"].tolist() == ["taylor_prune"]
+    assert set(results.actions["rule"]) == {"taylor_prune"}
+    old = tmp_path / "old"  # a job dir written before result.json recorded the rule
+    shutil.copytree(real_job, old)
+    result = json.loads((old / "0" / "result.json").read_text())
+    del result["rule"]
+    (old / "0" / "result.json").write_text(json.dumps(result))
+    assert collect(old).runs["rule"].tolist() == ["taylor_prune"]
+
+
+@pytest.mark.slow
+def test_six_job_sweep_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar of the analysis issue on real jobs (faster twins: the hand-written sweeps above)."""
+    sweep = run_jobs(tmp_path / "sweep", [(rule, seed) for rule in ARMS for seed in range(3)])
+    results = collect(sweep)
+    assert results.runs["rule"].tolist() == ["none"] * 3 + ["taylor_prune"] * 3
+    assert results.varying_keys() == ["rule"]
+    table = results.compare("val_loss", {"rule": "none"})
+    assert table["rule"].tolist() == ["taylor_prune"] and table["n"].tolist() == [3]
+    assert table["test"].tolist() == ["paired"]
+    capsys.readouterr()
+    assert main([str(sweep), "--compare", "rule=none"]) == 0
+    assert "| taylor_prune |" in capsys.readouterr().out.split("\n\n")[1]
+
+
+def test_registered_rule_is_selectable_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptgrad.config import compose, rule_name
+    from adaptgrad.run import run
+
+    (tmp_path / "zz_my_rules.py").write_text(
+        "from adaptgrad import AdaptationRule\n"
+        "class ScaleFirst(AdaptationRule, name='zz_scale_first'):\n"
+        "    def __init__(self, *, factor=0.5, **schedule):\n"
+        "        super().__init__(**schedule)\n"
+        "        self.factor = factor\n"
+        "    def apply(self, stats, units, epoch):\n"
+        "        units.scale([0], self.factor)\n"
+        "    def get_config(self):\n"
+        "        return {**super().get_config(), 'factor': self.factor}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = ["rules_module=zz_my_rules", "rule=zz_scale_first", "rule.factor=0.25"]
+    cfg = compose([*REAL, *overrides])
+    assert cfg.rule._target_ == "zz_my_rules.ScaleFirst" and cfg.rule.factor == 0.25 and cfg.rule.every == 1
+    result = run(cfg, tmp_path / "job", rule_preset="zz_scale_first", overrides=overrides)
+    assert result["status"] == "ok" and result["rule"] == "zz_scale_first"
+    assert collect(tmp_path / "job").actions["value"].tolist() == [0.25, 0.25]
+    # a rule._target_ override names the class, whatever preset is selected
+    target = ["rule._target_=zz_my_rules.ScaleFirst"]
+    assert rule_name(compose(target).rule, "gain_rescale", target) == "zz_scale_first"
+    assert rule_name(compose(["rule=taylor_prune"]).rule, "taylor_prune") == "taylor_prune"
+    with pytest.raises(ValueError, match="rules_module='no_such_module'"):
+        compose(["rules_module=no_such_module"])
