@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from adaptgrad.results import UNITS_COLUMNS, collect, main
+from adaptgrad.results.comparing import STAT_COLUMNS
 from adaptgrad.results.markdown import format_mean_std
 
 SWEEP = Path("multirun") / "2026-11-27" / "10-00-00"
@@ -25,13 +26,13 @@ RULES = {
 }
 
 
-def config(rule: str, seed: int) -> dict[str, Any]:
+def config(rule: str, seed: int, cell: str = "gru") -> dict[str, Any]:
     """A resolved job config as the runner writes it."""
     return {
         "seed": seed,
         "layer": "rnn",
         "through_time": True,
-        "model": {"name": "gru", "units": 4, "layers": [4, 4]},
+        "model": {"name": cell, "units": 4, "layers": [4, 4]},
         "data": {"_target_": "adaptgrad.data.Sine", "length": 50, "features": ["x", "dx"]},
         "rule": RULES[rule],
         "optimizer": {"_target_": "keras.optimizers.Adam", "learning_rate": 0.001},
@@ -76,12 +77,13 @@ def write_job(
     epochs: int = 5,
     wall_time: float = 10.0,
     error: dict[str, Any] | None = None,
+    cell: str = "gru",
 ) -> None:
     """Write every file a finished (or failed) job leaves in its dir."""
     (job / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(config(rule, seed)), job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(config(rule, seed, cell)), job / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create([f"rule={rule}", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create(config(rule, seed)), job / "config.yaml")
+    OmegaConf.save(OmegaConf.create(config(rule, seed, cell)), job / "config.yaml")
     offset = (0.0 if rule == "none" else 0.2) + 0.01 * seed
     history(epochs, offset, pruning=rule != "none").to_csv(job / "history.csv", index=False)
     units(epochs).to_parquet(job / "units.parquet", index=False)
@@ -404,6 +406,105 @@ def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no ok run" in captured.err
     assert captured.err.splitlines()[-2:] == ["0 diverged", "1 failed m"]
     assert not (tmp_path / "plots").exists()
+
+
+# --- comparisons against a control ----------------------------------------------------------
+
+VAL_LOSS = {  # (cell, rule) -> final val_loss of seeds 0, 1, 2
+    ("gru", "none"): [0.50, 0.56, 0.47],
+    ("gru", "taylor_prune"): [0.41, 0.50, 0.45],
+    ("lstm", "none"): [0.30, 0.36, 0.33],
+    ("lstm", "taylor_prune"): [0.38, 0.39, 0.34],
+}
+
+
+@pytest.fixture
+def arms(tmp_path: Path) -> Path:
+    """2 models x 2 rules x 3 seeds; the lstm taylor_prune arm ran seeds 0, 1, 3 (not paired)."""
+    number = 0
+    for (cell, rule), values in VAL_LOSS.items():
+        seeds = [0, 1, 3] if (cell, rule) == ("lstm", "taylor_prune") else [0, 1, 2]
+        for seed, value in zip(seeds, values, strict=True):
+            write_job(tmp_path / str(number), rule, seed, final={"val_loss": value}, cell=cell)
+            number += 1
+    return tmp_path
+
+
+def test_compare_against_scipy(arms: Path) -> None:
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    table = collect(arms).compare("val_loss", {"rule": "none"})
+    assert table.columns.tolist() == ["model.name", "rule", *STAT_COLUMNS]
+    assert table[["model.name", "rule", "test", "n", "n_baseline"]].values.tolist() == [
+        ["gru", "taylor_prune", "paired", 3, 3],
+        ["lstm", "taylor_prune", "welch", 3, 3],
+    ]
+    gru, lstm = table.iloc[0], table.iloc[1]
+    treated, control = VAL_LOSS[("gru", "taylor_prune")], VAL_LOSS[("gru", "none")]
+    paired = stats.ttest_rel(treated, control)
+    assert gru["p"] == pytest.approx(paired.pvalue, rel=1e-9)
+    assert (gru["ci_low"], gru["ci_high"]) == pytest.approx(tuple(paired.confidence_interval(0.95)), rel=1e-9)
+    assert gru["diff"] == pytest.approx(sum(treated) / 3 - sum(control) / 3)
+    assert (gru["mean"], gru["baseline_mean"]) == pytest.approx((sum(treated) / 3, sum(control) / 3))
+    welch = stats.ttest_ind(VAL_LOSS[("lstm", "taylor_prune")], VAL_LOSS[("lstm", "none")], equal_var=False)
+    assert lstm["p"] == pytest.approx(welch.pvalue, rel=1e-9)
+    assert (lstm["ci_low"], lstm["ci_high"]) == pytest.approx(tuple(welch.confidence_interval(0.95)), rel=1e-9)
+    assert table["p_adjusted"].tolist() == pytest.approx(multipletests(table["p"], method="holm")[1].tolist(), rel=1e-12)
+
+
+def test_compare_groups_final_and_bad_input(arms: Path) -> None:
+    results = collect(arms)
+    pooled = results.compare("val_loss", {"rule": "none"}, by=[])  # both models in one arm: seeds repeat, so Welch
+    assert pooled[["rule", "test", "n", "n_baseline"]].values.tolist() == [["taylor_prune", "welch", 6, 6]]
+    per_rule = results.compare("val_loss", {"model.name": "gru"})  # the arms are models now, split by rule
+    assert per_rule[["rule", "model.name"]].values.tolist() == [["none", "lstm"], ["taylor_prune", "lstm"]]
+    # best epoch: the minimum of the val_loss history (1.2 / (epoch + 1) + offset), so epoch 4
+    best = results.compare("val_loss", {"rule": "none"}, final="best")
+    assert best["diff"].tolist() == pytest.approx([0.2, 0.2 + 0.01 * (3 - 2) / 3])
+    with pytest.raises(ValueError, match="final='worst'; valid: last, best"):
+        results.compare("val_loss", {"rule": "none"}, final="worst")
+    with pytest.raises(ValueError, match="no ok run .* baseline rule=nope"):
+        results.compare("val_loss", {"rule": "nope"})
+    with pytest.raises(ValueError, match="unknown column"):
+        results.compare("val_loss", {"rules": "none"})
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        results.compare("nope", {"rule": "none"})
+    with pytest.raises(ValueError, match="baseline is empty"):
+        results.compare("val_loss", {})
+
+
+def test_summary_best_epoch(arms: Path) -> None:
+    results = collect(arms)
+    last = results.summary(["val_loss"], ["model.name", "rule"])
+    best = results.summary(["val_loss", "val_mae", "wall_time"], ["model.name", "rule"], final="best")
+    assert best.columns.tolist()[3:] == [
+        "best.val_loss mean",
+        "best.val_loss std",
+        "best.val_mae mean",
+        "best.val_mae std",
+        "wall_time mean",
+        "wall_time std",
+    ]
+    assert last["final.val_loss mean"].tolist() == pytest.approx([sum(v) / 3 for v in VAL_LOSS.values()])
+    assert best["best.val_loss mean"].iloc[0] == pytest.approx(1.2 / 5 + 0.01)  # none: offset 0.01 * seed
+    assert best["best.val_mae mean"].tolist() == pytest.approx([0.6 / 5] * 4)
+
+
+def test_cli_compare(arms: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(arms), "--compare", "rule=none", "--metric", "val_loss"]) == 0
+    summary, comparison = capsys.readouterr().out.split("\n\n")
+    assert [c.strip() for c in summary.splitlines()[0].split("|")[1:3]] == ["rule", "model.name"]
+    header = [cell.strip() for cell in comparison.splitlines()[0].strip("|").split("|")]
+    assert header == ["metric", "model.name", "rule", *STAT_COLUMNS]
+    assert [line.split("|")[2].strip() for line in comparison.splitlines()[2:]] == ["gru", "lstm"]
+    assert main([str(arms), "--compare", "rule=none", "--format", "csv", "--final", "best"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert table["metric"].tolist() == ["val_loss", "val_loss"] and table["test"].tolist() == ["paired", "welch"]
+    assert main([str(arms), "--compare", "none"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main([str(arms), "--compare", "rule=nope"]) == 2
+    assert "baseline rule=nope" in capsys.readouterr().err
 
 
 # --- real jobs, run in-process ------------------------------------------------------------

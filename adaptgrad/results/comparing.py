@@ -48,7 +48,8 @@ def compare(
 
     Returns:
         One row per (group, arm) that is not the baseline: the ``by`` keys, the arm's keys
-        (the baseline's keys, then any other varying key), ``n`` (paired seeds, or the arm's
+        (those of the baseline; runs that differ in keys neither in ``by`` nor in ``baseline`` are
+        pooled), ``n`` (paired seeds, or the arm's
         runs when unpaired), ``n_baseline``, ``test`` (``"paired"`` when both arms have the
         same seeds, each once: a paired t-test on the per-seed differences; else ``"welch"``:
         Welch's unequal-variance t-test), ``baseline_mean``, ``mean``, ``diff`` (``mean -
@@ -71,7 +72,7 @@ def compare(
     value = results.values(metric, final)
     varying = results.varying_keys()
     by_keys = group_keys(results, [key for key in varying if key not in baseline] if by is None else by)
-    arm_keys = list(dict.fromkeys(key for key in [*baseline, *varying] if key not in by_keys))
+    arm_keys = list(baseline)
     runs = results.runs.assign(_value=value)
     runs = runs[(runs["status"] == "ok") & runs["_value"].notna()]
     is_baseline = pd.concat([runs[key].astype(str) == str(wanted) for key, wanted in baseline.items()], axis=1).all(axis=1)

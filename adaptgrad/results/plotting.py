@@ -53,7 +53,7 @@ def plot(
     """Write one ``<metric>.png`` per metric (default :data:`DEFAULT_METRICS`) into ``directory``.
 
     Lines are the groups of ``by``; with two or more keys, the first one with at most four values
-    becomes the panel rows (e.g. one row per model). Metrics no ok run recorded are skipped.
+    that is neither ``rule`` nor a baseline key becomes the panel rows (e.g. one row per model). Metrics no ok run recorded are skipped.
 
     Returns:
         The files written.
@@ -66,7 +66,8 @@ def plot(
     from matplotlib.ticker import MaxNLocator
 
     ok = results.runs[results.runs["status"] == "ok"]
-    facet = next((key for key in by if len(by) > 1 and ok[key].nunique(dropna=False) <= 4), None)
+    named = set(baseline or ()) | {"rule"}  # what the lines are about: never the panel rows
+    facet = next((key for key in by if len(by) > 1 and key not in named and ok[key].nunique(dropna=False) <= 4), None)
     lines = [key for key in by if key != facet]
     ids = ok["run_id"].to_numpy()
     row_of = pd.Series([short(v) for v in ok[facet]] if facet else [""] * len(ok), index=ids)
@@ -88,13 +89,13 @@ def plot(
     labels = list(dict.fromkeys(label_of.sort_values()))
     colours = {name: f"C{i % 10}" for i, name in enumerate(label for label in labels if label != control)}
     columns = [label for label in labels if label != control] if control is not None else [None]
-    title = _title(results, ok, by)
+    title = _title(ok, by)
     written = []
     for metric in wanted:
         if metric not in available:
             continue
         data = history[history["metric"] == metric]
-        figure = Figure(figsize=(min(4.0 * len(columns), 24.0) if control else 6.5, 3.6 * len(rows) + 0.8), layout="constrained")
+        figure = Figure(figsize=(min(max(4.0 * len(columns), 6.5), 24.0), 3.4 * len(rows) + 1.2), layout="constrained")
         FigureCanvasAgg(figure)
         grid = figure.subplots(len(rows), len(columns), squeeze=False, sharex=True, sharey=True)
         for i, row in enumerate(rows):
@@ -132,8 +133,8 @@ def plot(
     return written
 
 
-def _title(results: Results, ok: pd.DataFrame, by: Sequence[str]) -> str:
-    """``varies: rule · fixed: data=toy, model.cell=gru`` for the plotted runs."""
+def _title(ok: pd.DataFrame, by: Sequence[str]) -> str:
+    """``varies: rule`` and ``fixed: data=toy, model.cell=gru`` (two lines) for the plotted runs."""
     fixed = []
     for column in DESCRIBING:
         if column in by or column not in ok.columns or ok[column].isna().all():
@@ -141,6 +142,6 @@ def _title(results: Results, ok: pd.DataFrame, by: Sequence[str]) -> str:
         values = ok[column].dropna().unique()
         if len(values) == 1:
             fixed.append(f"{column.removesuffix('._target_')}={short(values[0])}")
-    return " · ".join(
+    return "\n".join(
         part for part in (f"varies: {', '.join(by)}" if by else "", f"fixed: {', '.join(fixed)}" if fixed else "") if part
     )

@@ -63,22 +63,24 @@ def metric_columns(results: Results, metrics: Sequence[str] | None) -> list[str]
 def values(results: Results, metric: str, final: str = "last") -> pd.Series:
     """See :meth:`Results.values <adaptgrad.results.Results.values>`."""
     check_final(final)
-    (column,) = metric_columns(results, [metric])
-    name = column.removeprefix("final.")
-    if final == "last" or not column.startswith("final."):
-        return results.runs[column].astype("Float64")
+    name = metric.removeprefix("final.").removeprefix("best.")
     history = results.history[results.history["metric"] == name]
-    per_run = history.groupby("run_id")["value"]
-    best = per_run.max() if higher_is_better(name) else per_run.min()
-    return pd.Series(results.runs["run_id"].map(best).to_numpy(), index=results.runs.index, name=f"best.{name}", dtype="Float64")
+    if final == "best" and len(history):
+        per_run = history.groupby("run_id")["value"]
+        best = per_run.max() if higher_is_better(name) else per_run.min()
+        return pd.Series(
+            results.runs["run_id"].map(best).to_numpy(), index=results.runs.index, name=f"best.{name}", dtype="Float64"
+        )
+    (column,) = metric_columns(results, [metric])
+    return results.runs[column].astype("Float64")
 
 
 def summary(results: Results, metrics: Sequence[str] | None, by: Sequence[str] | None, final: str) -> pd.DataFrame:
     """See :meth:`Results.summary <adaptgrad.results.Results.summary>`."""
     check_final(final)
     frame = pd.DataFrame({"run_id": results.runs["run_id"]})
-    for column in metric_columns(results, metrics):
-        series = values(results, column, final)
+    for metric in metric_columns(results, None) if metrics is None else metrics:
+        series = values(results, metric, final)
         frame[series.name] = series
     keys = group_keys(results, by)
     ok = results.runs["status"] == "ok"
