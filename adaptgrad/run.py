@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from adaptgrad.atomic import write_json, write_text
@@ -31,6 +32,7 @@ from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import INVOCATION_ENV, prepare, rule_name
 from adaptgrad.recorder import git_commit, versions
 from adaptgrad.results.markdown import markdown_table
+from adaptgrad.tensorboard import run_name
 from adaptgrad.train import train
 
 log = logging.getLogger("adaptgrad")
@@ -78,7 +80,7 @@ def run(
     write_text(directory / "config.yaml", config_text)
     write_json(directory / "result.json", {**base, "status": "running"})
     try:
-        result = train(prepare(cfg, rule_preset), directory)
+        result = train(prepare(cfg, rule_preset), directory, tb_name=run_name(overrides or []))
     except Exception as error:  # noqa: BLE001 - the job fails, the sweep goes on
         epochs = _epochs_written(directory)
         log.error("job failed: %s: %s", type(error).__name__, error)
@@ -116,10 +118,23 @@ def _epochs_written(directory: Path) -> int:
 
 
 def summary_table(result: dict[str, Any], directory: Path) -> str:
-    """A short Markdown table of a finished job, for the console."""
-    rows = [("status", result["status"]), ("epochs", result.get("epochs", 0))]
+    """A short Markdown table of a finished job, for the console: what ran (model, data, rule,
+    layer), how it ended, its final metrics (last epoch) and where its files are."""
+    try:
+        config = yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    model, data = config.get("model") or {}, config.get("data") or {}
+    rows = [
+        ("model", f"{model.get('cell', '?')} ({model.get('units', '?')} units)"),
+        ("data", str(data.get("_target_", "?")).rsplit(".", 1)[-1]),
+        ("rule", result.get("rule", "?")),
+        ("layer", ", ".join(result.get("layers") or [config.get("layer") or "?"])),
+        ("status", result["status"]),
+        ("epochs", result.get("epochs", 0)),
+    ]
     rows += [(k, f"{v:.4g}") for k, v in result.get("final", {}).items()]
-    rows += [("wall time (s)", f"{result['wall_time']:.1f}"), ("files", str(directory))]
+    rows += [("wall time (s)", f"{result.get('wall_time', 0.0):.1f}"), ("files", str(directory))]
     if result.get("error"):
         rows.append(("error", f"{result['error']['type']}: {result['error']['message']}"))
     return markdown_table(pd.DataFrame(rows, columns=["", "value"]))

@@ -31,13 +31,15 @@ from adaptgrad.layers import find_layer
 from adaptgrad.models import LAYER_NAMES, build_model
 from adaptgrad.recorder import JobFiles
 from adaptgrad.runtime import strategy_for
+from adaptgrad.tensorboard import TensorBoardLog
 
 log = logging.getLogger("adaptgrad")
 
 
-def train(job: Job, directory: Path) -> dict[str, Any]:
+def train(job: Job, directory: Path, *, tb_name: str = "default") -> dict[str, Any]:
     """Build the model, attach watch and rules, train epoch by epoch with a checkpoint after each,
-    resuming from the newest checkpoint in ``directory``; returns the result."""
+    resuming from the newest checkpoint in ``directory``; returns the result. TensorBoard events
+    go to ``directory/tb/<tb_name>``."""
     data = job.dataset
     strategy = strategy_for(job.trainer.distribution, job.trainer.cpu_devices)
     previous_policy = keras.mixed_precision.global_policy()
@@ -67,21 +69,22 @@ def train(job: Job, directory: Path) -> dict[str, Any]:
                 jit_compile=job.trainer.jit_compile,
             )
             adapt = Adapt(watch(model, layer, through_time=job.through_time), [job.rule], seed=job.seed)
-        return _fit(job, model, adapt, directory)
+        return {**_fit(job, model, adapt, directory, tb_name), "layers": [layer.name]}
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[str, Any]:
+def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path, tb_name: str) -> dict[str, Any]:
     data, trainer = job.dataset, job.trainer
     files = JobFiles(directory, adapt, trainer.epochs)
+    events = TensorBoardLog(directory / "tb" / tb_name, adapt)
     checkpoints = Checkpoints(directory / "checkpoints")
     start = 0
     saved = checkpoints.latest() if trainer.checkpoint else None
     if saved is not None:
         start = saved[0] + 1
         _restore(saved[1], model, adapt, files)
-        log.info("resuming at epoch %d from %s", start + 1, checkpoints.directory)
+        log.info("resuming at epoch %d from %s", start, checkpoints.directory)
     validation = batches(data.x_val, data.y_val, trainer.batch_size)
     for epoch in range(start, trainer.epochs):
         order = epoch_order(job.seed, epoch, len(data.x_train), trainer.shuffle)
@@ -91,7 +94,7 @@ def _fit(job: Job, model: keras.Model, adapt: Adapt, directory: Path) -> dict[st
             initial_epoch=epoch,
             epochs=epoch + 1,
             shuffle=False,  # the order is epoch_order's
-            callbacks=[adapt, files],
+            callbacks=[adapt, files, events],
             verbose=0,
         )
         if files.diverged_at is not None:

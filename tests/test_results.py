@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -527,8 +529,66 @@ def run_jobs(sweep: Path, jobs: list[tuple[str, int]]) -> Path:
 
 @pytest.fixture(scope="module")
 def real_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished taylor_prune job (its dir is ``real_job / "0"``)."""
-    return run_jobs(tmp_path_factory.mktemp("job"), [("taylor_prune", 0)])
+    """One finished taylor_prune job (its dir is ``real_job / "0"``); its log lines in ``console.txt``."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("adaptgrad")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        sweep = run_jobs(tmp_path_factory.mktemp("job"), [("taylor_prune", 0)])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    (sweep / "console.txt").write_text("\n".join(lines))
+    return sweep
+
+
+def test_console_says_what_ran_and_what_the_rule_did(real_job: Path) -> None:
+    from adaptgrad.run import summary_table
+
+    epochs = [line for line in (real_job / "console.txt").read_text().splitlines() if line.startswith("epoch")]
+    assert [line.split("  ")[0] for line in epochs] == ["epoch 0 of 0..1", "epoch 1 of 0..1"]
+    assert ["active=3/4  gate×1" in epochs[0], "active=2/4  gate×1" in epochs[1]] == [True, True]
+    table = summary_table(json.loads((real_job / "0" / "result.json").read_text()), real_job / "0")
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()[2:]}
+    assert (rows["model"], rows["data"], rows["rule"], rows["layer"]) == (
+        "minimal_rnn (4 units)",
+        "toy",
+        "taylor_prune",
+        "minimalrnn",
+    )
+    assert rows["status"] == "ok" and rows["epochs"] == "2"
+
+
+def test_tensorboard_events_read_back(real_job: Path) -> None:
+    import tensorflow as tf
+
+    runs = list((real_job / "0" / "tb").iterdir())
+    assert [run.name for run in runs] == ["rule=taylor_prune,rule.fraction=0.25,seed=0"]
+    scalars: dict[str, dict[int, float]] = {}
+    histograms: dict[str, dict[int, np.ndarray]] = {}
+    for events in runs[0].glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                if value.metadata.plugin_data.plugin_name == "histograms":
+                    histograms.setdefault(value.tag, {})[event.step] = array
+                else:
+                    scalars.setdefault(value.tag, {})[event.step] = float(array)
+    history = pd.read_csv(real_job / "0" / "history.csv")
+    for metric in ("loss", "val_loss", "mae", "active_units"):
+        assert scalars[metric] == pytest.approx(dict(enumerate(history[metric])), rel=1e-6), metric
+    assert scalars["edits/gate"] == {0: 1.0, 1: 1.0}
+    units = pd.read_parquet(real_job / "0" / "units.parquet")
+    for statistic in ("grad_abs_sum", "act_grad_sum"):
+        for epoch in (0, 1):
+            bins = histograms[f"minimalrnn/{statistic}"][epoch]  # rows: left edge, right edge, count
+            values = units.loc[units["epoch"] == epoch, statistic]
+            assert bins[:, 2].sum() == len(values) == 4
+            assert bins[0, 0] == pytest.approx(values.min()) and bins[-1, 1] == pytest.approx(values.max())
 
 
 def test_real_job_records_its_rule_name(real_job: Path, tmp_path: Path) -> None:
