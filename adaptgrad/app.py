@@ -97,7 +97,7 @@ def sweep_table(sweep: Path, metric: str = PRIMARY_METRIC) -> str:
             results = collect(sweep)
             by = results.varying_keys()
             return f"{metric} (last epoch) per group:\n" + summary_markdown(results.summary([metric], by), by).rstrip()
-        except ValueError as error:
+        except (OSError, ValueError) as error:
             return f"no {metric} table: {error}"
 
 
@@ -120,7 +120,6 @@ def _error_message(job_dir: Path) -> str:
     except (OSError, json.JSONDecodeError):
         return "no readable result.json"
     return str((result.get("error") or {}).get("message", ""))
-
 
 
 def missing_launcher(argv: list[str]) -> str | None:
@@ -163,7 +162,9 @@ def _app(cfg: DictConfig) -> float:
     if sweeping:  # one line per job; the sweep ends with one table (SweepReport)
         final = (result.get("final") or {}).get(PRIMARY_METRIC)
         shown = f" {PRIMARY_METRIC}={final:.4g}" if isinstance(final, float) else ""
-        print(f"[job {hydra_cfg.job.num}] {' '.join(hydra_cfg.overrides.task)}: {result['status']}{shown}  {output_dir}", flush=True)
+        print(
+            f"[job {hydra_cfg.job.num}] {' '.join(hydra_cfg.overrides.task)}: {result['status']}{shown}  {output_dir}", flush=True
+        )
     else:
         print(summary_table(result, output_dir), flush=True)
         if result["status"] != "ok":  # sweeps: see SweepReport

@@ -509,6 +509,37 @@ def test_cli_compare(arms: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "baseline rule=nope" in capsys.readouterr().err
 
 
+def test_cli_plots_follow_metric_and_compare(arms: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plots = tmp_path / "plots"
+    assert main([str(arms), "--metric", "val_mae", "wall_time", "--plot", str(plots), "--compare", "rule=none"]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["val_mae.png"]  # wall_time has no history to plot
+    assert capsys.readouterr().err.splitlines() == [f"wrote {plots / 'val_mae.png'}"]
+
+
+def test_sweep_ends_with_one_grouped_table(arms: Path) -> None:
+    from adaptgrad.app import sweep_table
+
+    lines = sweep_table(arms).splitlines()
+    assert lines[0] == "val_loss (last epoch) per group:"
+    assert [cell.strip() for cell in lines[1].strip("|").split("|")] == ["rule", "model.name", "n", "final.val_loss"]
+    assert [line.split("|")[1].strip() for line in lines[3:]] == ["none", "none", "taylor_prune", "taylor_prune"]
+    assert sweep_table(arms / "nope").startswith("no val_loss table:")
+
+
+def test_sweep_job_lines_carry_the_job_number(caplog: pytest.LogCaptureFixture) -> None:
+    from adaptgrad.app import _JobTag
+
+    logger = logging.getLogger("adaptgrad")
+    tag = _JobTag(7)
+    logger.addFilter(tag)
+    try:
+        with caplog.at_level(logging.INFO, logger="adaptgrad"):
+            logger.info("epoch %d of 0..%d", 0, 1)
+    finally:
+        logger.removeFilter(tag)
+    assert caplog.messages == ["[job 7] epoch 0 of 0..1"]
+
+
 # --- real jobs, run in-process ------------------------------------------------------------
 
 REAL = ["data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1"]

@@ -182,8 +182,9 @@ class Results:
         """One value of ``metric`` per run (aligned with :attr:`runs`): its ``final`` value.
 
         ``metric`` is a column of :attr:`runs` or a metric name (``val_loss``); ``final`` is
-        ``"last"`` or ``"best"`` (see :meth:`summary`). The series is named after the column
-        (``final.val_loss``, ``best.val_loss``, ``wall_time``).
+        ``"last"`` or ``"best"`` (see :meth:`summary`). A metric that ``result.json`` does not
+        report but ``history.csv`` holds takes its last epoch's value. The series is named after
+        the column (``final.val_loss``, ``best.val_loss``, ``wall_time``).
         """
         return summarising.values(self, metric, final)
 

@@ -71,6 +71,11 @@ def values(results: Results, metric: str, final: str = "last") -> pd.Series:
         return pd.Series(
             results.runs["run_id"].map(best).to_numpy(), index=results.runs.index, name=f"best.{name}", dtype="Float64"
         )
+    if metric not in results.runs.columns and f"final.{name}" not in results.runs.columns and len(history):
+        last = history.sort_values("epoch", kind="stable").drop_duplicates("run_id", keep="last").set_index("run_id")["value"]
+        return pd.Series(
+            results.runs["run_id"].map(last).to_numpy(), index=results.runs.index, name=f"final.{name}", dtype="Float64"
+        )
     (column,) = metric_columns(results, [metric])
     return results.runs[column].astype("Float64")
 
