@@ -142,7 +142,10 @@ def rule_name(rule_cfg: DictConfig, preset: str | None, overrides: Sequence[str]
     not the class registered as ``preset``); then that class's registered name, else its name."""
     target = str(rule_cfg.get("_target_", ""))
     overridden = any(o.lstrip("+~").partition("=")[0] == "rule._target_" for o in overrides)
-    cls = _import_class(target)
+    try:
+        cls = _import_class(target)
+    except (ImportError, AttributeError, ValueError):
+        cls = None
     if preset and not overridden and REGISTRY.get(preset) in (None, cls):
         return preset
     if cls is not None:
@@ -151,11 +154,9 @@ def rule_name(rule_cfg: DictConfig, preset: str | None, overrides: Sequence[str]
 
 
 def _import_class(target: str) -> Any:
+    """The object at ``module.Name`` (ImportError, AttributeError or ValueError if there is none)."""
     module_name, _, attribute = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError):
-        return None
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -174,9 +175,8 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
     dropped with a warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is
     selected), and anything else wrong gets a clear error."""
     target = str(rule_cfg.get("_target_"))
-    module_name, _, attribute = target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), attribute)
+        cls = _import_class(target)
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(
             f"rule._target_={target!r} cannot be imported ({error}); give module.Class of a module on PYTHONPATH"
