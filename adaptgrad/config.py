@@ -148,9 +148,9 @@ def rule_name(rule_cfg: DictConfig, preset: str | None, overrides: Sequence[str]
         cls = None
     if preset and not overridden and REGISTRY.get(preset) in (None, cls):
         return preset
-    if cls is not None:
+    if isinstance(cls, type) and issubclass(cls, AdaptationRule):
         return cls.name or cls.__name__
-    return target.rsplit(".", 1)[-1]
+    return target.rsplit(".", 1)[-1]  # not a rule: the job fails in prepare, with the reason
 
 
 def _import_class(target: str) -> Any:
