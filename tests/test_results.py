@@ -540,6 +540,31 @@ def test_sweep_job_lines_carry_the_job_number(caplog: pytest.LogCaptureFixture) 
     assert caplog.messages == ["[job 7] epoch 0 of 0..1"]
 
 
+def test_studies_script_regenerates_a_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    import studies
+
+    sweep = tmp_path / "studies" / "toy"
+    for number, (cell, rule, seed) in enumerate(
+        (c, r, s) for c in ("gru", "minimal_rnn") for r in ("none", "taylor_prune") for s in range(3)
+    ):
+        write_job(sweep / str(number), rule, seed, final={"val_loss": 0.5 + 0.01 * number}, cell=cell)
+        job_config = OmegaConf.load(sweep / str(number) / "config.yaml")
+        job_config.model.cell = cell  # the runner's configs name the model by model.cell
+        OmegaConf.save(job_config, sweep / str(number) / "config.yaml")
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "README.md").write_text("intro\n<!-- study:toy -->\nold\n<!-- /study:toy -->\nend\n")
+    assert studies.main(["--sweeps", str(tmp_path / "studies"), "--only", "toy", "--experiments", str(experiments)]) == 0
+    readme = (experiments / "README.md").read_text()
+    assert "old" not in readme and readme.startswith("intro\n<!-- study:toy -->\nJobs: 12 (12 ok).") and readme.endswith("end\n")
+    table = [line for line in readme.splitlines() if line.startswith("| gru") or line.startswith("| minimal_rnn")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert [row[:4] for row in cells] == [["gru", "taylor_prune", "3", "paired"], ["minimal_rnn", "taylor_prune", "3", "paired"]]
+    assert [row[-1] for row in cells] == ["gate×2 skip×1"] * 2  # the actions.csv of write_job
+    assert sorted(p.name for p in (experiments / "results").iterdir()) == ["toy.md", "toy_active_units.png", "toy_val_loss.png"]
+
+
 # --- real jobs, run in-process ------------------------------------------------------------
 
 REAL = ["data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1"]
