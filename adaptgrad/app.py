@@ -36,7 +36,7 @@ from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from adaptgrad.config import CONF_DIR, INVOCATION_ENV, register_experiments
+from adaptgrad.config import CONF_DIR, INVOCATION_ENV, register_experiments, register_rules, rules_modules
 from adaptgrad.jobdir import Busy, lock, plan, refusal
 from adaptgrad.preflight import check_invocation, pinned_dir
 
@@ -51,6 +51,9 @@ LAUNCHERS = {
 """Launcher name -> (plugin module, adaptgrad extra that installs it)."""
 
 _failed_jobs: list[str] = []
+
+PRIMARY_METRIC = "val_loss"
+"""The metric the app returns to sweepers (e.g. Optuna) and tabulates at the end of a sweep."""
 
 
 class SweepReport(Callback):
@@ -84,6 +87,37 @@ class SweepReport(Callback):
             f"(completed earlier), {len(_failed_jobs)} did not complete",
             flush=True,
         )
+        print(sweep_table(sweep), flush=True)
+
+
+def sweep_table(sweep: Path, metric: str = PRIMARY_METRIC) -> str:
+    """The sweep's primary metric (last epoch) as mean ± std per group of the varying config keys."""
+    import warnings
+
+    from adaptgrad.results import collect
+    from adaptgrad.results.cli import summary_markdown
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a job's unreadable file is reported by adaptgrad-results, not here
+        try:
+            results = collect(sweep)
+            by = results.varying_keys()
+            return f"{metric} (last epoch) per group:\n" + summary_markdown(results.summary([metric], by), by).rstrip()
+        except (OSError, ValueError) as error:
+            return f"no {metric} table: {error}"
+
+
+class _JobTag(logging.Filter):
+    """Prefixes every adaptgrad log line of a sweep job with ``[job N]`` (parallel jobs interleave)."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.tag = f"[job {number}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.tag):
+            record.msg = self.tag + str(record.msg)
+        return True
 
 
 def _error_message(job_dir: Path) -> str:
@@ -148,17 +182,27 @@ def _app(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    result = run(
-        cfg,
-        output_dir,
-        rule_preset=hydra_cfg.runtime.choices.get("rule"),
-        overrides=list(hydra_cfg.overrides.task),
-    )
-    print(summary_table(result, output_dir), flush=True)
-    if result["status"] != "ok" and hydra_cfg.mode.name == "RUN":  # sweeps: see SweepReport
-        message = (result.get("error") or {}).get("message", "")
-        _failed_jobs.append(f"{output_dir}: {result['status']}: {message}")
-    return float(result.get("final", {}).get("val_loss", float("nan")))
+    sweeping = hydra_cfg.mode.name == "MULTIRUN"
+    tag = _JobTag(hydra_cfg.job.num) if sweeping else None
+    if tag is not None:
+        log.addFilter(tag)
+    try:
+        result = run(cfg, output_dir, rule_preset=hydra_cfg.runtime.choices.get("rule"), overrides=list(hydra_cfg.overrides.task))
+    finally:
+        if tag is not None:
+            log.removeFilter(tag)
+    if sweeping:  # one line per job; the sweep ends with one table (SweepReport)
+        final = (result.get("final") or {}).get(PRIMARY_METRIC)
+        shown = f" {PRIMARY_METRIC}={final:.4g}" if isinstance(final, float) else ""
+        print(
+            f"[job {hydra_cfg.job.num}] {' '.join(hydra_cfg.overrides.task)}: {result['status']}{shown}  {output_dir}", flush=True
+        )
+    else:
+        print(summary_table(result, output_dir), flush=True)
+        if result["status"] != "ok":  # sweeps: see SweepReport
+            message = (result.get("error") or {}).get("message", "")
+            _failed_jobs.append(f"{output_dir}: {result['status']}: {message}")
+    return float(result.get("final", {}).get(PRIMARY_METRIC, float("nan")))
 
 
 _locks = contextlib.ExitStack()
@@ -237,6 +281,11 @@ def main() -> None:
         print(message, file=sys.stderr)
         raise SystemExit(2)
     register_experiments()
+    try:
+        register_rules(rules_modules(sys.argv[1:]))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
     _failed_jobs.clear()
     os.environ[MAIN_PID_ENV] = str(os.getpid())
     code = preflight(sys.argv)

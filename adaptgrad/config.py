@@ -21,7 +21,7 @@ import importlib.util
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,12 +160,72 @@ def register_experiments() -> None:
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
+def rules_modules(overrides: Sequence[str]) -> list[str]:
+    """The modules named by ``rules_module=NAME`` or ``rules_module=[A,B]`` among ``overrides``."""
+    found: list[str] = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "rules_module" and value not in ("", "null"):
+            found += [name.strip() for name in value.strip("[]").split(",") if name.strip()]
+    return found
+
+
+def register_rules(modules: Sequence[str] = ()) -> None:
+    """Import ``modules`` (the user's rule modules), then make every rule registered with
+    ``name=`` that has no ``conf/rule/NAME.yaml`` selectable as ``rule=NAME`` with its defaults."""
+    import adaptgrad.rules  # noqa: F401 - the shipped rules register themselves
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"rules_module={module!r} cannot be imported ({error}); give a module on PYTHONPATH") from error
+    store = ConfigStore.instance()
+    for name, cls in REGISTRY.items():
+        if not (CONF_DIR / "rule" / f"{name}.yaml").is_file():
+            store.store(group="rule", name=name, node=_rule_node(cls))
+
+
+def _rule_node(cls: type[AdaptationRule]) -> dict[str, Any]:
+    """``_target_`` and the default keyword arguments of a rule class (only the target when the
+    class cannot be built without arguments: those are then given as ``+rule.KEY=VALUE``)."""
+    try:
+        defaults = cls().get_config()
+    except Exception:  # noqa: BLE001 - required arguments: no defaults to show
+        defaults = {}
+    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **defaults}
+
+
+def rule_name(rule_cfg: DictConfig, preset: str | None, overrides: Sequence[str] = ()) -> str:
+    """The rule's one name, recorded in ``result.json``: the config choice ``preset``
+    (``rule=NAME``), unless ``rule._target_`` names another class (on the command line, or
+    not the class registered as ``preset``); then that class's registered name, else its name."""
+    target = str(rule_cfg.get("_target_", ""))
+    overridden = any(o.lstrip("+~").partition("=")[0] == "rule._target_" for o in overrides)
+    try:
+        cls = _import_class(target)
+    except (ImportError, AttributeError, ValueError):
+        cls = None
+    if preset and not overridden and REGISTRY.get(preset) in (None, cls):
+        return preset
+    if isinstance(cls, type) and issubclass(cls, AdaptationRule):
+        return cls.name or cls.__name__
+    return target.rsplit(".", 1)[-1]  # not a rule: the job fails in prepare, with the reason
+
+
+def _import_class(target: str) -> Any:
+    """The object at ``module.Name`` (ImportError, AttributeError or ValueError if there is none)."""
+    module_name, _, attribute = target.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The config the app would run with these command-line overrides, without launching it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register_experiments()
+    register_rules(rules_modules(overrides or []))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
 
@@ -175,9 +235,8 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
     dropped with a warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is
     selected), and anything else wrong gets a clear error."""
     target = str(rule_cfg.get("_target_"))
-    module_name, _, attribute = target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), attribute)
+        cls = _import_class(target)
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(
             f"rule._target_={target!r} cannot be imported ({error}); give module.Class of a module on PYTHONPATH"

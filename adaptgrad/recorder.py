@@ -1,12 +1,9 @@
-"""The files a job writes in its output dir, each written atomically (temp file + rename).
+"""The files a job writes in its output dir (through :mod:`adaptgrad.atomic`) and its console lines.
 
 Example:
-    >>> import tempfile, pathlib
-    >>> from adaptgrad.recorder import write_json
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "result.json"
-    >>> write_json(path, {"status": "ok"})
-    >>> path.read_text().strip()
-    '{\\n  "status": "ok"\\n}'
+    >>> from adaptgrad.recorder import edit_summary
+    >>> edit_summary(["gate", "gate", "reinit", "gate"])
+    'gate×3 reinit×1'
 
 A job dir holds ``config.yaml`` (resolved config), ``history.csv`` (one row per epoch),
 ``units.parquet`` (epoch x unit statistics, active flag, scale), ``actions.csv`` (every edit)
@@ -22,6 +19,8 @@ import os
 import platform
 import subprocess
 import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,16 +59,27 @@ def git_commit(directory: str | os.PathLike) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-class JobFiles(keras.callbacks.Callback):
-    """Writes ``history.csv``, ``units.parquet``, ``actions.csv`` after every epoch and logs progress;
-    stops training when a loss or metric is NaN/inf (the job is then ``diverged``). With several
-    adapted layers, the tables are their Adapts' one after another (column ``layer``) and the
-    history has ``active_units/<layer>`` per layer."""
+def edit_summary(actions: Iterable[str]) -> str:
+    """What the rules did in one epoch, for the console: ``gate×3 reinit×1`` or ``no edit``."""
+    counts = Counter(actions)
+    return " ".join(f"{action}×{count}" for action, count in counts.items()) or "no edit"
 
-    def __init__(self, directory: Path, adapts: list[Adapt], epochs: int) -> None:
+
+class JobFiles(keras.callbacks.Callback):
+    """Writes ``history.csv``, ``units.parquet``, ``actions.csv`` after every epoch and logs one
+    line per epoch (metrics, active units, what the rules did); stops training when the loss is
+    NaN/inf, or any other loss or metric is
+    (the job is then ``diverged``).
+
+    Epochs are numbered from 0, as in Keras's callbacks, the rules' ``start_epoch`` and every file;
+    the console line ``epoch 3 of 0..19`` says so. ``adapt`` is the job's :class:`~adaptgrad.Adapt`
+    (or one per adapted layer: the tables are then their frames one under the other).
+    """
+
+    def __init__(self, directory: Path, adapt: Adapt | Sequence[Adapt], epochs: int) -> None:
         super().__init__()
         self.directory = directory
-        self.adapts = list(adapts)
+        self.adapts = [adapt] if isinstance(adapt, keras.callbacks.Callback) else list(adapt)
         self.epochs = epochs
         self.rows: list[dict[str, float]] = []
         self.diverged_at: int | None = None
@@ -87,10 +97,20 @@ class JobFiles(keras.callbacks.Callback):
         self.rows.append(row)
         self.flush()
         shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and not k.startswith("active_units"))
+        active = "  ".join(
+            f"active{'' if len(self.adapts) == 1 else ' ' + a.watch.layer.name}={int(a.units.active.sum())}/{a.units.size}"
+            for a in self.adapts
+        )
+        actions = self.actions_frame()
+        edits = edit_summary(actions.loc[actions["epoch"] == epoch, "action"])
         log.info(
-            "epoch %d/%d  %s  active=%d/%d  (%.2fs)",
-            epoch + 1, self.epochs, shown, sum(int(a.units.active.sum()) for a in self.adapts),
-            sum(a.units.size for a in self.adapts), time.perf_counter() - self._started,
+            "epoch %d of 0..%d  %s  %s  %s  (%.2fs)",
+            epoch,
+            self.epochs - 1,
+            shown,
+            active,
+            edits,
+            time.perf_counter() - self._started,
         )
         self.nonfinite = [k for k, v in row.items() if not math.isfinite(v)]
         if self.nonfinite:  # any loss or metric
@@ -100,18 +120,13 @@ class JobFiles(keras.callbacks.Callback):
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
+    def units_frame(self) -> pd.DataFrame:
+        return pd.concat([a.units_frame() for a in self.adapts], ignore_index=True)
+
+    def actions_frame(self) -> pd.DataFrame:
+        return pd.concat([a.actions_frame() for a in self.adapts], ignore_index=True)
+
     def flush(self) -> None:
         write_frame(self.directory / "history.csv", self.history())
-        write_frame(self.directory / "units.parquet", _by_layer(self.adapts, "units_frame"))
-        write_frame(self.directory / "actions.csv", _by_layer(self.adapts, "actions_frame"))
-
-
-def _by_layer(adapts: list[Adapt], frame: str) -> pd.DataFrame:
-    """The Adapts' frames one after another, each with its ``layer`` column first."""
-    frames = []
-    for adapt in adapts:
-        part = getattr(adapt, frame)()
-        if "layer" not in part.columns:
-            part.insert(0, "layer", adapt.watch.layer.name)
-        frames.append(part)
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        write_frame(self.directory / "units.parquet", self.units_frame())
+        write_frame(self.directory / "actions.csv", self.actions_frame())

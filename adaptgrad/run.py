@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from adaptgrad import jobdir
 from adaptgrad.atomic import write_json, write_text
 from adaptgrad.checkpoint import Checkpoints, config_digest
+from adaptgrad.config import rule_name
+from adaptgrad.results.markdown import markdown_table
 
 log = logging.getLogger("adaptgrad")
 
@@ -82,6 +85,7 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
         Checkpoints(directory / "checkpoints", digest=config_digest(config_text)).clear()  # from scratch
     from adaptgrad.config import prepare  # TensorFlow loads from here on
     from adaptgrad.recorder import git_commit, versions
+    from adaptgrad.tensorboard import run_name
     from adaptgrad.train import train
 
     started = time.perf_counter()
@@ -90,11 +94,12 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
         "versions": versions(),
         "git_commit": git_commit(Path.cwd()) or git_commit(Path(__file__).parent),
         "overrides": overrides,
+        "rule": rule_name(cfg.rule, rule_preset, overrides),
     }
     try:
         write_text(directory / "config.yaml", config_text)
         write_json(directory / "result.json", {**base, "status": "running"})
-        result = train(prepare(cfg, rule_preset), directory)
+        result = train(prepare(cfg, rule_preset), directory, tb_name=run_name(overrides))
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the job fails, the sweep goes on
         epochs = _epochs_written(directory)
         kind = type(error).__name__
@@ -124,12 +129,23 @@ def _epochs_written(directory: Path) -> int:
 
 
 def summary_table(result: dict[str, Any], directory: Path) -> str:
-    """A short Markdown table of a finished job, for the console."""
-    rows = [("status", result["status"]), ("epochs", result.get("epochs", 0))]
+    """A short Markdown table of a finished job, for the console: what ran (model, data, rule,
+    layer), how it ended, its final metrics (last epoch) and where its files are."""
+    try:
+        config = yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    model, data = config.get("model") or {}, config.get("data") or {}
+    rows = [
+        ("model", f"{model.get('cell', '?')} ({model.get('units', '?')} units)"),
+        ("data", str(data.get("_target_", "?")).rsplit(".", 1)[-1]),
+        ("rule", result.get("rule", "?")),
+        ("layer", ", ".join(result.get("layers") or [config.get("layer") or "?"])),
+        ("status", result["status"]),
+        ("epochs", result.get("epochs", 0)),
+    ]
     rows += [(k, f"{v:.4g}" if isinstance(v, (int, float)) else str(v)) for k, v in result.get("final", {}).items()]
     rows += [("wall time (s)", f"{result.get('wall_time', 0.0):.1f}"), ("files", str(directory))]
     if result.get("error"):
         rows.append(("error", f"{result['error']['type']}: {result['error']['message']}"))
-    width = max(len(str(k)) for k, _ in rows)
-    lines = [f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
-    return "\n".join(lines + [f"| {str(k):{width}} | {v} |" for k, v in rows])
+    return markdown_table(pd.DataFrame(rows, columns=["", "value"]))

@@ -33,15 +33,16 @@ from adaptgrad.layers import find_layer
 from adaptgrad.models import make_model, recurrent_layers
 from adaptgrad.recorder import JobFiles
 from adaptgrad.runtime import strategy_for
+from adaptgrad.tensorboard import TensorBoardLog
 
 log = logging.getLogger("adaptgrad")
 
 
-def train(job: Job, directory: Path) -> dict[str, Any]:
+def train(job: Job, directory: Path, *, tb_name: str = "default") -> dict[str, Any]:
     """Build the model, attach a watch and an Adapt (with its own instance of the rule) to each
     adapted layer, train epoch by epoch with a checkpoint after each, resuming from the newest
     checkpoint of the same config in ``directory``; write the final model as ``model.keras``;
-    returns the result."""
+    returns the result. TensorBoard events go to ``directory/tb/<tb_name>``."""
     data = job.dataset
     strategy = strategy_for(job.trainer.distribution, job.trainer.cpu_devices)
     previous_policy = keras.mixed_precision.global_policy()
@@ -71,7 +72,7 @@ def train(job: Job, directory: Path) -> dict[str, Any]:
                 Adapt(_watch(model, layer, job), [copy.deepcopy(job.rule)], seed=job.seed + 1000 * i)
                 for i, layer in enumerate(layers)
             ]
-        result = _fit(job, model, adapts, directory)
+        result = {**_fit(job, model, adapts, directory, tb_name), "layers": [adapt.watch.layer.name for adapt in adapts]}
         _save_model(model, adapts, directory)
         return result
     finally:
@@ -97,16 +98,17 @@ def _save_model(model: keras.Model, adapts: list[Adapt], directory: Path) -> Non
         log.warning("model.keras not written: %s: %s", type(error).__name__, error)
 
 
-def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path) -> dict[str, Any]:
+def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path, tb_name: str) -> dict[str, Any]:
     data, trainer = job.dataset, job.trainer
     files = JobFiles(directory, adapts, trainer.epochs)
+    events = TensorBoardLog(directory / "tb" / tb_name, adapts)
     checkpoints = Checkpoints(directory / "checkpoints", digest=job.digest)
     start = 0
     saved = checkpoints.latest() if trainer.checkpoint else None
     if saved is not None:
         start = saved[0] + 1
         _restore(saved[1], model, adapts, files)
-        log.info("resuming at epoch %d from %s", start + 1, checkpoints.directory)
+        log.info("resuming at epoch %d from %s", start, checkpoints.directory)
     validation = batches(data.x_val, data.y_val, trainer.batch_size)
     for epoch in range(start, trainer.epochs):
         order = epoch_order(job.seed, epoch, len(data.x_train), trainer.shuffle)
@@ -116,7 +118,7 @@ def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path) -> 
             initial_epoch=epoch,
             epochs=epoch + 1,
             shuffle=False,  # the order is epoch_order's
-            callbacks=[*adapts, files],
+            callbacks=[*adapts, files, events],
             verbose=0,
         )
         if files.diverged_at is not None:

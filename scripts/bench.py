@@ -61,11 +61,13 @@ from typing import Any
 import bench_capture  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 import keras
 import numpy as np
+import pandas as pd
 from bench_capture import EAGER, PLAIN, Config, Variant, add_eager_batches, paired_ratio, time_rounds, verdict
 from omegaconf import OmegaConf
 
 import adaptgrad
 from adaptgrad.models import CELLS, LAYER_NAMES, build_model
+from adaptgrad.results.markdown import markdown_table
 from adaptgrad.rules import AdaptationRule, GainRescale, TaylorPrune
 from adaptgrad.stats import SUM_FIELDS
 from adaptgrad.train import batches
@@ -501,10 +503,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def print_table(rows: Sequence[Row]) -> None:
-    print("| section | comparison (A / B) | median A | median B | ratio | bar | result |")
-    print("|---|---|---:|---:|---:|---|---|")
-    for row in rows:
-        print(f"| {' | '.join(dataclasses.astuple(row))} |")
+    columns = ["section", "comparison (A / B)", "median A", "median B", "ratio", "bar", "result"]
+    print(markdown_table(pd.DataFrame([dataclasses.astuple(row) for row in rows], columns=columns)))
 
 
 def main() -> None:

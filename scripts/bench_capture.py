@@ -57,10 +57,12 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 import adaptgrad
 from adaptgrad.models import CELLS, recurrent_layer
+from adaptgrad.results.markdown import markdown_table
 from adaptgrad.runtime import limit_threads
 from adaptgrad.stats import SUM_FIELDS, requested_fields
 from adaptgrad.train import batches
@@ -298,13 +300,13 @@ def report(config: Config, variants: dict[str, Variant]) -> None:
     ratios = {name: paired_ratio(v, variants[PLAIN]) for name, v in variants.items()}
     cpu_ratios = {name: paired_ratio(v, variants[PLAIN], cpu=True) for name, v in variants.items()}
     print()
-    print("| variant | median epoch (s) | ratio to plain fit | CPU-time ratio |")
-    print("|---|---:|---:|---:|")
+    rows = []
     for name, variant in variants.items():
         label = name
         if name == EAGER:
             label += f" (timed on {config.eager_batches} batches, scaled x{variant.scale:g})"
-        print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} | {cpu_ratios[name]:.3f} |")
+        rows.append((label, f"{medians[name]:.3f}", f"{ratios[name]:.3f}", f"{cpu_ratios[name]:.3f}"))
+    print(markdown_table(pd.DataFrame(rows, columns=["variant", "median epoch (s)", "ratio to plain fit", "CPU-time ratio"])))
     print()
     print(machine_line())
     print(

@@ -6,91 +6,87 @@ Run the studies first (each is one command; see experiments/README.md), then::
     python scripts/studies.py --only adding   # one of them
 
 For each study ``NAME`` it reads ``studies/NAME`` with :func:`adaptgrad.results.collect`, writes
-``experiments/results/NAME.md`` (the table that ``adaptgrad-results`` prints, grouped by model
-and rule) and ``experiments/results/NAME_val_loss.png`` / ``NAME_active_units.png`` (the plots
-that ``adaptgrad-results --plot`` writes), then replaces the block between
-``<!-- study:NAME -->`` and ``<!-- /study:NAME -->`` in experiments/README.md with the table and
-a comparison of every rule with the ``none`` control of the same model: the difference of the
-means and whether it exceeds twice its standard error over seeds.
+``experiments/results/NAME.md`` (the summary table, grouped by rule and model, as
+``adaptgrad-results`` prints it) and ``experiments/results/NAME_val_loss.png`` /
+``NAME_active_units.png`` (one panel per rule against the ``none`` control, per model), then
+replaces the block between ``<!-- study:NAME -->`` and ``<!-- /study:NAME -->`` in
+experiments/README.md with the table and the comparison of every rule with the ``none`` control
+of the same model (:meth:`Results.compare`: paired by seed, 95 % CI, Holm-adjusted p over the
+study's rows), with how often each rule acted (edits per run, from ``actions.csv``).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import shutil
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from adaptgrad.results import collect
+from adaptgrad.results import Results, collect
+from adaptgrad.results.cli import comparison_markdown, summary_markdown
+from adaptgrad.results.plotting import plot
+from adaptgrad.results.summarising import higher_is_better
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ("toy", "adding", "sunspots", "digits")
+BY = ["rule", "model.cell"]
+CONTROL = {"rule": "none"}
+ALPHA = 0.05
 
 
-def rule_names(targets: pd.Series) -> pd.Series:
-    """``adaptgrad.rules.TaylorPrune`` -> ``taylor_prune`` (the registered short name)."""
-    from adaptgrad.rules import REGISTRY
-
-    by_class = {cls.__name__: name for name, cls in REGISTRY.items()}
-    return targets.astype(str).map(lambda target: by_class.get(target.rsplit(".", 1)[-1], target))
-
-
-def comparison(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per model and rule: mean of ``metric`` minus the ``none`` control's, and its standard error."""
-    ok = runs[runs.status == "ok"].assign(rule=lambda f: rule_names(f["rule._target_"]))
-    stats = ok.groupby(["model.cell", "rule"])[metric].agg(["mean", "std", "count"]).reset_index()
-    rows = []
-    for _, row in stats.iterrows():
-        control = stats[(stats["model.cell"] == row["model.cell"]) & (stats.rule == "none")]
-        if row.rule == "none" or control.empty:
-            continue
-        control = control.iloc[0]
-        diff = row["mean"] - control["mean"]
-        se = math.sqrt(row["std"] ** 2 / row["count"] + control["std"] ** 2 / control["count"])
-        better = diff > 0 if "accuracy" in metric else diff < 0
-        verdict = "within noise" if abs(diff) <= 2 * se else ("better" if better else "worse")
-        rows.append({"model": row["model.cell"], "rule": row.rule, f"Δ {metric}": f"{diff:+.2g}", "2·SE": f"{2 * se:.2g}", "vs none": verdict})
-    return pd.DataFrame(rows)
+def edits_per_run(results: Results) -> pd.DataFrame:
+    """Per (model, rule): the mean number of edits of each kind per ok run, as ``gate×4 reinit×1.5``."""
+    ok = results.runs.loc[results.runs["status"] == "ok", ["run_id", *BY]]
+    counts = (
+        results.actions[results.actions["run_id"].isin(ok["run_id"])].groupby(["run_id", "action"]).size().unstack(fill_value=0)
+    )
+    counts = ok.set_index("run_id").join(counts).fillna(0)
+    actions = [column for column in counts.columns if column not in BY]
+    mean = counts.groupby(BY)[actions].mean()
+    text = [" ".join(f"{a}×{row[a]:.3g}" for a in actions if row[a] > 0) or "no edit" for _, row in mean.iterrows()]
+    return pd.DataFrame({"edits per run": text}, index=mean.index).reset_index()
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
+def comparison(results: Results, metric: str) -> pd.DataFrame:
+    """Every rule against the ``none`` control of the same model, with a verdict and its edits per run."""
+    table = results.compare(metric, CONTROL, by=["model.cell"])
+    better = table["diff"] > 0 if higher_is_better(metric) else table["diff"] < 0
+    table["vs none"] = [
+        "no evidence" if not p < ALPHA else ("better" if b else "worse") for p, b in zip(table["p_adjusted"], better)
+    ]
+    return table.merge(edits_per_run(results), on=BY, how="left")
 
 
 def study(name: str, sweeps: Path, out: Path) -> str:
     """Write the table and plots of one study; return the Markdown block for the README."""
-    sweep = sweeps / name
-    runs = collect(sweep).runs
-    metric = "final.val_accuracy" if "final.val_accuracy" in runs else "final.val_loss"
-    shown = ["val_loss", "val_accuracy" if "accuracy" in metric else "val_mae", "active_units", "epochs", "wall_time"]
-    table = subprocess.run(
-        [sys.executable, "-m", "adaptgrad.results", str(sweep), "--metric", *shown, "--plot", str(out / f"{name}_plots")],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    for plot in ("val_loss", "active_units"):
-        source = out / f"{name}_plots" / f"{plot}.png"
-        if source.exists():
-            shutil.move(source, out / f"{name}_{plot}.png")
-    shutil.rmtree(out / f"{name}_plots", ignore_errors=True)
+    results = collect(sweeps / name)
+    runs = results.runs
+    metric = "val_accuracy" if "final.val_accuracy" in runs else "val_loss"
+    shown = ["val_loss", "val_accuracy" if metric == "val_accuracy" else "val_mae", "active_units", "epochs", "wall_time"]
+    table = summary_markdown(results.summary(shown, BY), BY).strip()
     (out / f"{name}.md").write_text(table + "\n", encoding="utf-8")
-    statuses = runs.status.value_counts().to_dict()
+    with tempfile.TemporaryDirectory() as plots:
+        for path in plot(results, BY, Path(plots), ["val_loss", "active_units"], CONTROL):
+            shutil.move(path, out / f"{name}_{path.name}")
+    compared = comparison(results, metric)
+    columns = ["model.cell", "rule", "n", "test", "baseline_mean", "mean", "diff", "ci_low", "ci_high", "p", "p_adjusted"]
+    rendered = comparison_markdown(compared[[*columns, "vs none", "edits per run"]]).strip()
+    statuses = runs["status"].value_counts().to_dict()
     lines = [
         f"Jobs: {len(runs)} ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}).",
         "",
         table,
         "",
-        f"Each rule against the `none` control of the same model ({metric.removeprefix('final.')}, final epoch; "
-        "'within noise' when the difference of the means is at most twice its standard error over seeds):",
+        f"Each rule against the `none` control of the same model ({metric}, final epoch): `diff` = rule − none "
+        f"with its 95 % confidence interval, from a t-test paired by seed (`test`); `p_adjusted` is Holm's "
+        f"correction over the {len(compared)} rows; 'better'/'worse' when `p_adjusted` < {ALPHA}, else 'no evidence' "
+        "(with few seeds, no evidence of a difference, not evidence of none). `edits per run`: how often the rule "
+        "acted, the mean count of each edit over the arm's runs (`actions.csv`).",
         "",
-        markdown(comparison(runs, metric)),
+        rendered,
         "",
         f"![validation loss per rule over epochs](results/{name}_val_loss.png)",
         f"![active units per rule over epochs](results/{name}_active_units.png)",
@@ -102,16 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=STUDIES, help="studies to regenerate (default: all found)")
     parser.add_argument("--sweeps", type=Path, default=ROOT / "studies", help="where the study sweep dirs are")
+    parser.add_argument("--experiments", type=Path, default=ROOT / "experiments", help="where README.md and results/ are")
     args = parser.parse_args(argv)
-    out = ROOT / "experiments" / "results"
+    out = args.experiments / "results"
     out.mkdir(parents=True, exist_ok=True)
-    readme_path = ROOT / "experiments" / "README.md"
+    readme_path = args.experiments / "README.md"
     readme = readme_path.read_text(encoding="utf-8")
     for name in args.only or [s for s in STUDIES if (args.sweeps / s).is_dir()]:
         block = study(name, args.sweeps, out)
         pattern = re.compile(rf"(<!-- study:{name} -->\n).*?(\n<!-- /study:{name} -->)", re.S)
         if not pattern.search(readme):
-            raise SystemExit(f"experiments/README.md has no <!-- study:{name} --> block")
+            raise SystemExit(f"{readme_path} has no <!-- study:{name} --> block")
         readme = pattern.sub(lambda m, text=block: m.group(1) + text + m.group(2), readme)
         print(f"{name}: {out / (name + '.md')}")
     readme_path.write_text(readme, encoding="utf-8")

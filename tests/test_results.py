@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from adaptgrad.results import UNITS_COLUMNS, _format_mean_std, collect, main
+from adaptgrad.results import UNITS_COLUMNS, collect, main
+from adaptgrad.results.comparing import STAT_COLUMNS
+from adaptgrad.results.markdown import format_mean_std
 
 SWEEP = Path("multirun") / "2026-11-27" / "10-00-00"
 METRICS = ["loss", "val_loss", "mae", "val_mae", "active_units", "epoch_time"]
@@ -23,13 +28,13 @@ RULES = {
 }
 
 
-def config(rule: str, seed: int) -> dict[str, Any]:
+def config(rule: str, seed: int, cell: str = "gru") -> dict[str, Any]:
     """A resolved job config as the runner writes it."""
     return {
         "seed": seed,
         "layer": "rnn",
         "through_time": True,
-        "model": {"name": "gru", "units": 4, "layers": [4, 4]},
+        "model": {"name": cell, "units": 4, "layers": [4, 4]},
         "data": {"_target_": "adaptgrad.data.Sine", "length": 50, "features": ["x", "dx"]},
         "rule": RULES[rule],
         "optimizer": {"_target_": "keras.optimizers.Adam", "learning_rate": 0.001},
@@ -74,12 +79,13 @@ def write_job(
     epochs: int = 5,
     wall_time: float = 10.0,
     error: dict[str, Any] | None = None,
+    cell: str = "gru",
 ) -> None:
     """Write every file a finished (or failed) job leaves in its dir."""
     (job / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(config(rule, seed)), job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(config(rule, seed, cell)), job / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create([f"rule={rule}", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create(config(rule, seed)), job / "config.yaml")
+    OmegaConf.save(OmegaConf.create(config(rule, seed, cell)), job / "config.yaml")
     offset = (0.0 if rule == "none" else 0.2) + 0.01 * seed
     history(epochs, offset, pruning=rule != "none").to_csv(job / "history.csv", index=False)
     units(epochs).to_parquet(job / "units.parquet", index=False)
@@ -133,7 +139,7 @@ def sweep(tmp_path: Path) -> Path:
 
 
 IDS = [f"2026-11-27/10-00-00/{j}" for j in (0, 1, 2, 3, 10)]
-BY = ["rule._target_"]  # rule.fraction only varies with the rule class: left out
+BY = ["rule"]  # rule._target_ and rule.fraction only vary with the rule: left out
 
 
 def test_runs_table(sweep: Path) -> None:
@@ -232,7 +238,10 @@ def test_varying_keys(sweep: Path, tmp_path: Path) -> None:
     swept = tmp_path / "fractions"  # a parameter swept within one rule class does vary
     write_job(swept / "0", "taylor_prune", 0)
     write_job(swept / "1", "taylor_prune", 0)
-    OmegaConf.save(OmegaConf.create({**config("taylor_prune", 0), "rule": {**RULES["taylor_prune"], "fraction": 0.3}}), swept / "1" / "config.yaml")
+    OmegaConf.save(
+        OmegaConf.create({**config("taylor_prune", 0), "rule": {**RULES["taylor_prune"], "fraction": 0.3}}),
+        swept / "1" / "config.yaml",
+    )
     assert collect(swept).varying_keys() == ["rule.fraction"]
     table = results.summary(["val_loss"])
     assert table.columns.tolist() == ["n", "final.val_loss mean", "final.val_loss std"]
@@ -246,7 +255,7 @@ def test_summary_by_hand(sweep: Path) -> None:
     metrics = ("final.val_loss", "final.val_mae", "epochs", "wall_time")
     stats = [f"{m} {s}" for m in metrics for s in ("mean", "std")]
     assert table.columns.tolist() == [*BY, "n", *stats]
-    assert table["rule._target_"].tolist() == ["adaptgrad.rules.NoOp", "adaptgrad.rules.TaylorPrune"]
+    assert table["rule"].tolist() == ["none", "taylor_prune"]
     assert table["n"].tolist() == [2, 1]  # the failed and running jobs are left out
     none, taylor = table.iloc[0], table.iloc[1]
     assert none["final.val_loss mean"] == pytest.approx(0.52)
@@ -275,10 +284,10 @@ def test_cli_markdown(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert header == [*BY, "n", "final.val_loss", "final.val_mae", "epochs", "wall_time"]
     assert set(lines[1]) <= {"|", "-", ":"}
     none = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert none[:2] == ["adaptgrad.rules.NoOp", "2"]
+    assert none[:2] == ["none", "2"]
     assert none[2:] == ["0.52 ± 0.03", "0.22 ± 0.03", "5 ± 0", "11.0 ± 1.4"]
     taylor = [cell.strip() for cell in lines[3].strip("|").split("|")]
-    assert taylor[:3] == ["adaptgrad.rules.TaylorPrune", "1", "0.3"]
+    assert taylor[:3] == ["taylor_prune", "1", "0.3"]
     assert len(lines) == 4
     assert err.splitlines() == [f"{IDS[3]} failed loss is NaN at batch 3", f"{IDS[4]} running"]
 
@@ -356,10 +365,7 @@ def test_hydra_only_interpolations_stay_text(tmp_path: Path) -> None:
     job = tmp_path / "job"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "config.yaml").write_text(
-        "trainer:\n  lr: 0.01\n"
-        "optimizer:\n  lr: ${trainer.lr}\n"
-        "out: ${hydra:runtime.output_dir}\n"
-        "name: ???\n"
+        "trainer:\n  lr: 0.01\noptimizer:\n  lr: ${trainer.lr}\nout: ${hydra:runtime.output_dir}\nname: ???\n"
     )
     runs = collect(job).runs
     assert runs["optimizer.lr"].item() == 0.01
@@ -381,7 +387,7 @@ def test_hydra_only_interpolations_stay_text(tmp_path: Path) -> None:
     ],
 )
 def test_mean_std_format(mean: Any, std: Any, text: str) -> None:
-    assert _format_mean_std(mean, std) == text
+    assert format_mean_std(mean, std) == text
 
 
 def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -395,10 +401,305 @@ def test_no_ok_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     out = tmp_path / "table.md"
     assert main([str(tmp_path), "--output", str(out), "--plot", str(tmp_path / "plots")]) == 0
-    assert out.read_text().splitlines()[0].split("|")[1].strip() == "rule._target_"
+    assert out.read_text().splitlines()[0].split("|")[1].strip() == "rule"
     assert len(out.read_text().splitlines()) == 2  # header and rule only
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "no ok run" in captured.err
     assert captured.err.splitlines()[-2:] == ["0 diverged", "1 failed m"]
     assert not (tmp_path / "plots").exists()
+
+
+# --- comparisons against a control ----------------------------------------------------------
+
+VAL_LOSS = {  # (cell, rule) -> final val_loss of seeds 0, 1, 2
+    ("gru", "none"): [0.50, 0.56, 0.47],
+    ("gru", "taylor_prune"): [0.41, 0.50, 0.45],
+    ("lstm", "none"): [0.30, 0.36, 0.33],
+    ("lstm", "taylor_prune"): [0.38, 0.39, 0.34],
+}
+
+
+@pytest.fixture
+def arms(tmp_path: Path) -> Path:
+    """2 models x 2 rules x 3 seeds; the lstm taylor_prune arm ran seeds 0, 1, 3 (not paired)."""
+    number = 0
+    for (cell, rule), values in VAL_LOSS.items():
+        seeds = [0, 1, 3] if (cell, rule) == ("lstm", "taylor_prune") else [0, 1, 2]
+        for seed, value in zip(seeds, values, strict=True):
+            write_job(tmp_path / str(number), rule, seed, final={"val_loss": value}, cell=cell)
+            number += 1
+    return tmp_path
+
+
+def test_compare_against_scipy(arms: Path) -> None:
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    table = collect(arms).compare("val_loss", {"rule": "none"})
+    assert table.columns.tolist() == ["model.name", "rule", *STAT_COLUMNS]
+    assert table[["model.name", "rule", "test", "n", "n_baseline"]].values.tolist() == [
+        ["gru", "taylor_prune", "paired", 3, 3],
+        ["lstm", "taylor_prune", "welch", 3, 3],
+    ]
+    gru, lstm = table.iloc[0], table.iloc[1]
+    treated, control = VAL_LOSS[("gru", "taylor_prune")], VAL_LOSS[("gru", "none")]
+    paired = stats.ttest_rel(treated, control)
+    assert gru["p"] == pytest.approx(paired.pvalue, rel=1e-9)
+    assert (gru["ci_low"], gru["ci_high"]) == pytest.approx(tuple(paired.confidence_interval(0.95)), rel=1e-9)
+    assert gru["diff"] == pytest.approx(sum(treated) / 3 - sum(control) / 3)
+    assert (gru["mean"], gru["baseline_mean"]) == pytest.approx((sum(treated) / 3, sum(control) / 3))
+    welch = stats.ttest_ind(VAL_LOSS[("lstm", "taylor_prune")], VAL_LOSS[("lstm", "none")], equal_var=False)
+    assert lstm["p"] == pytest.approx(welch.pvalue, rel=1e-9)
+    assert (lstm["ci_low"], lstm["ci_high"]) == pytest.approx(tuple(welch.confidence_interval(0.95)), rel=1e-9)
+    assert table["p_adjusted"].tolist() == pytest.approx(multipletests(table["p"], method="holm")[1].tolist(), rel=1e-12)
+
+
+def test_compare_groups_final_and_bad_input(arms: Path) -> None:
+    results = collect(arms)
+    pooled = results.compare("val_loss", {"rule": "none"}, by=[])  # both models in one arm: seeds repeat, so Welch
+    assert pooled[["rule", "test", "n", "n_baseline"]].values.tolist() == [["taylor_prune", "welch", 6, 6]]
+    per_rule = results.compare("val_loss", {"model.name": "gru"})  # the arms are models now, split by rule
+    assert per_rule[["rule", "model.name"]].values.tolist() == [["none", "lstm"], ["taylor_prune", "lstm"]]
+    # best epoch: the minimum of the val_loss history (1.2 / (epoch + 1) + offset), so epoch 4
+    best = results.compare("val_loss", {"rule": "none"}, final="best")
+    assert best["diff"].tolist() == pytest.approx([0.2, 0.2 + 0.01 * (3 - 2) / 3])
+    with pytest.raises(ValueError, match="final='worst'; valid: last, best"):
+        results.compare("val_loss", {"rule": "none"}, final="worst")
+    with pytest.raises(ValueError, match="no ok run .* baseline rule=nope"):
+        results.compare("val_loss", {"rule": "nope"})
+    with pytest.raises(ValueError, match="unknown column"):
+        results.compare("val_loss", {"rules": "none"})
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        results.compare("nope", {"rule": "none"})
+    with pytest.raises(ValueError, match="baseline is empty"):
+        results.compare("val_loss", {})
+
+
+def test_summary_best_epoch(arms: Path) -> None:
+    results = collect(arms)
+    last = results.summary(["val_loss"], ["model.name", "rule"])
+    best = results.summary(["val_loss", "val_mae", "wall_time"], ["model.name", "rule"], final="best")
+    assert best.columns.tolist()[3:] == [
+        "best.val_loss mean",
+        "best.val_loss std",
+        "best.val_mae mean",
+        "best.val_mae std",
+        "wall_time mean",
+        "wall_time std",
+    ]
+    assert last["final.val_loss mean"].tolist() == pytest.approx([sum(v) / 3 for v in VAL_LOSS.values()])
+    assert best["best.val_loss mean"].iloc[0] == pytest.approx(1.2 / 5 + 0.01)  # none: offset 0.01 * seed
+    assert best["best.val_mae mean"].tolist() == pytest.approx([0.6 / 5] * 4)
+
+
+def test_cli_compare(arms: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(arms), "--compare", "rule=none", "--metric", "val_loss"]) == 0
+    summary, comparison = capsys.readouterr().out.split("\n\n")
+    assert [c.strip() for c in summary.splitlines()[0].split("|")[1:3]] == ["rule", "model.name"]
+    header = [cell.strip() for cell in comparison.splitlines()[0].strip("|").split("|")]
+    assert header == ["metric", "model.name", "rule", *STAT_COLUMNS]
+    assert [line.split("|")[2].strip() for line in comparison.splitlines()[2:]] == ["gru", "lstm"]
+    assert main([str(arms), "--compare", "rule=none", "--format", "csv", "--final", "best"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert table["metric"].tolist() == ["val_loss", "val_loss"] and table["test"].tolist() == ["paired", "welch"]
+    assert main([str(arms), "--compare", "none"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main([str(arms), "--compare", "rule=nope"]) == 2
+    assert "baseline rule=nope" in capsys.readouterr().err
+
+
+def test_cli_plots_follow_metric_and_compare(arms: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plots = tmp_path / "plots"
+    assert main([str(arms), "--metric", "val_mae", "wall_time", "--plot", str(plots), "--compare", "rule=none"]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["val_mae.png"]  # wall_time has no history to plot
+    assert capsys.readouterr().err.splitlines() == [f"wrote {plots / 'val_mae.png'}"]
+
+
+def test_sweep_ends_with_one_grouped_table(arms: Path) -> None:
+    from adaptgrad.app import sweep_table
+
+    lines = sweep_table(arms).splitlines()
+    assert lines[0] == "val_loss (last epoch) per group:"
+    assert [cell.strip() for cell in lines[1].strip("|").split("|")] == ["rule", "model.name", "n", "final.val_loss"]
+    assert [line.split("|")[1].strip() for line in lines[3:]] == ["none", "none", "taylor_prune", "taylor_prune"]
+    assert sweep_table(arms / "nope").startswith("no val_loss table:")
+
+
+def test_sweep_job_lines_carry_the_job_number(caplog: pytest.LogCaptureFixture) -> None:
+    from adaptgrad.app import _JobTag
+
+    logger = logging.getLogger("adaptgrad")
+    tag = _JobTag(7)
+    logger.addFilter(tag)
+    try:
+        with caplog.at_level(logging.INFO, logger="adaptgrad"):
+            logger.info("epoch %d of 0..%d", 0, 1)
+    finally:
+        logger.removeFilter(tag)
+    assert caplog.messages == ["[job 7] epoch 0 of 0..1"]
+
+
+def test_studies_script_regenerates_a_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    import studies
+
+    sweep = tmp_path / "studies" / "toy"
+    for number, (cell, rule, seed) in enumerate(
+        (c, r, s) for c in ("gru", "minimal_rnn") for r in ("none", "taylor_prune") for s in range(3)
+    ):
+        write_job(sweep / str(number), rule, seed, final={"val_loss": 0.5 + 0.01 * number}, cell=cell)
+        job_config = OmegaConf.load(sweep / str(number) / "config.yaml")
+        job_config.model.cell = cell  # the runner's configs name the model by model.cell
+        OmegaConf.save(job_config, sweep / str(number) / "config.yaml")
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "README.md").write_text("intro\n<!-- study:toy -->\nold\n<!-- /study:toy -->\nend\n")
+    assert studies.main(["--sweeps", str(tmp_path / "studies"), "--only", "toy", "--experiments", str(experiments)]) == 0
+    readme = (experiments / "README.md").read_text()
+    assert "old" not in readme and readme.startswith("intro\n<!-- study:toy -->\nJobs: 12 (12 ok).") and readme.endswith("end\n")
+    table = [line for line in readme.splitlines() if line.startswith("| gru") or line.startswith("| minimal_rnn")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert [row[:4] for row in cells] == [["gru", "taylor_prune", "3", "paired"], ["minimal_rnn", "taylor_prune", "3", "paired"]]
+    assert [row[-1] for row in cells] == ["gate×2 skip×1"] * 2  # the actions.csv of write_job
+    assert sorted(p.name for p in (experiments / "results").iterdir()) == ["toy.md", "toy_active_units.png", "toy_val_loss.png"]
+
+
+# --- real jobs, run in-process ------------------------------------------------------------
+
+REAL = ["data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1"]
+ARMS = {"none": ["rule=none"], "taylor_prune": ["rule=taylor_prune", "rule.fraction=0.25"]}
+
+
+def run_jobs(sweep: Path, jobs: list[tuple[str, int]]) -> Path:
+    """Run ``(rule, seed)`` jobs into ``sweep/0``, ``sweep/1``, ... as the app would."""
+    from adaptgrad.config import compose
+    from adaptgrad.run import run
+
+    for number, (rule, seed) in enumerate(jobs):
+        overrides = [*ARMS[rule], f"seed={seed}"]
+        result = run(compose([*REAL, *overrides]), sweep / str(number), rule_preset=rule, overrides=overrides)
+        assert result["status"] == "ok", result
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def real_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished taylor_prune job (its dir is ``real_job / "0"``); its log lines in ``console.txt``."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("adaptgrad")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        sweep = run_jobs(tmp_path_factory.mktemp("job"), [("taylor_prune", 0)])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    (sweep / "console.txt").write_text("\n".join(lines))
+    return sweep
+
+
+def test_console_says_what_ran_and_what_the_rule_did(real_job: Path) -> None:
+    from adaptgrad.run import summary_table
+
+    epochs = [line for line in (real_job / "console.txt").read_text().splitlines() if line.startswith("epoch")]
+    assert [line.split("  ")[0] for line in epochs] == ["epoch 0 of 0..1", "epoch 1 of 0..1"]
+    assert ["active=3/4  gate×1" in epochs[0], "active=2/4  gate×1" in epochs[1]] == [True, True]
+    table = summary_table(json.loads((real_job / "0" / "result.json").read_text()), real_job / "0")
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()[2:]}
+    assert (rows["model"], rows["data"], rows["rule"], rows["layer"]) == (
+        "minimal_rnn (4 units)",
+        "toy",
+        "taylor_prune",
+        "minimalrnn",
+    )
+    assert rows["status"] == "ok" and rows["epochs"] == "2"
+
+
+def test_tensorboard_events_read_back(real_job: Path) -> None:
+    import tensorflow as tf
+
+    runs = list((real_job / "0" / "tb").iterdir())
+    assert [run.name for run in runs] == ["rule=taylor_prune,rule.fraction=0.25,seed=0"]
+    scalars: dict[str, dict[int, float]] = {}
+    histograms: dict[str, dict[int, np.ndarray]] = {}
+    for events in runs[0].glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                if value.metadata.plugin_data.plugin_name == "histograms":
+                    histograms.setdefault(value.tag, {})[event.step] = array
+                else:
+                    scalars.setdefault(value.tag, {})[event.step] = float(array)
+    history = pd.read_csv(real_job / "0" / "history.csv")
+    for metric in ("loss", "val_loss", "mae", "active_units"):
+        assert scalars[metric] == pytest.approx(dict(enumerate(history[metric])), rel=1e-6), metric
+    assert scalars["edits/gate"] == {0: 1.0, 1: 1.0}
+    units = pd.read_parquet(real_job / "0" / "units.parquet")
+    for statistic in ("grad_abs_sum", "act_grad_sum"):
+        for epoch in (0, 1):
+            bins = histograms[f"minimalrnn/{statistic}"][epoch]  # rows: left edge, right edge, count
+            values = units.loc[units["epoch"] == epoch, statistic]
+            assert bins[:, 2].sum() == len(values) == 4
+            assert bins[0, 0] == pytest.approx(values.min()) and bins[-1, 1] == pytest.approx(values.max())
+
+
+def test_real_job_records_its_rule_name(real_job: Path, tmp_path: Path) -> None:
+    assert json.loads((real_job / "0" / "result.json").read_text())["rule"] == "taylor_prune"
+    results = collect(real_job)
+    assert results.runs["rule"].tolist() == ["taylor_prune"]
+    assert set(results.actions["rule"]) == {"taylor_prune"}
+    old = tmp_path / "old"  # a job dir written before result.json recorded the rule
+    shutil.copytree(real_job, old)
+    result = json.loads((old / "0" / "result.json").read_text())
+    del result["rule"]
+    (old / "0" / "result.json").write_text(json.dumps(result))
+    assert collect(old).runs["rule"].tolist() == ["taylor_prune"]
+
+
+@pytest.mark.slow
+def test_six_job_sweep_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar of the analysis issue on real jobs (faster twins: the hand-written sweeps above)."""
+    sweep = run_jobs(tmp_path / "sweep", [(rule, seed) for rule in ARMS for seed in range(3)])
+    results = collect(sweep)
+    assert results.runs["rule"].tolist() == ["none"] * 3 + ["taylor_prune"] * 3
+    assert results.varying_keys() == ["rule"]
+    table = results.compare("val_loss", {"rule": "none"})
+    assert table["rule"].tolist() == ["taylor_prune"] and table["n"].tolist() == [3]
+    assert table["test"].tolist() == ["paired"]
+    capsys.readouterr()
+    assert main([str(sweep), "--compare", "rule=none"]) == 0
+    assert "| taylor_prune |" in capsys.readouterr().out.split("\n\n")[1]
+
+
+def test_registered_rule_is_selectable_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptgrad.config import compose, rule_name
+    from adaptgrad.run import run
+
+    (tmp_path / "zz_my_rules.py").write_text(
+        "from adaptgrad import AdaptationRule\n"
+        "class ScaleFirst(AdaptationRule, name='zz_scale_first'):\n"
+        "    def __init__(self, *, factor=0.5, **schedule):\n"
+        "        super().__init__(**schedule)\n"
+        "        self.factor = factor\n"
+        "    def apply(self, stats, units, epoch):\n"
+        "        units.scale([0], self.factor)\n"
+        "    def get_config(self):\n"
+        "        return {**super().get_config(), 'factor': self.factor}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = ["rules_module=zz_my_rules", "rule=zz_scale_first", "rule.factor=0.25"]
+    cfg = compose([*REAL, *overrides])
+    assert cfg.rule._target_ == "zz_my_rules.ScaleFirst" and cfg.rule.factor == 0.25 and cfg.rule.every == 1
+    result = run(cfg, tmp_path / "job", rule_preset="zz_scale_first", overrides=overrides)
+    assert result["status"] == "ok" and result["rule"] == "zz_scale_first"
+    assert collect(tmp_path / "job").actions["value"].tolist() == [0.25, 0.25]
+    # a rule._target_ override names the class, whatever preset is selected
+    target = ["rule._target_=zz_my_rules.ScaleFirst"]
+    assert rule_name(compose(target).rule, "gain_rescale", target) == "zz_scale_first"
+    assert rule_name(compose(["rule=taylor_prune"]).rule, "taylor_prune") == "taylor_prune"
+    with pytest.raises(ValueError, match="rules_module='no_such_module'"):
+        compose(["rules_module=no_such_module"])
