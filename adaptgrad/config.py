@@ -42,7 +42,7 @@ log = logging.getLogger("adaptgrad")
 INVOCATION_ENV = "ADAPTGRAD_INVOCATION"
 """Environment variable naming the current ``adaptgrad`` invocation, set by the sweep report."""
 
-TOP_KEYS = ("model", "data", "rule", "optimizer", "trainer", "seed", "layer", "through_time", "rules_module")
+TOP_KEYS = ("model", "data", "rule", "optimizer", "trainer", "seed", "layer", "through_time", "rules_module", "rule_settings")
 """The keys of a job's config."""
 
 
