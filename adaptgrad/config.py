@@ -56,6 +56,7 @@ class Trainer:
     batch_size: int = 32
     steps_per_execution: int = 1
     jit_compile: bool = False
+    deterministic: bool = True
     shuffle: bool = True
     distribution: str = "none"
     cpu_devices: int | None = None
@@ -154,16 +155,17 @@ def _keyword_names(cls: type) -> set[str]:
 def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     """Turn the config into plain objects, validating everything that can fail before training."""
     import keras  # here, not at the top: the app's main process never needs TensorFlow
-    import tensorflow as tf
 
-    from adaptgrad import runtime
+    from adaptgrad import _keras, runtime
 
     trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))
     runtime.configure(trainer.threads, trainer.cpu_devices)  # before TensorFlow's first op here
     seed = int(cfg.seed)
     keras.backend.clear_session()  # joblib reuses worker processes: no state from a previous job
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if trainer.jit_compile and trainer.deterministic:
+        log.warning("trainer.jit_compile=true turns op determinism off (Keras compiles no XLA under it): reruns may differ slightly")
+    _keras.set_op_determinism(trainer.deterministic and not trainer.jit_compile)
     try:
         dataset = instantiate(cfg.data)
     except Exception as error:  # noqa: BLE001

@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adaptgrad import _instrument
+from adaptgrad import _instrument, _keras
 from adaptgrad.layers import find_layer
 
 __all__ = ["Edit", "UnitView", "unit_view"]
@@ -117,7 +117,7 @@ def optimizer_slots(optimizer: Any, variable: Any) -> list[Any]:
         return []
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer_slots(optimizer.inner_optimizer, variable)
-    tracked = getattr(optimizer, "_trainable_variables", None) or []
+    tracked = _keras.optimizer_variables(optimizer)
     index = next((i for i, v in enumerate(tracked) if v is variable), None)
     if index is None:
         return []
@@ -365,7 +365,7 @@ def _consumer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
     """The first layer with weights fed by ``layer`` in a Sequential/functional graph, following a
     single chain through weightless layers (pooling over time, dropout) that keep feature j."""
     while True:
-        consumers = {id(node.operation): node.operation for node in getattr(layer, "_outbound_nodes", [])}
+        consumers = {id(operation): operation for operation in _keras.consumers(layer)}
         layers = [c for c in consumers.values() if isinstance(c, keras.layers.Layer) and not isinstance(c, keras.Model)]
         if len(layers) != 1:
             return None
