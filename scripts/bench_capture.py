@@ -6,6 +6,7 @@ Run it from the project root (about half a minute with the defaults on 2 cores):
     python scripts/bench_capture.py --samples 1024 --repeats 3 --eager-batches 4   # quick look
     python scripts/bench_capture.py --unroll       # every variant's RNN with unroll=True
     python scripts/bench_capture.py --cell gru     # a GRU layer instead of the MinimalRNN
+    python scripts/bench_capture.py --xla          # also every fit variant compiled with XLA
 
 It trains four separately built models of the same architecture, ``Input((steps, features)) ->
 RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)`` (``--cell``: another of the runner's cells;
@@ -22,6 +23,9 @@ order (``shuffle=False``), and measures the wall time of one epoch of:
    per-unit sums the output-mode watch keeps, and applies the gradients with SGD. It is slow, so
    it runs only ``--eager-batches`` batches per round and its time is scaled up to a full epoch
    (``--eager-batches 0`` skips it).
+
+With ``--xla``, the three fit variants also run compiled with XLA (``jit_compile=True``, checked
+to be in effect), in the same interleaved rounds, and each is compared with its twin without XLA.
 
 The data is fed as the runner feeds it (``adaptgrad.train.batches``: a ``tf.data`` pipeline
 without the autotuner, whose thread otherwise makes a ``fit`` call that ends early wait for it,
@@ -63,6 +67,8 @@ PLAIN = "plain fit"
 WATCH_OUTPUT = "fit + watch (output)"
 WATCH_TIME = "fit + watch (through time)"
 EAGER = "eager GradientTape loop"
+XLA = " + XLA"
+"""Suffix of a variant's name when its train step is compiled with XLA (``--xla``)."""
 BARS = {WATCH_OUTPUT: 1.03, WATCH_TIME: 1.10}
 """Largest acceptable ratio of a watched fit's epoch time to the plain fit's."""
 EAGER_SPEEDUP_BAR = 5.0
@@ -80,6 +86,7 @@ class Config:
     eager_batches: int
     unroll: bool = False
     cell: str = "minimal_rnn"
+    xla: bool = False
 
     @property
     def batches_per_epoch(self) -> int:
@@ -115,6 +122,7 @@ def parse_args() -> Config:
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
     parser.add_argument("--unroll", action="store_true", help="build the RNN with unroll=True")
     parser.add_argument("--cell", choices=CELLS, default="minimal_rnn", help="the recurrent layer's cell (minimal_rnn)")
+    parser.add_argument("--xla", action="store_true", help="also time every fit variant compiled with XLA (jit_compile=True)")
     add_eager_batches(parser)
     config = Config(**vars(parser.parse_args()))
     sizes = (config.samples, config.repeats, config.units, config.steps, config.features)
@@ -176,9 +184,12 @@ def build_variants(
     variants: dict[str, Variant] = {}
     watches: dict[str, adaptgrad.GradientWatch] = {}
     data = batches(x, y, config.batch_size)
-    for name, through_time in ((PLAIN, None), (WATCH_OUTPUT, False), (WATCH_TIME, True)):
+    fits = ((PLAIN, None), (WATCH_OUTPUT, False), (WATCH_TIME, True))
+    for name, through_time, xla in [(n, t, False) for n, t in fits] + [(n + XLA, t, True) for n, t in fits if config.xla]:
         model = build_model(config)
-        model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
+        model.compile(optimizer=keras.optimizers.SGD(), loss="mse", jit_compile=xla)
+        if model.jit_compile != xla:  # Keras drops XLA, with a warning, under op determinism
+            raise RuntimeError(f"{name}: Keras compiles with jit_compile={model.jit_compile}")
         if through_time is not None:
             watches[name] = adaptgrad.watch(model, "rnn", through_time=through_time)
 
@@ -247,6 +258,11 @@ def report(config: Config, variants: dict[str, Variant]) -> None:
         if name == EAGER:
             label += f" (timed on {config.eager_batches} batches, scaled x{variant.scale:g})"
         print(f"| {label} | {medians[name]:.3f} | {ratios[name]:.3f} |")
+    compiled = [name for name in variants if name.endswith(XLA)]
+    if compiled:
+        print()
+    for name in compiled:
+        print(f"{name} / {name.removesuffix(XLA)}: {paired_ratio(variants[name], variants[name.removesuffix(XLA)]):.3f}")
     print()
     print(machine_line())
     print(
