@@ -5,8 +5,8 @@ Example:
     >>> from adaptgrad import _keras
     >>> rnn = keras.layers.SimpleRNN(3, name="rnn")
     >>> model = keras.Sequential([keras.Input((5, 2)), rnn, keras.layers.Dense(1, name="head")])
-    >>> [layer.name for layer in _keras.all_layers(model)]
-    ['rnn', 'simple_rnn_cell', 'head']
+    >>> [type(layer).__name__ for layer in _keras.all_layers(model) if layer.weights]
+    ['SimpleRNN', 'SimpleRNNCell', 'Dense']
     >>> [layer.name for layer in _keras.consumers(rnn)], _keras.call_takes_training(rnn.cell)
     (['head'], True)
 

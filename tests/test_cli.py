@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from adaptgrad.app import LAUNCHERS, main
 from adaptgrad.config import INVOCATION_ENV
 from adaptgrad.results import collect
+from adaptgrad.rules.base import REGISTRY
 
 from test_app import cli
 from test_reliability import RULES
@@ -29,11 +30,12 @@ class Invocation(NamedTuple):
 
 
 @pytest.fixture
-def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Invocation]:
+def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Invocation]]:
     """``adaptgrad ARGS`` run by ``app.main()``: exit code, stdout, stderr. Hydra leaves logging
     alone (``hydra/job_logging=none``: its set-up would close pytest's log handlers), and the sweep
     report's environment variable is undone afterwards."""
     monkeypatch.setenv(INVOCATION_ENV, "")
+    registered = dict(REGISTRY)  # the user rules these tests import register their names
 
     def invoke(*args: str) -> Invocation:
         monkeypatch.setattr(sys, "argv", ["adaptgrad", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
@@ -45,7 +47,9 @@ def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
         captured = capsys.readouterr()
         return Invocation(code, captured.out, captured.err)
 
-    return invoke
+    yield invoke
+    REGISTRY.clear()
+    REGISTRY.update(registered)
 
 
 def test_user_rule_through_own_config_folder(adaptgrad_cli, tiny, tmp_path, monkeypatch):
