@@ -164,7 +164,7 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     keras.backend.clear_session()  # joblib reuses worker processes: no state from a previous job
     keras.utils.set_random_seed(seed)
     if trainer.jit_compile and trainer.deterministic:
-        log.warning("trainer.jit_compile=true turns op determinism off (Keras compiles no XLA under it): reruns may differ slightly")
+        log.warning("trainer.jit_compile=true turns op determinism off (Keras compiles no XLA under it): reruns may differ")
     _keras.set_op_determinism(trainer.deterministic and not trainer.jit_compile)
     try:
         dataset = instantiate(cfg.data)
