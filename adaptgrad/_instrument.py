@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import keras
 import tensorflow as tf
-from keras.src import backend as keras_backend
+
+from adaptgrad import _keras
 
 Probe = Callable[[tf.Tensor], tf.Tensor]
 
@@ -54,7 +55,7 @@ class Hooks:
         self._replaced: list[tuple[Any, str, Any]] = []
         self._original_call = self._replace(layer, "call", self._call)
         if is_recurrent(layer):
-            self._original_inner_loop = self._replace(layer, "inner_loop", self._inner_loop)
+            self._original_inner_loop = self._replace(layer, _keras.RNN_INNER_LOOP, self._inner_loop)
 
     def _replace(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> Callable[..., Any]:
         """Shadow ``owner.name`` by ``wrapper`` on the instance; return the original method."""
@@ -158,7 +159,7 @@ def through_time_loop(
     z = tf.fill(tf.concat([tf.shape(time_major)[:2], [units]], axis=0), zero)
     hidden: dict[str, tf.Tensor] = {}
     z = time_probe(z, lambda: (hidden.get("h"), kept))
-    cell_kwargs = {"training": training} if cell._call_has_training_arg else {}
+    cell_kwargs = {"training": training} if _keras.call_takes_training(cell) else {}
     shared: list[bool] = []  # is the cell's output its first state? (seen when the step is traced)
 
     def cell_step(x: tf.Tensor, states: list[tf.Tensor], z_t: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
@@ -186,7 +187,7 @@ def through_time_loop(
     def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
         return cell_step(inputs[0], list(states), inputs[1])
 
-    last_output, outputs, new_states = keras_backend.rnn(step, (time_major, z), initial_state, **loop)
+    last_output, outputs, new_states = _keras.rnn(step, (time_major, z), initial_state, **loop)
     if time_probe.needs_hidden:
         hidden["h"] = tf.reverse(outputs, axis=[0]) if layer.go_backwards else outputs
     return last_output, tf.transpose(outputs, [1, 0, 2]), new_states

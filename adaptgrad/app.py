@@ -276,6 +276,7 @@ def preflight(argv: list[str]) -> int:
 
 def main() -> None:
     """Console-script entry point (``adaptgrad`` and ``python -m adaptgrad``)."""
+    _failed_jobs.clear()  # main() may run more than once in a process (tests)
     message = missing_launcher(sys.argv[1:])
     if message:
         print(message, file=sys.stderr)

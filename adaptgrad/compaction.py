@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from adaptgrad import _keras
 from adaptgrad.gates import UnitGate
 from adaptgrad.layers import all_layers, find_layer
 from adaptgrad.units import consumer_chain, incoming_weights, input_kernels, unit_rows, weight_owner
@@ -114,7 +115,7 @@ def compact(model: keras.Model, *, next_layers: Mapping[str, str] | None = None)
         removed_rows[consumer.name] = np.concatenate([rows[unit] for unit in units])
     kept = {name: size - len(gated[name]) for name, size in sizes.items()}
     small = _rebuild(model, kept)
-    nested = {id(sub) for layer in layers for sub in layer._flatten_layers(include_self=False)}  # cells etc.
+    nested = {id(sub) for layer in layers for sub in all_layers(layer)}  # cells etc.
     for old in layers:
         if id(old) in nested or not old.weights:
             continue
@@ -126,7 +127,7 @@ def compact(model: keras.Model, *, next_layers: Mapping[str, str] | None = None)
 def _rebuild(model: keras.Model, kept: dict[str, int]) -> keras.Model:
     if hasattr(model, "adaptgrad_compact"):
         return model.adaptgrad_compact(kept)
-    if not _is_graph(model):
+    if not _keras.is_graph_model(model):
         raise ValueError(
             f"compact rebuilds Sequential and functional models; {type(model).__name__} {model.name!r} is subclassed: "
             f"define adaptgrad_compact(units) on it (see adaptgrad.question.MyModel)"
@@ -142,13 +143,6 @@ def _rebuild(model: keras.Model, kept: dict[str, int]) -> keras.Model:
         return keras.models.clone_model(model, clone_function=clone)
     except Exception as error:  # noqa: BLE001 - a layer between a gated layer and its consumer fixes a shape
         raise ValueError(f"compact cannot rebuild model {model.name!r} with fewer units: {error}") from error
-
-
-def _is_graph(model: keras.Model) -> bool:
-    """Sequential or functional: Keras has no public name for the functional model class."""
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, (keras.Sequential, Functional))
 
 
 def _sliced_weights(layer: keras.layers.Layer, gated: list[int], rows: np.ndarray | None) -> list[np.ndarray]:

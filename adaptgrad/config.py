@@ -95,6 +95,7 @@ class Trainer:
     batch_size: int = 32
     steps_per_execution: int = 1
     jit_compile: bool = False
+    deterministic: bool = True
     shuffle: bool = True
     distribution: str = "none"
     cpu_devices: int | None = None
@@ -385,14 +386,16 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     """Turn the config into plain objects, validating everything that can fail before training."""
     spec = check(cfg, rule_preset)
     import keras  # here, not at the top: the app's main process never needs TensorFlow
-    import tensorflow as tf
 
-    from adaptgrad import runtime
+    from adaptgrad import _keras, runtime
 
     runtime.configure(spec.trainer.threads, spec.trainer.cpu_devices)  # before TensorFlow's first op here
     keras.backend.clear_session()  # joblib reuses worker processes: no state from a previous job
     keras.utils.set_random_seed(spec.seed)
-    tf.config.experimental.enable_op_determinism()
+    trainer = spec.trainer
+    if trainer.jit_compile and trainer.deterministic:
+        log.warning("trainer.jit_compile=true turns op determinism off (Keras compiles no XLA under it): reruns may differ")
+    _keras.set_op_determinism(trainer.deterministic and not trainer.jit_compile)
     dataset = load_data(cfg.data)
     try:
         make_optimizer = instantiate(spec.optimizer, _partial_=True)  # built inside the strategy scope

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import keras
 
-
-def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer of ``model``, nested sub-models and attributes of subclassed models included."""
-    return list(model._flatten_layers(include_self=False, recursive=True))
+from adaptgrad import _keras
 
 
 def find_layer(model: keras.Model, layer: str | keras.layers.Layer) -> keras.layers.Layer:
@@ -26,7 +23,7 @@ def find_layer(model: keras.Model, layer: str | keras.layers.Layer) -> keras.lay
             model's layer names.
         TypeError: ``layer`` is neither a string nor a Keras layer.
     """
-    layers = all_layers(model)
+    layers = _keras.all_layers(model)  # nested sub-models and attributes of subclassed models included
     names = [candidate.name for candidate in layers]
     if isinstance(layer, keras.layers.Layer):
         if not any(candidate is layer for candidate in layers):

@@ -49,7 +49,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from adaptgrad import _instrument, slots
+from adaptgrad import _instrument, _keras, slots
 from adaptgrad.gates import GatedInitializer, UnitGate
 from adaptgrad.layers import find_layer
 
@@ -199,7 +199,7 @@ def consumer_chain(layer: keras.layers.Layer) -> tuple[list[keras.layers.Layer],
     chain: list[keras.layers.Layer] = []
     current = layer
     while True:
-        consumers = {id(node.operation): node.operation for node in getattr(current, "_outbound_nodes", [])}
+        consumers = {id(operation): operation for operation in _keras.consumers(current)}
         found = [c for c in consumers.values() if isinstance(c, keras.layers.Layer)]
         if len(found) != 1:
             return None

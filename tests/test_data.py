@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import doctest
 import inspect
 from pathlib import Path
 
@@ -47,11 +46,6 @@ def all_x(ds: data.Dataset) -> np.ndarray:
 
 def all_y(ds: data.Dataset) -> np.ndarray:
     return np.concatenate([ds.y_train, ds.y_val])
-
-
-def test_module_docstrings_run() -> None:
-    result = doctest.testmod(data)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_registry_names() -> None:

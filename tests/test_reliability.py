@@ -52,6 +52,7 @@ def test_same_config_and_seed_give_identical_files_and_other_seeds_differ(tmp_pa
     assert not (tmp_path / "a" / "history.csv").read_bytes() == (tmp_path / "c" / "history.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_sigkilled_job_resumes_to_identical_files(tmp_path):
     args = [*JOB, "trainer.epochs=6"]
     reference = cli(*args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
@@ -136,6 +137,7 @@ class Exploding(AdaptationRule, name="exploding"):
 """
 
 
+@pytest.mark.slow
 def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
     (tmp_path / "my_rules.py").write_text(RULES)
     conf = tmp_path / "my_conf" / "rule"

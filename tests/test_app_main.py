@@ -1,0 +1,167 @@
+"""The ``adaptgrad`` command in this process: ``app.main()`` with ``sys.argv`` set, as the console
+script calls it. Fast twins of the ``slow`` tests that start ``python -m adaptgrad`` in a fresh
+process (those run in CI: ``pytest -m slow``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from omegaconf import OmegaConf
+
+from adaptgrad.app import LAUNCHERS, main
+from adaptgrad.config import INVOCATION_ENV
+from adaptgrad.results import collect
+from adaptgrad.rules.base import REGISTRY
+
+from test_app import cli
+from test_reliability import RULES
+
+
+class Invocation(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Invocation]]:
+    """``adaptgrad ARGS`` run by ``app.main()``: exit code, stdout, stderr. Hydra leaves logging
+    alone (``hydra/job_logging=none``: its set-up would close pytest's log handlers), and the sweep
+    report's environment variable is undone afterwards."""
+    monkeypatch.setenv(INVOCATION_ENV, "")
+    registered = dict(REGISTRY)  # the user rules these tests import register their names
+
+    def invoke(*args: str) -> Invocation:
+        monkeypatch.setattr(sys, "argv", ["adaptgrad", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return Invocation(code, captured.out, captured.err)
+
+    yield invoke
+    REGISTRY.clear()
+    REGISTRY.update(registered)
+
+
+def test_user_rule_through_own_config_folder(adaptgrad_cli, tiny, tmp_path, monkeypatch):
+    (tmp_path / "gate_first_rules.py").write_text(
+        "from adaptgrad import AdaptationRule\n"
+        "class GateFirst(AdaptationRule, name='gate_first'):\n"
+        "    def apply(self, stats, units, epoch):\n"
+        "        units.gate([0])\n"
+    )
+    (tmp_path / "my_conf" / "rule").mkdir(parents=True)
+    (tmp_path / "my_conf" / "rule" / "gate_first.yaml").write_text("_target_: gate_first_rules.GateFirst\nmin_active: 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    done = adaptgrad_cli(
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "rule=gate_first", *tiny, f"hydra.run.dir={tmp_path / 'out'}"
+    )
+    assert done.code == 0, done.err[-3000:]
+    assert "| status        | ok |" in done.out
+    actions = collect(tmp_path / "out").actions
+    assert actions[["epoch", "rule", "action", "unit"]].values.tolist() == [[0, "gate_first", "gate", 0]]
+
+
+def test_sweep_with_a_failing_and_a_diverging_arm_reports_and_resumes(adaptgrad_cli, tiny, tmp_path, monkeypatch):
+    """The basic launcher runs the jobs in this process; the joblib twin is
+    ``test_reliability.py::test_sweep_with_a_failing_and_a_diverging_arm``."""
+    (tmp_path / "sweep_rules.py").write_text(RULES)
+    conf = tmp_path / "my_conf" / "rule"
+    conf.mkdir(parents=True)
+    (conf / "broken.yaml").write_text("_target_: sweep_rules.Broken\n")
+    (conf / "exploding.yaml").write_text("_target_: sweep_rules.Exploding\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "rule=none,broken,exploding",
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        *tiny,
+        f"hydra.sweep.dir={sweep}",
+    ]
+
+    first = adaptgrad_cli(*args)
+    assert first.code == 1, first.err[-3000:]
+    assert "3 ran, 0 resumed, 0 skipped (completed earlier), 2 did not complete" in first.out
+    assert "failed: this rule is broken on purpose" in first.err and "diverged: loss is NaN or inf" in first.err
+    runs = collect(sweep).runs.set_index("rule._target_")
+    assert runs.status.value_counts().to_dict() == {"ok": 1, "failed": 1, "diverged": 1}
+    assert runs.loc["sweep_rules.Broken", "error.epoch"] == 1 and runs.loc["sweep_rules.Broken", "epochs"] == 1
+    ok_files = {
+        p: p.read_bytes() for p in sweep.rglob("*.csv") if json.loads((p.parent / "result.json").read_text())["status"] == "ok"
+    }
+
+    second = adaptgrad_cli(*args)
+    assert second.code == 1
+    assert "2 ran, 0 resumed, 1 skipped (completed earlier), 2 did not complete" in second.out
+    assert all(p.read_bytes() == content for p, content in ok_files.items())
+
+
+def test_optuna_search_minimises_the_returned_validation_loss(adaptgrad_cli, tiny, tmp_path):
+    sweep = tmp_path / "search"
+    done = adaptgrad_cli("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *tiny, f"hydra.sweep.dir={sweep}")
+    assert done.code == 0, done.err[-3000:]
+    runs = collect(sweep).runs
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert len(runs) == 2 and (runs.status == "ok").all()
+    assert best.best_value == pytest.approx(runs["final.val_loss"].min())
+
+
+BAD_INPUTS = {
+    "hydra.run.dir=/etc/hostname/out": "NotADirectoryError: [Errno 20] Not a directory: '/etc/hostname/out'",
+    "trainer.epochs==3": "Error parsing override 'trainer.epochs==3'",
+    "model=transformer": "Could not find 'model/transformer'",
+    "layer=nope": "model 'minimal_rnn_model' has no layer named 'nope'",
+}
+
+
+@pytest.mark.parametrize("override", sorted(BAD_INPUTS))
+def test_bad_inputs_print_one_screen_and_exit_nonzero(adaptgrad_cli, tiny, tmp_path, override):
+    run_dir = [] if "run.dir" in override else [f"hydra.run.dir={tmp_path / 'out'}"]
+    done = adaptgrad_cli(*tiny, override, *run_dir)
+    assert done.code != 0
+    assert BAD_INPUTS[override] in done.err + done.out, done.err[-2000:]
+    assert len(done.err.splitlines()) <= 25, done.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override", sorted(BAD_INPUTS))
+def test_bad_inputs_in_a_fresh_process(tiny, tmp_path, override):
+    """The same through ``python -m adaptgrad``: nothing more on the screen (TensorFlow's and
+    absl's start-up lines included)."""
+    run_dir = [] if "run.dir" in override else [f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = cli(*tiny, override, *run_dir, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert BAD_INPUTS[override] in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    assert len(proc.stderr.splitlines()) <= 25, proc.stderr
+
+
+def test_the_wheel_ships_the_configs_and_presets(tmp_path):
+    """What ``pip install .`` puts in site-packages holds ``conf/`` and ``experiments/`` inside the
+    package; the slow twin installs it and runs it from another directory."""
+    from hatchling.builders.wheel import WheelBuilder
+
+    root = Path(__file__).resolve().parent.parent
+    (wheel,) = WheelBuilder(str(root)).build(directory=str(tmp_path), versions=["standard"])
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"adaptgrad/conf/config.yaml", "adaptgrad/conf/trainer/default.yaml", "adaptgrad/experiments/question.yaml"} <= names
+    assert {"adaptgrad/app.py", "adaptgrad/_keras.py"} <= names and not any(name.startswith("tests/") for name in names)
+
+
+def test_a_launcher_that_is_not_installed_stops_before_hydra_starts(adaptgrad_cli, monkeypatch):
+    monkeypatch.setitem(LAUNCHERS, "ray", ("hydra_plugins.no_such_launcher", "ray"))
+    done = adaptgrad_cli("-m", "hydra/launcher=ray", "seed=0,1")
+    assert done.code == 2 and done.out == ""
+    assert (
+        done.err
+        == "error: hydra/launcher=ray needs the ray launcher plugin, which is not installed.\nInstall it with:  pip install 'adaptgrad[ray]'\n"
+    )

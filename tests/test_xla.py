@@ -1,0 +1,47 @@
+"""XLA in the runner: ``trainer.jit_compile=true`` compiles the train step with XLA, which needs
+TensorFlow's op determinism off (Keras otherwise compiles without XLA, with only a warning)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from adaptgrad import _keras
+from adaptgrad.config import compose, prepare
+from adaptgrad.run import run
+
+from test_app import cli
+
+FALLBACK = "Model doesn't support `jit_compile=True`"
+"""The start of Keras's warning when it drops XLA."""
+
+
+def test_a_jit_compile_job_compiles_with_xla(tiny, tmp_path, caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(compose([*tiny, "trainer.jit_compile=true"]), tmp_path)
+    assert result["status"] == "ok", result
+    assert not [w for w in caught if str(w.message).startswith(FALLBACK)]
+    assert not _keras.op_determinism_enabled()
+    assert "trainer.jit_compile=true turns op determinism off" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "overrides, deterministic",
+    [([], True), (["trainer.deterministic=false"], False), (["trainer.jit_compile=true"], False)],
+    ids=["default", "not_deterministic", "jit_compile"],
+)
+def test_op_determinism_follows_the_trainer(tiny, overrides, deterministic):
+    _keras.set_op_determinism(not deterministic)  # a previous job of this process left the other state
+    prepare(compose([*tiny, *overrides]))
+    assert _keras.op_determinism_enabled() is deterministic
+
+
+@pytest.mark.slow
+def test_a_jit_compile_job_in_a_fresh_process(tmp_path):
+    """The bar of issue 14, as a user runs it."""
+    proc = cli("data=toy", "trainer.epochs=1", "trainer.jit_compile=true", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| status        | ok |" in proc.stdout
+    assert FALLBACK not in proc.stderr + proc.stdout
