@@ -83,18 +83,12 @@ class Dataset:
                 raise ValueError(f"x_{split} has shape {x.shape}; expected 3 dimensions (N, T, F)")
             if self.task == "regression" and (y.ndim != 2 or y.shape[1] != self.outputs):
                 raise ValueError(
-                    f"y_{split} has shape {y.shape}; regression with outputs={self.outputs} "
-                    f"expects (N, {self.outputs})"
+                    f"y_{split} has shape {y.shape}; regression with outputs={self.outputs} expects (N, {self.outputs})"
                 )
             if self.task == "classification" and y.ndim != 1:
-                raise ValueError(
-                    f"y_{split} has shape {y.shape}; classification expects (N,) labels"
-                )
+                raise ValueError(f"y_{split} has shape {y.shape}; classification expects (N,) labels")
             if x.shape[0] != y.shape[0]:
-                raise ValueError(
-                    f"x_{split} has {x.shape[0]} examples but y_{split} has {y.shape[0]}; "
-                    "they must match"
-                )
+                raise ValueError(f"x_{split} has {x.shape[0]} examples but y_{split} has {y.shape[0]}; they must match")
             for array, field in ((x, f"x_{split}"), (y, f"y_{split}")):
                 if not np.isfinite(array).all():
                     raise ValueError(f"{field} contains NaN or infinite values")
@@ -106,18 +100,13 @@ class Dataset:
                         f"with outputs={self.outputs} they must lie in [0, {self.outputs - 1}]"
                     )
         if self.x_train.shape[1:] != self.x_val.shape[1:]:
-            raise ValueError(
-                f"x_train steps/features {self.x_train.shape[1:]} differ from "
-                f"x_val's {self.x_val.shape[1:]}"
-            )
+            raise ValueError(f"x_train steps/features {self.x_train.shape[1:]} differ from x_val's {self.x_val.shape[1:]}")
 
     def _frozen(self, field: str, dtype: type[np.generic]) -> np.ndarray:
         """Replace array ``field`` by a read-only copy of dtype ``dtype`` and return it."""
         value = np.asarray(getattr(self, field))
         if np.issubdtype(dtype, np.integer) and not np.issubdtype(value.dtype, np.integer):
-            raise ValueError(
-                f"{field} has dtype {value.dtype}; classification labels must be integers"
-            )
+            raise ValueError(f"{field} has dtype {value.dtype}; classification labels must be integers")
         array = np.array(value, dtype=dtype, copy=True)
         array.setflags(write=False)
         object.__setattr__(self, field, array)
@@ -188,9 +177,7 @@ def toy(*, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return Dataset("toy", x, y, x, y, task="regression", outputs=4)
 
 
-def adding(
-    *, length: int = 50, samples: int = 2000, val_fraction: float = 0.2, seed: int = 0
-) -> Dataset:
+def adding(*, length: int = 50, samples: int = 2000, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015).
 
     Each step has 2 features: a value drawn uniformly from ``[0, 1)`` and a marker that
@@ -279,9 +266,7 @@ def copy_memory(
     return _shuffle_split("copy_memory", x, y, "classification", symbols, val_fraction, rng)
 
 
-def sunspots(
-    *, window: int = 20, horizon: int = 1, val_fraction: float = 0.2, seed: int = 0
-) -> Dataset:
+def sunspots(*, window: int = 20, horizon: int = 1, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """One-step (or ``horizon``-step) forecasting of yearly sunspot activity, 1700-2008.
 
     The 309 yearly values of ``statsmodels.api.datasets.sunspots`` are cut into windows:
@@ -326,9 +311,7 @@ def sunspots(
     starts = np.arange(n)
     x = scaled[starts[:, None] + np.arange(window)][..., None]
     y = scaled[starts + window + horizon - 1][:, None]
-    return Dataset(
-        "sunspots", x[:n_train], y[:n_train], x[n_train:], y[n_train:], task="regression", outputs=1
-    )
+    return Dataset("sunspots", x[:n_train], y[:n_train], x[n_train:], y[n_train:], task="regression", outputs=1)
 
 
 def digits(*, val_fraction: float = 0.2, seed: int = 0) -> Dataset:

@@ -35,9 +35,7 @@ def split_cpu(devices: int) -> None:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
     except RuntimeError as error:
         if len(tf.config.list_logical_devices("CPU")) < devices:
-            raise RuntimeError(
-                f"trainer.cpu_devices={devices} must be set before TensorFlow starts in this process"
-            ) from error
+            raise RuntimeError(f"trainer.cpu_devices={devices} must be set before TensorFlow starts in this process") from error
 
 
 def limit_threads(threads: int) -> None:

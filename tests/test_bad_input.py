@@ -88,7 +88,9 @@ def test_nan_gradients_skip_the_rule_and_end_the_job_as_diverged(tmp_path):
 
 
 def test_launcher_not_installed(monkeypatch):
-    assert missing_launcher(["rule=none"]) is None and missing_launcher(["hydra/launcher=joblib"]) is None  # the test extra has joblib
+    assert (
+        missing_launcher(["rule=none"]) is None and missing_launcher(["hydra/launcher=joblib"]) is None
+    )  # the test extra has joblib
     monkeypatch.setitem(LAUNCHERS, "ray", ("hydra_plugins.no_such_launcher", "ray"))  # whether or not the ray extra is installed
     message = missing_launcher(["-m", "hydra/launcher=ray"])
     assert message == (

@@ -173,9 +173,7 @@ def test_digits_match_sklearn() -> None:
         table = np.column_stack([images.reshape(len(images), -1), labels])
         return table[np.lexsort(table.T[::-1])]
 
-    np.testing.assert_allclose(
-        rows(all_x(ds), all_y(ds)), rows(bunch.images / 16.0, bunch.target), atol=1e-7
-    )
+    np.testing.assert_allclose(rows(all_x(ds), all_y(ds)), rows(bunch.images / 16.0, bunch.target), atol=1e-7)
 
 
 def test_unknown_name_lists_valid_names() -> None:

@@ -96,7 +96,9 @@ def test_through_time_in_every_compile_mode(kind, compile_kwargs):
     x, y = data(5)
     model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
     assert model.jit_compile or "jit_compile" not in compile_kwargs  # XLA compiled the step, not Keras's silent fallback
-    want = reference_fit(ref_model, rnn, head, x, y, batch_size=2, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=True)
+    want = reference_fit(
+        ref_model, rnn, head, x, y, batch_size=2, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=True
+    )
     assert_stats_equal(w.stats(), want)
 
 
