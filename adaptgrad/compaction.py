@@ -27,7 +27,7 @@ import numpy as np
 
 from adaptgrad import _keras
 from adaptgrad.gates import UnitGate
-from adaptgrad.layers import all_layers, find_layer
+from adaptgrad.layers import find_layer
 from adaptgrad.units import consumer_chain, incoming_weights, input_kernels, unit_rows, weight_owner
 
 __all__ = ["compact"]
@@ -89,7 +89,7 @@ def compact(model: keras.Model, *, next_layers: Mapping[str, str] | None = None)
             message names it.
     """
     next_layers = dict(next_layers or {})
-    layers = all_layers(model)
+    layers = _keras.all_layers(model)
     gated = {layer.name: _gated(layer) for layer in layers}
     gated = {name: units for name, units in gated.items() if units}
     by_name = {layer.name: layer for layer in layers}
@@ -115,7 +115,7 @@ def compact(model: keras.Model, *, next_layers: Mapping[str, str] | None = None)
         removed_rows[consumer.name] = np.concatenate([rows[unit] for unit in units])
     kept = {name: size - len(gated[name]) for name, size in sizes.items()}
     small = _rebuild(model, kept)
-    nested = {id(sub) for layer in layers for sub in all_layers(layer)}  # cells etc.
+    nested = {id(sub) for layer in layers for sub in _keras.all_layers(layer)}  # cells etc.
     for old in layers:
         if id(old) in nested or not old.weights:
             continue

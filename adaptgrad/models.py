@@ -147,6 +147,6 @@ def recurrent_layers(model: keras.Model) -> list[str]:
     """Names of the model's recurrent layers (``keras.layers.RNN`` and its subclasses), in order."""
     import keras
 
-    from adaptgrad.layers import all_layers
+    from adaptgrad._keras import all_layers
 
     return [layer.name for layer in all_layers(model) if isinstance(layer, keras.layers.RNN)]
