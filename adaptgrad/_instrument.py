@@ -220,25 +220,29 @@ def _popping_loop(
 
     keep = collect or layer.return_sequences
     steps = -1 if z.shape[0] is None else z.shape[0]  # XLA needs the list's size
-    output_list = tf.raw_ops.EmptyTensorList(element_shape=element_shape(z), max_num_elements=steps, element_dtype=z.dtype)
+    kept_lists = [tf.raw_ops.EmptyTensorList(element_shape=element_shape(z), max_num_elements=steps, element_dtype=z.dtype)]
+    kept_lists = kept_lists if keep else []  # no output list in the loop unless it is filled (XLA rejects an empty one)
 
-    def body(x_list: tf.Tensor, z_list: tf.Tensor, out_list: tf.Tensor, *states: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def body(x_list: tf.Tensor, z_list: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        out_lists, states = rest[: len(kept_lists)], rest[len(kept_lists) :]
         x_list, x_t = pop(x_list, inputs)
         z_list, z_t = pop(z_list, z)
         output, new_states = cell_step(x_t, list(states), z_t)
         if keep:  # no gradient flows back into the hidden states collected only for the probe
             pushed = output if layer.return_sequences else tf.stop_gradient(output)
-            out_list = tf.raw_ops.TensorListPushBack(input_handle=out_list, tensor=pushed)
-        return (x_list, z_list, out_list, *new_states)
+            out_lists = (tf.raw_ops.TensorListPushBack(input_handle=out_lists[0], tensor=pushed),)
+        return (x_list, z_list, *out_lists, *new_states)
 
-    loop_vars = (make_list(inputs), make_list(z), output_list, *initial_state)
-    _, _, out_list, *new_states = tf.while_loop(
+    loop_vars = (make_list(inputs), make_list(z), *kept_lists, *initial_state)
+    _, _, *rest = tf.while_loop(
         lambda *_: True,
         body,
         loop_vars,
         maximum_iterations=tf.shape(z)[0],
         parallel_iterations=32,  # as Keras
     )
+    out_lists, new_states = rest[: len(kept_lists)], rest[len(kept_lists) :]
+    out_list = out_lists[0] if keep else None
     last_output = new_states[0]
     if keep:
         outputs = tf.raw_ops.TensorListStack(input_handle=out_list, element_shape=element_shape(z), element_dtype=z.dtype)

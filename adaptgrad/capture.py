@@ -107,7 +107,7 @@ class _Accumulators:
 _REDUCTIONS: dict[str, Callable[[tf.Tensor, tf.Tensor | None, list[int]], tf.Tensor]] = {
     "grad_sum": lambda g, h, axes: tf.reduce_sum(g, axis=axes),
     "grad_abs_sum": lambda g, h, axes: tf.reduce_sum(tf.abs(g), axis=axes),
-    "grad_sq_sum": lambda g, h, axes: tf.square(tf.math.reduce_euclidean_norm(g, axis=axes)),  # no temporary
+    "grad_sq_sum": lambda g, h, axes: tf.reduce_sum(tf.square(g), axis=axes),  # XLA on CPU has no EuclideanNorm
     "act_grad_sum": lambda g, h, axes: tf.reduce_sum(h * g, axis=axes),
     "act_abs_sum": lambda g, h, axes: tf.reduce_sum(tf.abs(h), axis=axes),
 }
