@@ -8,6 +8,7 @@ Run it from the project root (about half a minute with the defaults on 2 cores):
     python scripts/bench_capture.py --cell gru     # a GRU layer instead of the MinimalRNN
     python scripts/bench_capture.py --stats gradient --stats grad_sum,act_abs_sum   # these sets only
     python scripts/bench_capture.py --threads 1    # TensorFlow on one thread (steadier on a shared machine)
+    python scripts/bench_capture.py --xla          # also every fit variant compiled with XLA
 
 It trains separately built models of the same architecture, ``Input((steps, features)) ->
 RNN(MinimalRNNCell(units), name='rnn') -> Dense(1)`` (``--cell``: another of the runner's cells;
@@ -26,6 +27,11 @@ order (``shuffle=False``), and measures the wall time of one epoch of:
    per-unit sums the output-mode watch keeps, and applies the gradients with SGD. It is slow, so
    it runs only ``--eager-batches`` batches per round and its time is scaled up to a full epoch
    (``--eager-batches 0`` skips it).
+
+With ``--xla``, every fit variant also runs with its train step compiled by XLA
+(``jit_compile=True``, with op determinism off, checked to be in effect), named with the suffix
+`` + XLA``, right after its twin without XLA in the same interleaved rounds; each is compared
+with its twin below the table.
 
 The data is fed as the runner feeds it (``adaptgrad.train.batches``: a ``tf.data`` pipeline
 without the autotuner, whose thread otherwise makes a ``fit`` call that ends early wait for it,
@@ -50,6 +56,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 import argparse
 import dataclasses
+import itertools
 import platform
 import statistics
 import time
@@ -61,6 +68,7 @@ import pandas as pd
 import tensorflow as tf
 
 import adaptgrad
+from adaptgrad._keras import set_op_determinism
 from adaptgrad.models import CELLS, recurrent_layer
 from adaptgrad.results.markdown import markdown_table
 from adaptgrad.runtime import limit_threads
@@ -70,6 +78,8 @@ from adaptgrad.train import batches
 PLAIN = "plain fit"
 WATCH_OUTPUT = "fit + watch (output)"
 EAGER = "eager GradientTape loop"
+XLA = " + XLA"
+"""Suffix of a variant's name when its train step is compiled with XLA (``--xla``)."""
 STATS_SETS: dict[str, tuple[str, ...] | None] = {
     "all": None,
     "gradient": ("grad_sum", "grad_abs_sum", "grad_sq_sum"),
@@ -104,6 +114,7 @@ class Config:
     cell: str = "minimal_rnn"
     stats: tuple[str, ...] = tuple(STATS_SETS)
     threads: int | None = None
+    xla: bool = False
 
     @property
     def batches_per_epoch(self) -> int:
@@ -152,6 +163,7 @@ def parse_args() -> Config:
     parser.add_argument(
         "--threads", type=int, help="TensorFlow threads (intra- and inter-op; default: all); 1 steadies the CPU-time ratio"
     )
+    parser.add_argument("--xla", action="store_true", help="also time every fit variant compiled with XLA (jit_compile=True)")
     add_eager_batches(parser)
     args = vars(parser.parse_args())
     args["stats"] = tuple(dict.fromkeys(args["stats"] or STATS_SETS))
@@ -231,9 +243,15 @@ def build_variants(config: Config, x: np.ndarray, y: np.ndarray) -> tuple[dict[s
     watches: dict[str, adaptgrad.GradientWatch] = {}
     data = batches(x, y, config.batch_size)
     watched = [(WATCH_OUTPUT, False, None), *((watch_time(s), True, fields_of(s)) for s in config.stats)]
-    for name, through_time, stats in ((PLAIN, None, None), *watched):
+    if config.xla:
+        set_op_determinism(False)  # Keras drops XLA, with a warning, under op determinism
+    modes = (False, True) if config.xla else (False,)
+    for (fit_name, through_time, stats), xla in itertools.product(((PLAIN, None, None), *watched), modes):
+        name = fit_name + XLA if xla else fit_name
         model = build_model(config)
-        model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
+        model.compile(optimizer=keras.optimizers.SGD(), loss="mse", jit_compile=xla)
+        if model.jit_compile != xla:
+            raise RuntimeError(f"{name}: Keras compiles with jit_compile={model.jit_compile}")
         if through_time is not None:
             watches[name] = adaptgrad.watch(model, "rnn", through_time=through_time, stats=stats)
 
@@ -308,6 +326,12 @@ def report(config: Config, variants: dict[str, Variant]) -> None:
         rows.append((label, f"{medians[name]:.3f}", f"{ratios[name]:.3f}", f"{cpu_ratios[name]:.3f}"))
     print(markdown_table(pd.DataFrame(rows, columns=["variant", "median epoch (s)", "ratio to plain fit", "CPU-time ratio"])))
     print()
+    compiled = [name for name in variants if name.endswith(XLA)]
+    for name in compiled:
+        variant, twin = variants[name], variants[name.removesuffix(XLA)]
+        print(f"{name} / without XLA: {paired_ratio(variant, twin):.3f} (CPU time {paired_ratio(variant, twin, cpu=True):.3f})")
+    if compiled:
+        print()
     print(machine_line())
     print(
         "Ratios and speed-ups: medians over rounds of the quotient of two epoch times measured "
