@@ -172,7 +172,7 @@ def rules_modules(overrides: Sequence[str]) -> list[str]:
 
 
 def register_rules(modules: Sequence[str] = ()) -> None:
-    """Import ``modules`` (the user's rule modules), then make every rule registered with
+    """Import ``modules`` (the user's rule modules), then make every rule they register with
     ``name=`` that has no ``conf/rule/NAME.yaml`` selectable as ``rule=NAME`` with its defaults."""
     import adaptgrad.rules  # noqa: F401 - the shipped rules register themselves
 
@@ -182,8 +182,9 @@ def register_rules(modules: Sequence[str] = ()) -> None:
         except ImportError as error:
             raise ValueError(f"rules_module={module!r} cannot be imported ({error}); give a module on PYTHONPATH") from error
     store = ConfigStore.instance()
-    for name, cls in REGISTRY.items():
-        if not (CONF_DIR / "rule" / f"{name}.yaml").is_file():
+    for name, cls in REGISTRY.items():  # only the named modules' rules: others imported by chance may shadow a config file
+        named = any(cls.__module__ == module or cls.__module__.startswith(f"{module}.") for module in modules)
+        if named and not (CONF_DIR / "rule" / f"{name}.yaml").is_file():
             store.store(group="rule", name=name, node=_rule_node(cls))
 
 

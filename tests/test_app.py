@@ -279,5 +279,5 @@ def test_built_in_model_depth_stacks_layers_and_adapts_each(tmp_path):
     result = run(compose([*TINY, "model=gru", "model.depth=2", "rule=taylor_prune", "rule.fraction=0.5"]), tmp_path)
     assert result["status"] == "ok", result
     units = pd.read_parquet(tmp_path / "units.parquet")
-    assert units.groupby("layer").unit.nunique().to_dict() == {"gru_1": 3, "gru_2": 3}
+    assert units.groupby("layer").unit.nunique().to_dict() == {"gru_1": 4, "gru_2": 4}
     assert pd.read_csv(tmp_path / "actions.csv").groupby("layer").size().to_dict() == {"gru_1": 2, "gru_2": 2}

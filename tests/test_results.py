@@ -639,7 +639,7 @@ def test_tensorboard_events_read_back(real_job: Path) -> None:
         assert scalars[metric] == pytest.approx(dict(enumerate(history[metric])), rel=1e-6), metric
     assert scalars["edits/gate"] == {0: 1.0, 1: 1.0}
     units = pd.read_parquet(real_job / "0" / "units.parquet")
-    for statistic in ("grad_abs_sum", "act_grad_sum"):
+    for statistic in ("act_grad_sum",):  # what the job's rule (taylor_prune) reads, so all the watch captures
         for epoch in (0, 1):
             bins = histograms[f"minimalrnn/{statistic}"][epoch]  # rows: left edge, right edge, count
             values = units.loc[units["epoch"] == epoch, statistic]

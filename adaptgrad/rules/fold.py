@@ -31,11 +31,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import keras
-
-from adaptgrad.cells import MinimalRNNCell
-
 if TYPE_CHECKING:
+    import keras
+
     from adaptgrad.capture import GradientWatch
     from adaptgrad.units import UnitView
 
@@ -44,6 +42,10 @@ HOMOGENEOUS_ACTIVATIONS = ("relu", "linear")
 
 def positively_homogeneous(layer: keras.layers.Layer) -> bool:
     """True if scaling a unit's incoming weights by gamma scales its state by gamma at every step."""
+    import keras  # here: rules load without TensorFlow (the app checks every sweep point without it)
+
+    from adaptgrad.cells import MinimalRNNCell
+
     cell = getattr(layer, "cell", None)
     if isinstance(cell, MinimalRNNCell):
         return True
