@@ -219,7 +219,7 @@ def test_cli_sweep_params_of_an_experiment_are_checked_too(tmp_path, monkeypatch
 
 
 def test_empty_training_set_and_zero_time_steps_are_refused(tmp_path, monkeypatch):
-    (tmp_path / "my_data.py").write_text(
+    (tmp_path / "shapeless_data.py").write_text(
         "import numpy as np\n"
         "from adaptgrad.data import Dataset\n"
         "def empty():\n"
@@ -231,8 +231,8 @@ def test_empty_training_set_and_zero_time_steps_are_refused(tmp_path, monkeypatc
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     for target, message in (("empty", "has no training examples"), ("no_steps", "has sequences of 0 time steps")):
-        (point,) = check_invocation(["data=toy", f"data._target_=my_data.{target}"], multirun=False)
-        assert point.error == f"data 'my_data.{target}' {message}" + (
+        (point,) = check_invocation(["data=toy", f"data._target_=shapeless_data.{target}"], multirun=False)
+        assert point.error == f"data 'shapeless_data.{target}' {message}" + (
             "; a recurrent layer needs at least 1" if target == "no_steps" else ""
         )
 

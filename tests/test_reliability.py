@@ -341,12 +341,12 @@ def test_divergence_is_checked_on_every_loss_and_metric(tmp_path, monkeypatch):
 
 
 def test_a_job_that_calls_sys_exit_ends_failed(tmp_path, monkeypatch):
-    (tmp_path / "my_rules.py").write_text(
+    (tmp_path / "quitting_rules.py").write_text(
         "import sys\nfrom adaptgrad import AdaptationRule\n"
         "class Quits(AdaptationRule):\n    def apply(self, stats, units, epoch):\n        sys.exit(3)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = run(compose([*TINY, "rule=none", "rule._target_=my_rules.Quits"]), tmp_path)
+    result = run(compose([*TINY, "rule=none", "rule._target_=quitting_rules.Quits"]), tmp_path)
     assert result["status"] == "failed" and result["error"]["message"] == "the job called sys.exit(3)"
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
 
