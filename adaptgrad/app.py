@@ -36,7 +36,8 @@ from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from adaptgrad.config import CONF_DIR, INVOCATION_ENV, register_experiments, register_rules, rules_modules
+from adaptgrad.atomic import write_json, write_text
+from adaptgrad.config import CONF_DIR, register_experiments, register_rules, rules_modules
 from adaptgrad.jobdir import Busy, lock, plan, refusal
 from adaptgrad.preflight import check_invocation, pinned_dir
 
@@ -56,23 +57,32 @@ PRIMARY_METRIC = "val_loss"
 """The metric the app returns to sweepers (e.g. Optuna) and tabulates at the end of a sweep."""
 
 
+INVOCATION = ".adaptgrad.invocation"
+"""The file in a sweep's dir naming the invocation that runs it. A file, not an environment
+variable: Ray's workers (and a cluster's) do not inherit the command's environment, and the
+sweep dir's lock (see :func:`preflight`) keeps any other invocation out of it meanwhile."""
+
+OUTCOME = "outcome.json"
+"""The file in a sweep job's dir saying what the invocation did with the job, for the report."""
+
+
 class SweepReport(Callback):
     """Hydra callback: at the end of a sweep, count what each job did in *this* invocation and
     list the jobs that did not complete (the command then exits non-zero).
 
     Jobs never raise (a failure is recorded in the job's files), so Hydra always reaches
-    ``on_multirun_end``; the counts come from each job's ``outcome.json``, tagged with an id
-    this callback puts in the environment that launcher workers inherit.
+    ``on_multirun_end``; the counts come from each job's ``outcome.json``, tagged with the id
+    this callback writes into the sweep dir at the start (:data:`INVOCATION`).
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        os.environ[INVOCATION_ENV] = uuid.uuid4().hex
+        write_text(Path(config.hydra.sweep.dir) / INVOCATION, uuid.uuid4().hex)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        invocation = os.environ.get(INVOCATION_ENV)
+        invocation = _invocation(sweep)
         counts: Counter[str] = Counter()
-        for path in sorted(sweep.rglob("outcome.json")):
+        for path in sorted(sweep.rglob(OUTCOME)):
             try:
                 outcome = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
@@ -88,6 +98,25 @@ class SweepReport(Callback):
             flush=True,
         )
         print(sweep_table(sweep), flush=True)
+
+
+def _invocation(sweep: Path) -> str | None:
+    try:
+        return (sweep / INVOCATION).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def _record_outcome(job_dir: Path, sweep: Path, result: dict[str, Any]) -> None:
+    """In the job's process: what this invocation did with the job (a refused job's dir is another
+    run's and is left alone)."""
+    if result.get("outcome") == "refused":
+        return
+    record = {"invocation": _invocation(sweep), "outcome": result.get("outcome"), "status": result.get("status")}
+    try:
+        write_json(job_dir / OUTCOME, record)
+    except OSError as error:
+        log.error("cannot record the job's end in %s: %s", job_dir, error)
 
 
 def sweep_table(sweep: Path, metric: str = PRIMARY_METRIC) -> str:
@@ -192,6 +221,7 @@ def _app(cfg: DictConfig) -> float:
         if tag is not None:
             log.removeFilter(tag)
     if sweeping:  # one line per job; the sweep ends with one table (SweepReport)
+        _record_outcome(output_dir, Path(hydra_cfg.sweep.dir), result)
         final = (result.get("final") or {}).get(PRIMARY_METRIC)
         shown = f" {PRIMARY_METRIC}={final:.4g}" if isinstance(final, float) else ""
         print(

@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adaptgrad")
 
-INVOCATION_ENV = "ADAPTGRAD_INVOCATION"
-"""Environment variable naming the current ``adaptgrad`` invocation, set by the sweep report."""
-
 TOP_KEYS = ("model", "data", "rule", "optimizer", "trainer", "seed", "layer", "through_time", "rules_module", "rule_settings")
 """The keys of a job's config."""
 

@@ -27,9 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from adaptgrad.atomic import write_json
-from adaptgrad.config import INVOCATION_ENV
-
 LOCK = ".adaptgrad.lock"
 """The lock file in a job's (or a sweep's) dir."""
 
@@ -96,10 +93,3 @@ def lock(directory: Path) -> Iterator[None]:
     finally:
         del _held[key]
         os.close(fd)  # releases the lock
-
-
-def write_outcome(directory: Path, outcome: str, status: str) -> None:
-    """Record what this invocation did with the job, for the end-of-sweep report."""
-    write_json(
-        Path(directory) / "outcome.json", {"invocation": os.environ.get(INVOCATION_ENV), "outcome": outcome, "status": status}
-    )

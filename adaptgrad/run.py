@@ -78,7 +78,6 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
         return _refused(jobdir.refusal(directory))
     if decision == "skip":
         log.info("skipping %s: it already completed with this config", directory)
-        jobdir.write_outcome(directory, "skipped", "ok")
         return {**jobdir.previous(directory)[1], "outcome": "skipped"}
     found = jobdir.previous(directory)
     if found is not None and found[1].get("status") in ("failed", "diverged"):
@@ -110,7 +109,6 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
     outcome = "resumed" if result.get("resumed_from") else "ran"
     try:
         write_json(directory / "result.json", result)
-        jobdir.write_outcome(directory, outcome, result["status"])
     except OSError as error:
         log.error("cannot record the job's end in %s: %s", directory, error)
         result = {
