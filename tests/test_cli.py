@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY
 
 from adaptgrad.results import collect
 from adaptgrad.results import main as results_main
 
 from test_app import cli, on_path, own_model
-from test_reliability import DATA, HUGE, TINY, snapshot
+from test_reliability import DATA, HUGE, snapshot
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY
 from test_bad_input import invoke
 
 from adaptgrad.checkpoint import Checkpoints
@@ -105,7 +107,7 @@ def test_resume_after_a_corrupt_newest_checkpoint_still_gives_identical_files(tm
     assert run(compose(args), tmp_path / "whole")["status"] == "ok"
     # a job interrupted after epoch 1 whose newest checkpoint is torn: resumes from epoch 0's
     partial = tmp_path / "partial"
-    assert run(compose([*JOB, "trainer.epochs=3"]), partial)["status"] == "ok"
+    shutil.copytree(tmp_path / "whole", partial)
     result = json.loads((partial / "result.json").read_text())
     (partial / "result.json").write_text(json.dumps({**result, "status": "running"}))
     newest = partial / "checkpoints" / "epoch-0002.ckpt"
@@ -178,7 +180,10 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
     assert all(p.read_bytes() == content for p, content in ok_files.items())
 
 
+@pytest.mark.slow
 def test_distribution_and_mixed_precision_match_single_device_float32(tmp_path):
+    """Through the runner; the capture itself: test_watch.py::test_mirrored_strategy_sums_equal_single_device
+    and test_watch.py::test_mixed_precision_divides_out_the_loss_scale."""
     # one batch per epoch (102 training examples, batch 128): every statistic is compared at the
     # same weights. Afterwards float16 trajectories drift (and dynamic loss scaling skips steps
     # whose weight gradients overflow), so mixed precision is compared on epoch 0 only.
@@ -211,9 +216,6 @@ def test_distribution_and_mixed_precision_match_single_device_float32(tmp_path):
     first = {name: frame[frame.epoch == 0] for name, frame in units.items()}
     np.testing.assert_allclose(first["mixed"][stats], first["single"][stats], rtol=2e-2, atol=1e-4)
     pd.testing.assert_frame_equal(actions["mixed"][actions["mixed"].epoch == 0], actions["single"][actions["single"].epoch == 0])
-
-
-TINY = ["data=toy", "model.units=3", "trainer.epochs=2", "trainer.batch_size=1"]
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -357,7 +359,9 @@ def test_a_job_that_cannot_write_its_files_ends_failed_without_raising(tmp_path)
     assert result["status"] == "failed" and result["error"]["type"] == "IsADirectoryError"
 
 
+@pytest.mark.slow
 def test_a_completed_job_is_skipped_without_importing_tensorflow(tmp_path):
+    """A fresh process; skipping in-process: test_app_main.py::test_sweep_with_a_failing_arm_reports_and_resumes."""
     assert run(compose(TINY), tmp_path)["status"] == "ok"
     script = (
         "import sys\nfrom adaptgrad.config import compose\nfrom adaptgrad.run import run\n"

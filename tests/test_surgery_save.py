@@ -9,6 +9,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from cases import representative
 
 import adaptgrad
 from adaptgrad.cells import MinimalRNNCell
@@ -47,7 +48,7 @@ def assert_gated(model: keras.Model, x: np.ndarray) -> None:
     assert np.all(outputs[..., GATED] == 0.0) and np.all(np.abs(outputs[..., [0, 2, 4]]).max(axis=(0, 1)) > 0)
 
 
-@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("kind", representative(sorted(LAYERS), "minimal"))
 def test_saved_and_loaded_model_predicts_the_same_and_keeps_its_units_gated(kind, tmp_path):
     model, x, y = gated_model(kind)
     before = model.predict(x, verbose=0)
@@ -65,7 +66,7 @@ def test_saved_and_loaded_model_predicts_the_same_and_keeps_its_units_gated(kind
     np.testing.assert_array_equal(loaded.get_layer("head").kernel.numpy()[1], 0.0)
 
 
-@pytest.mark.parametrize("kind", ["dense", "lstm", "minimal"])
+@pytest.mark.parametrize("kind", representative(["dense", "lstm", "minimal"], "lstm"))
 def test_config_round_trip_and_weight_files_keep_units_gated(kind, tmp_path):
     model, x, _ = gated_model(kind)
     rebuilt = keras.Sequential.from_config(model.get_config())  # fresh weights, same gates

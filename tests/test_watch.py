@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from cases import representative
 
 import adaptgrad
 from adaptgrad.runtime import mirrored_strategy
@@ -21,13 +22,25 @@ def twin(kind, cell="minimal", units=4, return_sequences=False, **options):
     return watched, ref
 
 
-@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
+COMPILE_MODES = {
+    "graph": {},
+    "jit": {"jit_compile": True},
+    "steps_per_execution": {"steps_per_execution": 3},
+    "eager": {"run_eagerly": True},
+}
+
+
 @pytest.mark.parametrize(
-    "compile_kwargs",
-    [{}, {"jit_compile": True}, {"steps_per_execution": 3}, {"run_eagerly": True}],
-    ids=["graph", "jit", "steps_per_execution", "eager"],
+    "kind, mode",
+    representative(
+        [(k, m) for k in ("sequential", "functional", "subclassed") for m in COMPILE_MODES],
+        ("subclassed", "jit"),
+        ("functional", "steps_per_execution"),
+        ("sequential", "eager"),
+    ),
 )
-def test_output_mode_matches_split_forward_pass(kind, compile_kwargs):
+def test_output_mode_matches_split_forward_pass(kind, mode):
+    compile_kwargs = COMPILE_MODES[mode]
     model, (ref_model, rnn, head) = twin(kind)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **compile_kwargs)
     w = adaptgrad.watch(model, "rnn")
@@ -38,8 +51,12 @@ def test_output_mode_matches_split_forward_pass(kind, compile_kwargs):
     assert_stats_equal(w.stats(), want)
 
 
-@pytest.mark.parametrize("cell", ["minimal", "simple", "gru", "lstm"])
-@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize(
+    "cell, return_sequences",
+    representative(
+        [(c, r) for c in ("minimal", "simple", "gru", "lstm") for r in (False, True)], ("minimal", True), ("lstm", False)
+    ),
+)
 def test_through_time_matches_manual_unroll(cell, return_sequences):
     model, (ref_model, rnn, head) = twin("functional", cell, 5, return_sequences)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -54,14 +71,18 @@ def test_through_time_matches_manual_unroll(cell, return_sequences):
 
 @pytest.mark.parametrize(
     "cell, options",
-    [
-        ("minimal", {"go_backwards": True}),
-        ("lstm", {"go_backwards": True, "return_sequences": True}),
+    representative(
+        [
+            ("minimal", {"go_backwards": True}),
+            ("lstm", {"go_backwards": True, "return_sequences": True}),
+            ("gru", {"unroll": True}),
+            ("minimal", {"masked": True}),
+            ("lstm", {"masked": True, "go_backwards": True}),
+            ("gru", {"masked": True, "return_sequences": True}),
+        ],
         ("gru", {"unroll": True}),
-        ("minimal", {"masked": True}),
         ("lstm", {"masked": True, "go_backwards": True}),
-        ("gru", {"masked": True, "return_sequences": True}),
-    ],
+    ),
     ids=["backwards", "backwards_sequences", "unrolled", "masked", "masked_backwards", "masked_sequences"],
 )
 def test_through_time_with_layer_options(cell, options):
@@ -87,9 +108,16 @@ def test_through_time_with_layer_options(cell, options):
     assert_stats_equal(w.stats(), want)
 
 
-@pytest.mark.parametrize("kind", ["sequential", "subclassed"])
-@pytest.mark.parametrize("compile_kwargs", [{"jit_compile": True}, {"run_eagerly": True}, {"steps_per_execution": 2}])
-def test_through_time_in_every_compile_mode(kind, compile_kwargs):
+@pytest.mark.parametrize(
+    "kind, mode",
+    representative(
+        [(k, m) for k in ("sequential", "subclassed") for m in ("jit", "eager", "steps_per_execution")],
+        ("subclassed", "jit"),
+        ("sequential", "eager"),
+    ),
+)
+def test_through_time_in_every_compile_mode(kind, mode):
+    compile_kwargs = COMPILE_MODES[mode]
     model, (ref_model, rnn, head) = twin(kind, "gru", 3)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **compile_kwargs)
     w = adaptgrad.watch(model, "rnn", through_time=True)
@@ -118,9 +146,17 @@ SUBSET_MODES = {
 }
 
 
-@pytest.mark.parametrize("subset", SUBSETS)
-@pytest.mark.parametrize("mode", SUBSET_MODES)
-def test_captured_subset_matches_reference(subset, mode):
+@pytest.mark.parametrize(
+    "mode, subset",
+    representative(
+        [(m, s) for m in SUBSET_MODES for s in SUBSETS],
+        ("output", "batch_sq_and_activity"),
+        ("time", "gradient"),
+        ("time_sequences", "none"),
+        ("time_masked", "act_grad_sum"),  # time_unrolled, every statistic: test_through_time_with_layer_options
+    ),
+)
+def test_captured_subset_matches_reference(mode, subset):
     """Each subset holds exactly its fields, each equal to the reference; the counts are exact."""
     options = dict(SUBSET_MODES[mode])
     through_time, cell = options.pop("through_time"), options.pop("cell")
@@ -172,9 +208,13 @@ def test_unknown_statistic_is_refused_at_watch_time():
     assert "call" not in vars(model.get_layer("rnn"))  # nothing was attached
 
 
-@pytest.mark.parametrize("through_time", [False, True])
-@pytest.mark.parametrize("in_function", [False, True], ids=["eager_tape", "tf_function"])
-def test_users_own_gradient_tape_loop(through_time, in_function):
+@pytest.mark.parametrize(
+    "through_time, loop",
+    representative(
+        [(t, f) for t in (False, True) for f in ("eager_tape", "tf_function")], (True, "eager_tape"), (False, "tf_function")
+    ),
+)
+def test_users_own_gradient_tape_loop(through_time, loop):
     """The question's second version: a hand-written GradientTape loop with Adam(0.01)."""
     model, (ref_model, rnn, head) = twin("subclassed")
     w = adaptgrad.watch(model, "rnn", through_time=through_time)
@@ -188,7 +228,7 @@ def test_users_own_gradient_tape_loop(through_time, in_function):
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
-    step = tf.function(train_step) if in_function else train_step
+    step = tf.function(train_step) if loop == "tf_function" else train_step
     for _ in range(3):
         step(tf.constant(x), tf.constant(y))
     want = reference_fit(
@@ -197,7 +237,7 @@ def test_users_own_gradient_tape_loop(through_time, in_function):
     assert_stats_equal(w.stats(), want)
 
 
-@pytest.mark.parametrize("through_time", [False, True])
+@pytest.mark.parametrize("through_time", representative([False, True], True))
 def test_mirrored_strategy_sums_equal_single_device(through_time):
     strategy = mirrored_strategy(("/cpu:0", "/cpu:1"))  # one per process: see its docstring
     assert strategy.num_replicas_in_sync == 2
@@ -217,7 +257,7 @@ def test_mirrored_strategy_sums_equal_single_device(through_time):
     assert_stats_equal(got, {**want.as_dict()})
 
 
-@pytest.mark.parametrize("through_time", [False, True])
+@pytest.mark.parametrize("through_time", representative([False, True], True))
 def test_mixed_precision_divides_out_the_loss_scale(through_time):
     x, y = data(6)
     full, (ref_model, rnn, head) = twin("functional", "gru", 4)

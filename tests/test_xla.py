@@ -34,8 +34,11 @@ def test_a_jit_compile_job_compiles_with_xla(tiny, tmp_path, caplog):
 
 @pytest.mark.parametrize(
     "overrides, deterministic",
-    [([], True), (["trainer.deterministic=false"], False), (["trainer.jit_compile=true"], False)],
-    ids=["default", "not_deterministic", "jit_compile"],
+    [
+        pytest.param([], True, id="default"),
+        pytest.param(["trainer.deterministic=false"], False, id="not_deterministic", marks=pytest.mark.slow),
+        pytest.param(["trainer.jit_compile=true"], False, id="jit_compile"),
+    ],
 )
 def test_op_determinism_follows_the_trainer(tiny, overrides, deterministic):
     _keras.set_op_determinism(not deterministic)  # a previous job of this process left the other state
@@ -52,7 +55,14 @@ def test_a_jit_compile_job_in_a_fresh_process(tmp_path):
     assert FALLBACK not in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("stats", [None, ("grad_sum", "grad_sq_sum"), ()], ids=["all", "gradient", "none"])
+@pytest.mark.parametrize(
+    "stats",
+    [
+        pytest.param(None, id="all", marks=pytest.mark.slow),  # also test_watch.py::test_through_time_in_every_compile_mode
+        pytest.param(("grad_sum", "grad_sq_sum"), id="gradient"),
+        pytest.param((), id="none", marks=pytest.mark.slow),
+    ],
+)
 def test_through_time_capture_of_every_stats_set_compiles_with_xla(stats):
     """XLA on the CPU has no EuclideanNorm and rejects a TensorList that a loop carries unfilled:
     every set of statistics must compile, and count what it counts without XLA."""
