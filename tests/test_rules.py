@@ -468,10 +468,9 @@ def rnn(cell: str, name: str = "rnn", units: int = SIZE) -> keras.layers.Layer:
 
 
 # none: every other; taylor_prune: test_default_pruning_run_keeps_at_least_half_the_units;
-# gain_rescale: test_gain_statistic_is_the_derivative_of_the_rules_own_edit
-@pytest.mark.parametrize(
-    "name", representative(sorted(END_TO_END), "taylor_gate_ema", "dormant_reset", "drop_regrow", "trust_ratio")
-)
+# gain_rescale and trust_ratio: test_gain_statistic_is_the_derivative_of_the_rules_own_edit and
+# test_trust_ratio_scales_by_relative_radial_trust_ratio
+@pytest.mark.parametrize("name", representative(sorted(END_TO_END), "taylor_gate_ema", "dormant_reset", "drop_regrow"))
 def test_end_to_end_fit(name):
     make_rule, cell, through_time, expected_actions = END_TO_END[name]
     x, y = data(32)

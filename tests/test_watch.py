@@ -112,8 +112,7 @@ def test_through_time_with_layer_options(cell, options):
     "kind, mode",
     representative(
         [(k, m) for k in ("sequential", "subclassed") for m in ("jit", "eager", "steps_per_execution")],
-        ("subclassed", "jit"),
-        ("sequential", "eager"),
+        ("subclassed", "jit"),  # eager: test_users_own_gradient_tape_loop
     ),
 )
 def test_through_time_in_every_compile_mode(kind, mode):
