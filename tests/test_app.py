@@ -230,7 +230,12 @@ def own_model(tmp_path: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_own_model_with_two_adapted_layers_runs_resumes_and_skips(tmp_path, monkeypatch):
+    """Its parts in the default run: test_own_model_by_target_on_the_command_line_drops_the_preset_keys
+    (own model), test_built_in_model_depth_stacks_layers_and_adapts_each (two adapted layers),
+    test_reliability.py::test_resume_after_a_corrupt_newest_checkpoint_still_gives_identical_files
+    (resume) and test_app_main.py::test_sweep_with_a_failing_arm_reports_and_resumes (skip)."""
     monkeypatch.syspath_prepend(str(tmp_path))
     overrides = [*own_model(tmp_path), "layer=[first,second]", "rule=taylor_gate_ema", "rule.fraction=0.3"]
     out = tmp_path / "out"

@@ -118,7 +118,10 @@ def test_resume_after_a_corrupt_newest_checkpoint_still_gives_identical_files(tm
     assert same_tables(tmp_path / "whole", partial)
 
 
+@pytest.mark.slow
 def test_rerun_into_a_dir_of_another_config_is_refused_and_nothing_is_lost(tmp_path):
+    """Through ``run()``; through the command, every file of the job dir compared:
+    test_refused_rerun_touches_no_file_of_the_job_and_exits_nonzero."""
     assert run(compose([*JOB, "trainer.epochs=1"]), tmp_path)["status"] == "ok"
     before = {name: (tmp_path / name).read_bytes() for name in (*TABLES, "config.yaml", "result.json")}
     result = run(compose([*JOB, "trainer.epochs=1", "seed=5"]), tmp_path)
@@ -287,6 +290,11 @@ def test_checkpoint_of_another_config_is_never_resumed(tmp_path):
     store.save(0, {"epoch": 0})
     with pytest.warns(RuntimeWarning, match="ignoring checkpoint .*epoch-0000.ckpt: written by another config"):
         assert Checkpoints(tmp_path, digest="config-b").latest() is None
+
+
+@pytest.mark.slow
+def test_a_job_dir_holding_another_configs_checkpoints_starts_afresh(tmp_path):
+    """Three jobs; the check that refuses the checkpoints: test_checkpoint_of_another_config_is_never_resumed."""
     # a job dir whose config.yaml is gone holds another config's checkpoints: the job starts afresh
     a, b = [*TINY, "trainer.epochs=3", "seed=1"], [*TINY, "trainer.epochs=3", "seed=2"]
     assert run(compose(a), tmp_path / "mixed")["status"] == "ok"

@@ -112,7 +112,9 @@ def test_through_time_with_layer_options(cell, options):
     "kind, mode",
     representative(
         [(k, m) for k in ("sequential", "subclassed") for m in ("jit", "eager", "steps_per_execution")],
-        ("subclassed", "jit"),  # eager: test_users_own_gradient_tape_loop
+        ("sequential", "steps_per_execution"),
+        # XLA: test_xla.py::test_through_time_capture_of_every_stats_set_compiles_with_xla;
+        # eager: test_users_own_gradient_tape_loop
     ),
 )
 def test_through_time_in_every_compile_mode(kind, mode):
@@ -151,7 +153,6 @@ SUBSET_MODES = {
         [(m, s) for m in SUBSET_MODES for s in SUBSETS],
         ("output", "batch_sq_and_activity"),
         ("time", "gradient"),
-        ("time_sequences", "none"),
         ("time_masked", "act_grad_sum"),  # time_unrolled, every statistic: test_through_time_with_layer_options
     ),
 )
@@ -283,9 +284,9 @@ def test_question_model_is_answered_in_fit_and_batches_are_counted():
     model.compile(optimizer="sgd", loss="mse")
     x, y = toy_data()
     with adaptgrad.watch(model, "minimalrnn") as w:
-        model.fit(x, y, epochs=10, batch_size=1, validation_split=0.2, verbose=0)
+        model.fit(x, y, epochs=3, batch_size=1, validation_split=0.2, verbose=0)
         stats = w.stats()
-    assert (stats.batches, stats.count) == (10, 10)  # 1 training sample per epoch, 10 epochs
+    assert (stats.batches, stats.count) == (3, 3)  # 1 training sample per epoch, 3 epochs
     assert stats.grad_sum.shape == (2,) and np.all(stats.grad_abs_sum > 0)
 
 

@@ -58,21 +58,28 @@ def test_a_jit_compile_job_in_a_fresh_process(tmp_path):
 @pytest.mark.parametrize(
     "stats",
     [
-        pytest.param(None, id="all", marks=pytest.mark.slow),  # also test_watch.py::test_through_time_in_every_compile_mode
-        pytest.param(("grad_sum", "grad_sq_sum"), id="gradient"),
+        pytest.param(None, id="all"),
+        pytest.param(("grad_sum", "grad_sq_sum"), id="gradient", marks=pytest.mark.slow),
         pytest.param((), id="none", marks=pytest.mark.slow),
     ],
 )
 def test_through_time_capture_of_every_stats_set_compiles_with_xla(stats):
     """XLA on the CPU has no EuclideanNorm and rejects a TensorList that a loop carries unfilled:
-    every set of statistics must compile, and count what it counts without XLA."""
-    model = keras.Sequential([keras.Input((5, 2)), keras.layers.RNN(MinimalRNNCell(4), name="rnn"), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse", jit_compile=True)
-    watch = adaptgrad.watch(model, "rnn", through_time=True, stats=stats)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.fit(np.ones((8, 5, 2), "float32"), np.ones((8, 1), "float32"), batch_size=4, verbose=0)
-    assert model.jit_compile and not [w for w in caught if str(w.message).startswith(FALLBACK)]
-    captured = watch.stats()
-    assert (captured.batches, captured.count) == (2, 40)
-    assert set(captured.fields) == (set(stats) if stats is not None else set(adaptgrad.stats.SUM_FIELDS))
+    every set of statistics must compile, and capture what the same model captures without XLA
+    (checked against the manual unroll: test_watch.py::test_through_time_matches_manual_unroll)."""
+    x, y = np.random.default_rng(0).normal(size=(8, 5, 2)).astype("float32"), np.ones((8, 1), "float32")
+    captured = {}
+    for jit_compile in (True, False):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5, 2)), keras.layers.RNN(MinimalRNNCell(4), name="rnn"), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
+        watch = adaptgrad.watch(model, "rnn", through_time=True, stats=stats)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+        assert model.jit_compile is jit_compile and not [w for w in caught if str(w.message).startswith(FALLBACK)]
+        captured[jit_compile] = watch.stats()
+    assert (captured[True].batches, captured[True].count) == (2, 40)
+    assert set(captured[True].fields) == (set(stats) if stats is not None else set(adaptgrad.stats.SUM_FIELDS))
+    for field in captured[True].fields:
+        np.testing.assert_allclose(getattr(captured[True], field), getattr(captured[False], field), rtol=1e-5, err_msg=field)
