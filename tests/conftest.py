@@ -1,11 +1,14 @@
 """Test session set-up: quiet TensorFlow, two logical CPUs (for MirroredStrategy), a clean Keras
-session and op determinism off (a fresh process's state) at the start of every test, and the one
-tiny job config the runner tests share."""
+session and op determinism off (a fresh process's state) at the start of every test, the one
+tiny job config the runner tests share, and the ``adaptgrad`` command run in this process."""
 
 from __future__ import annotations
 
 import gc
 import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -15,6 +18,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from adaptgrad import _keras  # noqa: E402
+from adaptgrad.app import main  # noqa: E402
+from adaptgrad.rules.base import REGISTRY  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
@@ -48,3 +53,32 @@ def _fresh_keras_session():
     _keras.set_op_determinism(False)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+class Invocation(NamedTuple):
+    """What ``adaptgrad ARGS`` did: its exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Invocation]]:
+    """``adaptgrad ARGS`` run by ``app.main()``: exit code, stdout, stderr. Hydra leaves logging
+    alone (``hydra/job_logging=none``: its set-up would close pytest's log handlers)."""
+    registered = dict(REGISTRY)  # the user rules these tests import register their names
+
+    def invoke(*args: str) -> Invocation:
+        monkeypatch.setattr(sys, "argv", ["adaptgrad", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return Invocation(code, captured.out, captured.err)
+
+    yield invoke
+    REGISTRY.clear()
+    REGISTRY.update(registered)

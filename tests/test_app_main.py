@@ -6,48 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import zipfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from omegaconf import OmegaConf
 
-from adaptgrad.app import LAUNCHERS, main
+from adaptgrad.app import LAUNCHERS
 from adaptgrad.results import collect
-from adaptgrad.rules.base import REGISTRY
 
 from test_app import cli
 from test_reliability import RULES
-
-
-class Invocation(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Invocation]]:
-    """``adaptgrad ARGS`` run by ``app.main()``: exit code, stdout, stderr. Hydra leaves logging
-    alone (``hydra/job_logging=none``: its set-up would close pytest's log handlers)."""
-    registered = dict(REGISTRY)  # the user rules these tests import register their names
-
-    def invoke(*args: str) -> Invocation:
-        monkeypatch.setattr(sys, "argv", ["adaptgrad", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        captured = capsys.readouterr()
-        return Invocation(code, captured.out, captured.err)
-
-    yield invoke
-    REGISTRY.clear()
-    REGISTRY.update(registered)
 
 
 def test_user_rule_through_own_config_folder(adaptgrad_cli, tiny, tmp_path, monkeypatch):

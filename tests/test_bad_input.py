@@ -11,7 +11,7 @@ from conftest import TINY
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from adaptgrad.app import LAUNCHERS, main, missing_launcher
+from adaptgrad.app import LAUNCHERS, missing_launcher
 from adaptgrad.config import compose, prepare
 from adaptgrad.preflight import check_invocation
 from adaptgrad.run import run
@@ -181,28 +181,18 @@ def test_misspelt_experiment_is_an_error_everywhere():
         compose(["experiment=questoin"])  # not silently the default job
 
 
-def invoke(monkeypatch, *args: str) -> int:
-    """``adaptgrad ARGS`` in this process; its exit code. Hydra's logging setup is off: it would
-    close pytest's log handlers."""
-    monkeypatch.setattr(sys, "argv", ["adaptgrad", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    try:
-        main()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
-def test_cli_misspelt_experiment_exits_nonzero_naming_it(tmp_path, monkeypatch, capsys):
-    assert invoke(monkeypatch, "experiment=questoin", f"hydra.run.dir={tmp_path / 'out'}") == 2
-    err = capsys.readouterr().err
+def test_cli_misspelt_experiment_exits_nonzero_naming_it(tmp_path, adaptgrad_cli):
+    code, _, err = adaptgrad_cli("experiment=questoin", f"hydra.run.dir={tmp_path / 'out'}")
+    assert code == 2
     assert "experiment/questoin" in err and "did you mean 'question'?" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_sweep_with_one_bad_point_trains_nothing(tmp_path, monkeypatch, capsys):
+def test_cli_sweep_with_one_bad_point_trains_nothing(tmp_path, adaptgrad_cli):
     sweep = tmp_path / "sweep"
-    code = invoke(monkeypatch, "-m", *TINY, "rule=taylor_prune", "rule.fraction=0.1,1.5", "seed=0,1", f"hydra.sweep.dir={sweep}")
-    err = capsys.readouterr().err
+    code, _, err = adaptgrad_cli(
+        "-m", *TINY, "rule=taylor_prune", "rule.fraction=0.1,1.5", "seed=0,1", f"hydra.sweep.dir={sweep}"
+    )
     assert code == 2 and not sweep.exists()
     assert (
         "error: job 2 (data=toy model.units=4 trainer.epochs=2 trainer.batch_size=1 rule=taylor_prune rule.fraction=1.5 seed=0)"
@@ -212,10 +202,10 @@ def test_cli_sweep_with_one_bad_point_trains_nothing(tmp_path, monkeypatch, caps
     assert "error: 2 of 4 jobs cannot run; no job was started" in err
 
 
-def test_cli_sweep_params_of_an_experiment_are_checked_too(tmp_path, monkeypatch, capsys):
+def test_cli_sweep_params_of_an_experiment_are_checked_too(tmp_path, adaptgrad_cli):
     sweep = tmp_path / "sweep"  # study_toy sweeps 2 models x 7 rules x 5 seeds in hydra.sweeper.params
-    assert invoke(monkeypatch, "-m", "experiment=study_toy", "trainer.epochs=0", f"hydra.sweep.dir={sweep}") == 2
-    assert "error: 70 of 70 jobs cannot run; no job was started" in capsys.readouterr().err and not sweep.exists()
+    code, _, err = adaptgrad_cli("-m", "experiment=study_toy", "trainer.epochs=0", f"hydra.sweep.dir={sweep}")
+    assert code == 2 and "error: 70 of 70 jobs cannot run; no job was started" in err and not sweep.exists()
 
 
 def test_empty_training_set_and_zero_time_steps_are_refused(tmp_path, monkeypatch):

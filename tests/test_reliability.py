@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY
-from test_bad_input import invoke
 
 from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import compose
@@ -226,14 +225,13 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def test_refused_rerun_touches_no_file_of_the_job_and_exits_nonzero(tmp_path, monkeypatch, capsys):
+def test_refused_rerun_touches_no_file_of_the_job_and_exits_nonzero(tmp_path, adaptgrad_cli):
     out = tmp_path / "out"
-    assert invoke(monkeypatch, *TINY, f"hydra.run.dir={out}") == 0
+    assert adaptgrad_cli(*TINY, f"hydra.run.dir={out}").code == 0
     before = snapshot(out)
     assert ".hydra/config.yaml" in before and "result.json" in before
-    capsys.readouterr()
-    assert invoke(monkeypatch, *TINY, "seed=5", f"hydra.run.dir={out}") == 1
-    captured = capsys.readouterr()
+    captured = adaptgrad_cli(*TINY, "seed=5", f"hydra.run.dir={out}")
+    assert captured.code == 1
     assert (
         captured.err
         == f"error: output dir {out} holds a run of a different config; choose another dir (hydra.run.dir / hydra.sweep.dir) - nothing was overwritten\n"
@@ -241,7 +239,7 @@ def test_refused_rerun_touches_no_file_of_the_job_and_exits_nonzero(tmp_path, mo
     assert snapshot(out) == before
 
 
-def test_refused_sweep_writes_nothing_and_still_reports(tmp_path, monkeypatch, capsys):
+def test_refused_sweep_writes_nothing_and_still_reports(tmp_path, adaptgrad_cli):
     sweep = tmp_path / "sweep"  # job 0 of an earlier sweep, with Hydra's records
     assert run(compose([*TINY, "rule=none"]), sweep / "0")["status"] == "ok"
     for record in ("multirun.yaml", "0/.hydra/config.yaml", "0/.hydra/overrides.yaml", "0/.hydra/hydra.yaml"):
@@ -249,8 +247,8 @@ def test_refused_sweep_writes_nothing_and_still_reports(tmp_path, monkeypatch, c
         (sweep / record).write_text(f"{record} of the earlier sweep\n")
     (sweep / ".adaptgrad.lock").touch()  # the sweep's lock, made by the earlier sweep
     before = snapshot(sweep)
-    assert invoke(monkeypatch, "-m", *TINY, "rule=none,taylor_prune", "seed=3", f"hydra.sweep.dir={sweep}") == 1
-    captured = capsys.readouterr()
+    captured = adaptgrad_cli("-m", *TINY, "rule=none,taylor_prune", "seed=3", f"hydra.sweep.dir={sweep}")
+    assert captured.code == 1
     assert f"sweep {sweep}: 0 ran, 0 resumed, 0 skipped (completed earlier), 1 refused; nothing was written" in captured.out
     assert (
         f"error: output dir {sweep / '0'} holds a run of a different config" in captured.err and "Traceback" not in captured.err
@@ -258,7 +256,7 @@ def test_refused_sweep_writes_nothing_and_still_reports(tmp_path, monkeypatch, c
     assert snapshot(sweep) == before  # multirun.yaml and job 0's .hydra/ included
 
 
-def test_a_dir_another_run_is_writing_to_is_refused(tmp_path, monkeypatch, capsys):
+def test_a_dir_another_run_is_writing_to_is_refused(tmp_path, adaptgrad_cli):
     out = tmp_path / "out"
     holder = subprocess.Popen(
         [
@@ -274,11 +272,9 @@ def test_a_dir_another_run_is_writing_to_is_refused(tmp_path, monkeypatch, capsy
         assert holder.stdout.readline().strip() == "held"
         result = run(compose(TINY), out)
         assert result["outcome"] == "refused" and "another adaptgrad run is writing to" in result["error"]["message"]
-        assert invoke(monkeypatch, *TINY, f"hydra.run.dir={out}") == 1
-        assert (
-            capsys.readouterr().err
-            == f"error: another adaptgrad run is writing to {out}; wait for it to end or choose another dir\n"
-        )
+        code, _, err = adaptgrad_cli(*TINY, f"hydra.run.dir={out}")
+        assert code == 1
+        assert err == f"error: another adaptgrad run is writing to {out}; wait for it to end or choose another dir\n"
         assert sorted(p.name for p in out.iterdir()) == [".adaptgrad.lock"]  # neither run wrote anything
     finally:
         holder.communicate("\n", timeout=30)
