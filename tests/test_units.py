@@ -93,11 +93,17 @@ def test_scale_changes_exactly_the_units_incoming_slices(kind):
     np.testing.assert_array_equal(units.scales, [1, 1, 1, 2.5, 1])
 
 
-def test_reinit_draws_fresh_slices_resets_slots_and_zeroes_outgoing():
+def fitted_lstm() -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """An LSTM sequence model fitted one epoch with Adam, so its optimizer slots are non-zero; its data."""
     model = sequence_model("lstm")
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
     x, y = data(16, return_sequences=True)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    return model, x, y
+
+
+def test_reinit_draws_fresh_slices_resets_slots_and_zeroes_outgoing():
+    model, x, y = fitted_lstm()
     units = adaptgrad.unit_view(model, "layer")
     cell = model.get_layer("layer").cell
     head_kernel = model.get_layer("head").kernel
@@ -217,10 +223,7 @@ def test_age_counts_epochs_since_the_weights_were_made_new_and_travels_with_the_
 
 
 def test_transaction_undoes_every_change_of_a_failed_block_and_re_raises():
-    model = sequence_model("lstm")
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    x, y = data(16, return_sequences=True)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model, x, y = fitted_lstm()
     units = adaptgrad.unit_view(model, "layer")
     units.gate([4])
     units.tick()

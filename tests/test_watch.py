@@ -22,6 +22,12 @@ def twin(kind, cell="minimal", units=4, return_sequences=False, **options):
     return watched, ref
 
 
+def sgd_reference(ref, x, y, *, batch_size, epochs, **options):
+    """The independent reference statistics of the twin ``ref`` (model, rnn, head), trained as the
+    watched models here are: SGD(0.1), batches in input order."""
+    return reference_fit(*ref, x, y, batch_size=batch_size, epochs=epochs, optimizer=keras.optimizers.SGD(0.1), **options)
+
+
 COMPILE_MODES = {
     "graph": {},
     "jit": {"jit_compile": True},
@@ -41,13 +47,13 @@ COMPILE_MODES = {
 )
 def test_output_mode_matches_split_forward_pass(kind, mode):
     compile_kwargs = COMPILE_MODES[mode]
-    model, (ref_model, rnn, head) = twin(kind)
+    model, ref = twin(kind)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **compile_kwargs)
     w = adaptgrad.watch(model, "rnn")
     x, y = data(10)  # batch 4 does not divide 10 and validation_split takes 2 of them
     model.fit(x, y, batch_size=4, epochs=2, shuffle=False, validation_split=0.2, verbose=0)
     assert model.jit_compile or "jit_compile" not in compile_kwargs  # XLA compiled the step, not Keras's silent fallback
-    want = reference_fit(ref_model, rnn, head, x[:8], y[:8], batch_size=4, epochs=2, optimizer=keras.optimizers.SGD(0.1))
+    want = sgd_reference(ref, x[:8], y[:8], batch_size=4, epochs=2)
     assert_stats_equal(w.stats(), want)
 
 
@@ -58,14 +64,12 @@ def test_output_mode_matches_split_forward_pass(kind, mode):
     ),
 )
 def test_through_time_matches_manual_unroll(cell, return_sequences):
-    model, (ref_model, rnn, head) = twin("functional", cell, 5, return_sequences)
+    model, ref = twin("functional", cell, 5, return_sequences)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     w = adaptgrad.watch(model, "rnn", through_time=True)
     x, y = data(7, return_sequences)
     model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
-    want = reference_fit(
-        ref_model, rnn, head, x, y, batch_size=3, epochs=2, optimizer=keras.optimizers.SGD(0.1), through_time=True
-    )
+    want = sgd_reference(ref, x, y, batch_size=3, epochs=2, through_time=True)
     assert_stats_equal(w.stats(), want)
 
 
@@ -88,23 +92,12 @@ def test_through_time_matches_manual_unroll(cell, return_sequences):
 def test_through_time_with_layer_options(cell, options):
     """go_backwards, unroll and masked steps (a masked step has no hidden state of its own, so it
     counts for nothing)."""
-    model, (ref_model, rnn, head) = twin("functional", cell, 4, **options)
+    model, ref = twin("functional", cell, 4, **options)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     w = adaptgrad.watch(model, "rnn", through_time=True)
     x, y = data(7, options.get("return_sequences", False), padded=options.get("masked", False))
     model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
-    want = reference_fit(
-        ref_model,
-        rnn,
-        head,
-        x,
-        y,
-        batch_size=3,
-        epochs=2,
-        optimizer=keras.optimizers.SGD(0.1),
-        through_time=True,
-        masked=options.get("masked", False),
-    )
+    want = sgd_reference(ref, x, y, batch_size=3, epochs=2, through_time=True, masked=options.get("masked", False))
     assert_stats_equal(w.stats(), want)
 
 
@@ -119,15 +112,13 @@ def test_through_time_with_layer_options(cell, options):
 )
 def test_through_time_in_every_compile_mode(kind, mode):
     compile_kwargs = COMPILE_MODES[mode]
-    model, (ref_model, rnn, head) = twin(kind, "gru", 3)
+    model, ref = twin(kind, "gru", 3)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **compile_kwargs)
     w = adaptgrad.watch(model, "rnn", through_time=True)
     x, y = data(5)
     model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
     assert model.jit_compile or "jit_compile" not in compile_kwargs  # XLA compiled the step, not Keras's silent fallback
-    want = reference_fit(
-        ref_model, rnn, head, x, y, batch_size=2, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=True
-    )
+    want = sgd_reference(ref, x, y, batch_size=2, epochs=1, through_time=True)
     assert_stats_equal(w.stats(), want)
 
 
@@ -161,24 +152,13 @@ def test_captured_subset_matches_reference(mode, subset):
     options = dict(SUBSET_MODES[mode])
     through_time, cell = options.pop("through_time"), options.pop("cell")
     return_sequences, masked = options.pop("return_sequences", False), options.get("masked", False)
-    model, (ref_model, rnn, head) = twin("functional", cell, 4, return_sequences, **options)
+    model, ref = twin("functional", cell, 4, return_sequences, **options)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     w = adaptgrad.watch(model, "rnn", through_time=through_time, stats=SUBSETS[subset])
     assert w.fields == frozenset(SUBSETS[subset])
     x, y = data(7, return_sequences, padded=masked)
     model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0)
-    want = reference_fit(
-        ref_model,
-        rnn,
-        head,
-        x,
-        y,
-        batch_size=3,
-        epochs=2,
-        optimizer=keras.optimizers.SGD(0.1),
-        through_time=through_time,
-        masked=masked,
-    )
+    want = sgd_reference(ref, x, y, batch_size=3, epochs=2, through_time=through_time, masked=masked)
     assert_stats_equal(w.stats(), want, fields=SUBSETS[subset])
 
 
@@ -216,7 +196,7 @@ def test_unknown_statistic_is_refused_at_watch_time():
 )
 def test_users_own_gradient_tape_loop(through_time, loop):
     """The question's second version: a hand-written GradientTape loop with Adam(0.01)."""
-    model, (ref_model, rnn, head) = twin("subclassed")
+    model, ref = twin("subclassed")
     w = adaptgrad.watch(model, "rnn", through_time=through_time)
     optimizer = keras.optimizers.Adam(0.01)
     loss_fn = keras.losses.MeanSquaredError()
@@ -231,9 +211,7 @@ def test_users_own_gradient_tape_loop(through_time, loop):
     step = tf.function(train_step) if loop == "tf_function" else train_step
     for _ in range(3):
         step(tf.constant(x), tf.constant(y))
-    want = reference_fit(
-        ref_model, rnn, head, x, y, batch_size=4, epochs=3, optimizer=keras.optimizers.Adam(0.01), through_time=through_time
-    )
+    want = reference_fit(*ref, x, y, batch_size=4, epochs=3, optimizer=keras.optimizers.Adam(0.01), through_time=through_time)
     assert_stats_equal(w.stats(), want)
 
 
@@ -260,7 +238,7 @@ def test_mirrored_strategy_sums_equal_single_device(through_time):
 @pytest.mark.parametrize("through_time", representative([False, True], True))
 def test_mixed_precision_divides_out_the_loss_scale(through_time):
     x, y = data(6)
-    full, (ref_model, rnn, head) = twin("functional", "gru", 4)
+    full, ref = twin("functional", "gru", 4)
     weights = full.get_weights()
     keras.mixed_precision.set_global_policy("mixed_float16")
     half, *_ = build("functional", "gru", 4)
@@ -270,9 +248,7 @@ def test_mixed_precision_divides_out_the_loss_scale(through_time):
     w = adaptgrad.watch(half, "rnn", through_time=through_time)
     half.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
     keras.mixed_precision.set_global_policy("float32")
-    want = reference_fit(
-        ref_model, rnn, head, x, y, batch_size=3, epochs=1, optimizer=keras.optimizers.SGD(0.1), through_time=through_time
-    )
+    want = sgd_reference(ref, x, y, batch_size=3, epochs=1, through_time=through_time)
     # float16 activations: about three significant digits
     assert_stats_equal(w.stats(), want, rtol=2e-2)
 
