@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from adaptgrad.adapt import Adapt
     from adaptgrad.capture import GradientWatch, watch
     from adaptgrad.compaction import compact
+    from adaptgrad.oracles import oracle
     from adaptgrad.rules import AdaptationRule
     from adaptgrad.stats import OutputGradientStats
     from adaptgrad.units import UnitView, unit_view
@@ -40,10 +41,11 @@ _EXPORTS = {
     "OutputGradientStats": "adaptgrad.stats",
     "UnitView": "adaptgrad.units",
     "compact": "adaptgrad.compaction",
+    "oracle": "adaptgrad.oracles",
     "unit_view": "adaptgrad.units",
     "watch": "adaptgrad.capture",
 }
-__all__ = ["Adapt", "AdaptationRule", "GradientWatch", "OutputGradientStats", "UnitView", "compact", "unit_view", "watch"]
+__all__ = ["Adapt", "AdaptationRule", "GradientWatch", "OutputGradientStats", "UnitView", "compact", "oracle", "unit_view", "watch"]
 __version__ = "0.1.0"
 
 

@@ -15,7 +15,8 @@ no hook: it lives in the layer's weights and constraints, see :mod:`adaptgrad.un
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import keras
@@ -269,3 +270,72 @@ def hidden_units(layer: keras.layers.RNN) -> int:
             f"and output_size={output_size!r}"
         )
     return first
+
+
+class UnitMask:
+    """The slot of :func:`unit_mask`: ``mask`` (``(batch, units)``, 1 keeps a unit, 0 zeroes it;
+    None: no mask) is read when the layer is traced."""
+
+    def __init__(self, units: int) -> None:
+        self.units = units
+        self.mask: tf.Tensor | None = None
+
+
+@contextlib.contextmanager
+def unit_mask(layer: keras.layers.Layer, *, inside_recurrence: bool) -> Iterator[UnitMask]:
+    """Multiply the layer's unit outputs by ``slot.mask`` while the context is open.
+
+    ``inside_recurrence`` (a recurrent layer): the mask applies to the cell's output and first
+    state at every step, so a masked unit is 0 everywhere its state goes — exactly a unit with
+    zero incoming and outgoing weights (a cell's output is its first state; an LSTM's cell state
+    of a unit whose output is held at 0 reaches nothing). The layer's own fused kernels (cuDNN)
+    are turned off meanwhile, since they would not call the cell. Otherwise the mask applies to
+    the layer's output only. Nothing of the layer is changed once the context closes.
+    """
+    recurrent = is_recurrent(layer)
+    if inside_recurrence and not recurrent:
+        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no recurrence to mask")
+    units = hidden_units(layer) if recurrent else getattr(layer, "units", None)
+    if not isinstance(units, int):
+        raise ValueError(
+            f"cannot mask the units of layer {layer.name!r} ({type(layer).__name__}): it has no 'units'; "
+            f"supported: Dense and recurrent layers"
+        )
+    slot = UnitMask(units)
+    owner = layer.cell if inside_recurrence else layer
+    saved = owner.__dict__.get("call", _UNSET)
+    inner = owner.call
+
+    def masked(*args: Any, **kwargs: Any) -> Any:
+        outputs = inner(*args, **kwargs)
+        if slot.mask is None:
+            return outputs
+        if inside_recurrence:
+            output, states = outputs
+            states = list(states) if isinstance(states, (list, tuple)) else [states]
+            shared = output is states[0]
+            states[0] = states[0] * tf.cast(slot.mask, states[0].dtype)
+            return (states[0] if shared else output * tf.cast(slot.mask, output.dtype)), states
+        if isinstance(outputs, (list, tuple)):  # an RNN with return_state=True
+            first, *rest = outputs
+            return [first * tf.cast(slot.mask, first.dtype), *rest]
+        return outputs * tf.cast(_over_steps(slot.mask, outputs), outputs.dtype)
+
+    cudnn = layer.__dict__.get("use_cudnn", _UNSET) if inside_recurrence else _UNSET
+    object.__setattr__(owner, "call", masked)
+    if cudnn is not _UNSET:
+        layer.use_cudnn = False
+    try:
+        yield slot
+    finally:
+        if saved is _UNSET:
+            object.__delattr__(owner, "call")
+        else:
+            object.__setattr__(owner, "call", saved)
+        if cudnn is not _UNSET:
+            layer.use_cudnn = cudnn
+
+
+def _over_steps(mask: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+    """``mask`` ``(batch, units)`` shaped to broadcast over ``outputs`` ``(batch, ..., units)``."""
+    return tf.reshape(mask, tf.concat([tf.shape(mask)[:1], tf.ones(len(outputs.shape) - 2, tf.int32), [-1]], 0))

@@ -53,11 +53,17 @@ class _Accumulators:
         self.units = units
 
     def update(
-        self, g: tf.Tensor, loss_scale: tf.Tensor | None, h: tf.Tensor | None = None, kept: tf.Tensor | None = None
+        self,
+        g: tf.Tensor,
+        loss_scale: tf.Tensor | None,
+        h: tf.Tensor | None = None,
+        kept: tf.Tensor | None = None,
+        example_axis: int = 0,
     ) -> tf.Operation:
         """Add one batch's reductions of G and H (same shape, units on the last axis; H only
         when an activation field is captured); ``kept`` (0/1, G's shape without the units)
-        leaves out the positions that are 0 there."""
+        leaves out the positions that are 0 there; ``example_axis`` is the axis of the examples
+        (1 for time-major sequences)."""
         g = tf.cast(g, tf.float32)
         if loss_scale is not None:
             g = g / tf.cast(loss_scale, tf.float32)
@@ -78,6 +84,12 @@ class _Accumulators:
             if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
                 batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, batch_hg)
             values["act_grad_batch_sq_sum"] = tf.square(batch_hg) / replicas
+        if self.sums.keys() & _EXAMPLE_REDUCTIONS:  # each example's Taylor term, over its own steps
+            steps = [axis for axis in axes if axis != example_axis]
+            per_example = tf.reduce_sum(h * g, axis=steps) if steps else h * g
+            for name, compute in _EXAMPLE_REDUCTIONS.items():
+                if name in self.sums:
+                    values[name] = tf.reduce_sum(compute(per_example), axis=0)
         values = {k: tf.cast(v, tf.float64) for k, v in values.items()}
         batch_share = tf.constant(1.0 / replicas, tf.float64)
         if loss_scale is not None:  # a step with an overflowed gradient is skipped by Keras too
@@ -112,6 +124,12 @@ _REDUCTIONS: dict[str, Callable[[tf.Tensor, tf.Tensor | None, list[int]], tf.Ten
     "act_abs_sum": lambda g, h, axes: tf.reduce_sum(tf.abs(h), axis=axes),
 }
 """The per-unit reductions of one batch (``act_grad_batch_sq_sum`` squares the batch's H*G sum)."""
+
+_EXAMPLE_REDUCTIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "act_grad_example_sq_sum": tf.square,
+    "act_grad_example_abs_sum": tf.abs,
+}
+"""What is summed over the examples of a batch of their own H*G sums (shape ``(examples, units)``)."""
 
 
 class GradientWatch:
@@ -251,7 +269,7 @@ class _TimeProbe:
         def identity(x: tf.Tensor) -> Any:
             def grad(g: tf.Tensor) -> None:
                 h, kept = hidden()
-                accumulators.update(g, self.watch._loss_scale(), h, kept)
+                accumulators.update(g, self.watch._loss_scale(), h, kept, example_axis=1)  # time-major
                 return None  # z is a stand-in: no gradient flows on to the weight it is tied to
 
             return tf.identity(x), grad

@@ -10,10 +10,18 @@ over every batch/time position (n, t):
 ``grad_sq_sum[j]``         sum G**2
 ``act_grad_sum[j]``        sum H*G  (first-order Taylor term, Molchanov et al. 2017)
 ``act_grad_batch_sq_sum``  sum_b (sum_{n,t in b} H*G)**2  (Molchanov et al. 2019)
+``act_grad_example_sq_sum``   sum_n (sum_t H*G)**2  (per example: one sequence's steps, Molchanov et al. 2017)
+``act_grad_example_abs_sum``  sum_n |sum_t H*G|
 ``act_abs_sum[j]``         sum |H|  (activity, ReDo)
 ``batches``                number of batches accumulated
 ``count``                  number of (n, t) positions accumulated (masked steps excluded)
 =========================  =====================================================
+
+The per-example sums square (or take the absolute value of) each example's Taylor term
+``sum_t H[n,t]*G[n,t]`` *before* summing over examples, as the papers do: near a stationary
+point the plain total ``act_grad_sum`` tends to 0 for every unit and stops ranking them. Through
+time, that term is the first-order loss change of gating the unit for that example (its output
+removed at every step and from the recurrence).
 
 A watch may capture only some of the sums (``adaptgrad.watch(..., stats=[...])``); the others
 are absent from its snapshots, and reading one is an error that says how to ask for it.
@@ -32,11 +40,15 @@ SUM_FIELDS: tuple[str, ...] = (
     "grad_sq_sum",
     "act_grad_sum",
     "act_grad_batch_sq_sum",
+    "act_grad_example_sq_sum",
+    "act_grad_example_abs_sum",
     "act_abs_sum",
 )
 """Names of the per-unit sum arrays, in the order the accumulators store them."""
 
-ACTIVATION_FIELDS: frozenset[str] = frozenset({"act_grad_sum", "act_grad_batch_sq_sum", "act_abs_sum"})
+ACTIVATION_FIELDS: frozenset[str] = frozenset(
+    {"act_grad_sum", "act_grad_batch_sq_sum", "act_grad_example_sq_sum", "act_grad_example_abs_sum", "act_abs_sum"}
+)
 """The sums that need the layer's output H, not only its gradient G."""
 
 DERIVED_FROM: dict[str, str] = {
@@ -61,8 +73,8 @@ def requested_fields(stats: Iterable[str] | None) -> frozenset[str]:
         Traceback (most recent call last):
         ...
         ValueError: unknown statistic 'taylor' in stats=['taylor']; valid: 'grad_sum', 'grad_abs_sum', \
-'grad_sq_sum', 'act_grad_sum', 'act_grad_batch_sq_sum', 'act_abs_sum' (taylor is derived from act_grad_sum), \
-or stats=None for all
+'grad_sq_sum', 'act_grad_sum', 'act_grad_batch_sq_sum', 'act_grad_example_sq_sum', 'act_grad_example_abs_sum', \
+'act_abs_sum' (taylor is derived from act_grad_sum), or stats=None for all
     """
     if stats is None:
         return frozenset(SUM_FIELDS)
@@ -177,6 +189,16 @@ ask for it with adaptgrad.watch(model, layer, stats=[..., 'act_grad_sum']), or s
     def act_grad_batch_sq_sum(self) -> np.ndarray:
         """sum over batches of (sum H*G within the batch)**2, per unit."""
         return self._sum("act_grad_batch_sq_sum")
+
+    @property
+    def act_grad_example_sq_sum(self) -> np.ndarray:
+        """sum over examples of (sum over the example's steps of H*G)**2, per unit."""
+        return self._sum("act_grad_example_sq_sum")
+
+    @property
+    def act_grad_example_abs_sum(self) -> np.ndarray:
+        """sum over examples of |sum over the example's steps of H*G|, per unit."""
+        return self._sum("act_grad_example_abs_sum")
 
     @property
     def act_abs_sum(self) -> np.ndarray:

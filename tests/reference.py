@@ -80,16 +80,20 @@ def data(n: int, return_sequences: bool = False, seed: int = 1, padded: bool = F
 def accumulate(totals: dict[str, np.ndarray], h: np.ndarray, g: np.ndarray, kept: np.ndarray | None = None) -> None:
     """Add one batch's H and G (units on the last axis) to the float64 reference sums, at the
     positions where ``kept`` (H's shape without the units) is True."""
+    h, g = h.astype(np.float64), g.astype(np.float64)
     if kept is not None:
-        h, g = h[kept], g[kept]
-    h = h.astype(np.float64).reshape(-1, h.shape[-1])
-    g = g.astype(np.float64).reshape(-1, g.shape[-1])
+        h, g = h * kept[..., None], g * kept[..., None]
+    per_example = (h * g).reshape(h.shape[0], -1, h.shape[-1]).sum(1)  # each example's own steps
+    h = (h[kept] if kept is not None else h).reshape(-1, h.shape[-1])
+    g = (g[kept] if kept is not None else g).reshape(-1, g.shape[-1])
     batch = {
         "grad_sum": g.sum(0),
         "grad_abs_sum": np.abs(g).sum(0),
         "grad_sq_sum": (g**2).sum(0),
         "act_grad_sum": (h * g).sum(0),
         "act_grad_batch_sq_sum": (h * g).sum(0) ** 2,
+        "act_grad_example_sq_sum": (per_example**2).sum(0),
+        "act_grad_example_abs_sum": np.abs(per_example).sum(0),
         "act_abs_sum": np.abs(h).sum(0),
     }
     for key, value in batch.items():

@@ -128,9 +128,11 @@ SUBSETS = {
     "gradient": GRADIENT,
     "act_grad_sum": ("act_grad_sum",),
     "batch_sq_and_activity": ("act_grad_batch_sq_sum", "act_abs_sum"),
+    "per_example": ("act_grad_example_sq_sum", "act_grad_example_abs_sum"),
 }
 SUBSET_MODES = {
     "output": dict(through_time=False, cell="minimal"),
+    "output_sequences": dict(through_time=False, cell="gru", return_sequences=True),  # examples x steps
     "time": dict(through_time=True, cell="lstm", go_backwards=True),  # the lean loop
     "time_sequences": dict(through_time=True, cell="minimal", return_sequences=True),  # outputs kept
     "time_masked": dict(through_time=True, cell="gru", masked=True),  # Keras's loop, z as input
@@ -144,7 +146,10 @@ SUBSET_MODES = {
         [(m, s) for m in SUBSET_MODES for s in SUBSETS],
         ("output", "batch_sq_and_activity"),
         ("time", "gradient"),
-        ("time_masked", "act_grad_sum"),  # time_unrolled, every statistic: test_through_time_with_layer_options
+        ("time_masked", "act_grad_sum"),
+        ("time_masked", "per_example"),  # each example's own kept steps, time-major
+        ("output_sequences", "per_example"),
+        ("time", "per_example"),  # time_unrolled, every statistic: test_through_time_with_layer_options
     ),
 )
 def test_captured_subset_matches_reference(mode, subset):
