@@ -45,7 +45,17 @@ _EXPORTS = {
     "unit_view": "adaptgrad.units",
     "watch": "adaptgrad.capture",
 }
-__all__ = ["Adapt", "AdaptationRule", "GradientWatch", "OutputGradientStats", "UnitView", "compact", "oracle", "unit_view", "watch"]
+__all__ = [
+    "Adapt",
+    "AdaptationRule",
+    "GradientWatch",
+    "OutputGradientStats",
+    "UnitView",
+    "compact",
+    "oracle",
+    "unit_view",
+    "watch",
+]
 __version__ = "0.1.0"
 
 

@@ -145,4 +145,3 @@ def _per_example_loss(model: keras.Model, loss: Callable[[Any, Any], Any] | None
     if isinstance(chosen, keras.losses.Loss):
         return chosen.call  # unreduced: one value per example (and step)
     return chosen
-

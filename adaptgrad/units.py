@@ -400,7 +400,8 @@ class UnitView:
 
     @property
     def age(self) -> np.ndarray:
-        """Completed epochs since each unit's incoming weights were last made new (built, reinit, ungate)."""
+        """Completed epochs since each unit was built, re-initialised, gated or ungated: for an
+        active unit, the age of its incoming weights; for a gated unit, how long it has been gated."""
         return self._age.copy()
 
     def incoming_norms(self) -> np.ndarray:
@@ -530,6 +531,7 @@ class UnitView:
             self._saved[unit] = [true[id(v)][index(unit)].copy() for v, index in zip(variables, indexers)]
         self._gate.set_gated(np.flatnonzero(~active))
         self._write(chosen, incoming=True, outgoing=True, values=lambda unit, i: 0.0)
+        self._age[chosen] = 0  # a gated unit's age counts the epochs it has been gated
         self.edits.extend(Edit("gate", unit) for unit in chosen)
         return chosen
 

@@ -63,11 +63,11 @@ def main() -> None:
                 table = actions(cell, DropRegrow(fraction=0.3, end_epoch=8, grace=grace), seed)
                 dropped, regrown = undone_at_once(table, "ungate", "gate", grace)
                 print(f"drop_regrow   {cell:11s} seed {seed} grace {grace}: {dropped} of {regrown} regrown units dropped at once")
-            for score in ("grad", "activation"):
+            for criterion in ("grad_abs", "activation"):
                 for grace in (0, 2):
-                    table = actions(cell, DormantReset(tau=0.3, score=score, grace=grace), seed)
+                    table = actions(cell, DormantReset(tau=0.3, criterion=criterion, grace=grace), seed)
                     counts = table.query("action == 'reinit'").unit.value_counts().to_dict()
-                    print(f"dormant_reset {cell:11s} seed {seed} {score:10s} grace {grace}: resets per unit {counts}")
+                    print(f"dormant_reset {cell:11s} seed {seed} {criterion:10s} grace {grace}: resets per unit {counts}")
 
 
 if __name__ == "__main__":

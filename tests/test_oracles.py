@@ -8,9 +8,10 @@ import keras
 import numpy as np
 import pytest
 from cases import representative
-from reference import FEATURES, STEPS, build, data
 
 import adaptgrad
+
+from reference import FEATURES, STEPS, build, data
 
 LAYERS = ("dense", "minimal", "simple", "gru", "lstm")
 KINDS = ("sequential", "functional", "subclassed")

@@ -219,7 +219,7 @@ def test_dormant_reset_reinitialises_units_below_tau_of_the_active_mean():
 
     ratio = grad_abs_sum[:5] / grad_abs_sum[:5].mean()  # mean over active units 0..4 = 16
     assert np.flatnonzero(ratio <= 0.35).tolist() == [0, 3]
-    edits = run(DormantReset(tau=0.35, score="grad"), stats, units)
+    edits = run(DormantReset(tau=0.35, criterion="grad_abs"), stats, units)
     assert edits == [("reinit", 0), ("reinit", 3), ("zero_outgoing", 0), ("zero_outgoing", 3)]
     assert units.scales.tolist() == [1.0] * SIZE  # reinit resets the cumulative scale
     assert units.active.tolist() == [True] * 5 + [False]
@@ -244,7 +244,7 @@ def test_dormant_reset_reinitialises_units_below_tau_of_the_active_mean():
 
     # ReDo's activity score picks unit 4 instead; zero_outgoing=False leaves the head alone
     head = after["head/kernel"].copy()
-    assert run(DormantReset(tau=0.35, score="activation", zero_outgoing=False), stats, units) == [("reinit", 4)]
+    assert run(DormantReset(tau=0.35, criterion="activation", zero_outgoing=False), stats, units) == [("reinit", 4)]
     np.testing.assert_array_equal(weights(model)["head/kernel"], head)
     # no gradient at all over the active units: nothing can be judged, nothing happens
     assert run(DormantReset(tau=0.9), make_stats(), units) == []
@@ -374,7 +374,7 @@ BAD_ARGS = [
     (GainRescale, {"max_step": -0.1}, "max_step=-0.1"),
     (DormantReset, {"tau": 1.0}, r"tau=1\.0.*\[0\.0, 1\.0\)"),
     (DormantReset, {"tau": -0.1}, "tau=-0.1"),
-    (DormantReset, {"score": "weights"}, "score='weights'.*'activation', 'grad'"),
+    (DormantReset, {"criterion": "weights"}, "unknown criterion 'weights'; valid: 'taylor'.*'activation'"),
     (DormantReset, {"zero_outgoing": "yes"}, "zero_outgoing='yes'"),
     (DropRegrow, {"fraction": 1.5}, "fraction=1.5"),
     (DropRegrow, {"end_epoch": 0}, "end_epoch=0"),
@@ -673,10 +673,10 @@ def test_drop_regrow_without_grace_drops_regrown_units_at_once_and_grace_stops_i
 
 @pytest.mark.slow  # faster twins: test_grace_protects_new_units, test_grace_holds_on_real_runs
 def test_dormant_reset_grad_score_without_grace_loops_and_the_defaults_do_not():
-    looping = scenario("gru", DormantReset(tau=0.3, score="grad", grace=0), epochs=6)
+    looping = scenario("gru", DormantReset(tau=0.3, criterion="grad_abs", grace=0), epochs=6)
     per_unit = looping.query("action == 'reinit'").unit.value_counts()
     assert per_unit.max() == 6  # one unit re-initialised at every epoch: the failure
-    for rule in [DormantReset(tau=0.3, score="grad"), DormantReset(tau=0.3)]:
+    for rule in [DormantReset(tau=0.3, criterion="grad_abs"), DormantReset(tau=0.3)]:
         actions = scenario("gru", rule, epochs=6)
         assert all(delay > rule.grace for delay in soonest_repeat(actions, "reinit", "reinit")), rule
 
@@ -684,7 +684,7 @@ def test_dormant_reset_grad_score_without_grace_loops_and_the_defaults_do_not():
 @pytest.mark.parametrize("cell", representative(["gru", "lstm", "minimal"], "gru"))
 def test_grace_holds_on_real_runs(cell):
     """Both rules on one layer, a small grace so that they act often: the property, read from the table."""
-    drop, reset = DropRegrow(fraction=0.5, end_epoch=8, grace=1), DormantReset(tau=0.5, score="grad", grace=1)
+    drop, reset = DropRegrow(fraction=0.5, end_epoch=8, grace=1), DormantReset(tau=0.5, criterion="grad_abs", grace=1)
     actions = scenario(cell, [drop, reset], epochs=6, units=8, samples=64)
     assert len(actions.query("action == 'ungate'")) > 0 and len(actions.query("action == 'reinit'")) > 0
     assert all(delay > drop.grace for delay in soonest_repeat(actions, "ungate", "gate"))

@@ -27,6 +27,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
+from adaptgrad import criteria
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 
 if TYPE_CHECKING:
@@ -79,6 +82,10 @@ class AdaptationRule:
     """The :class:`~adaptgrad.OutputGradientStats` sum fields :meth:`apply` reads (the watch must
     capture them; the runner asks for the union over its rules). Default: all of them."""
 
+    edit: ClassVar[str | None] = None
+    """What the rule does to a unit: ``"gate"`` or ``"reinit"`` (the unit's output removed, so its
+    statistics must describe removing it: through time on a recurrent layer), ``"scale"``, or None."""
+
     start_epoch: int = 0
     every: int = 1
     stop_epoch: int | None = None
@@ -92,7 +99,7 @@ class AdaptationRule:
                 raise ValueError(f"rule name {name!r} is already taken by {taken.__qualname__}")
             cls.name = name
             REGISTRY[name] = cls
-        unknown = set(cls.reads) - set(SUM_FIELDS)
+        unknown = set() if isinstance(cls.reads, property) else set(cls.reads) - set(SUM_FIELDS)
         if unknown:
             raise ValueError(f"{cls.__qualname__}.reads names unknown fields {sorted(unknown)}; valid: {', '.join(SUM_FIELDS)}")
 
@@ -132,11 +139,44 @@ class AdaptationRule:
                 f"{self.label} reads {missing} but the watch on layer {units.layer.name!r} captures only "
                 f"{sorted(provided)}; pass stats= including them to adaptgrad.watch (None: all)"
             )
+        wanted = self.through_time(units.layer)
+        if wanted is not None and bool(getattr(watch, "through_time", wanted)) != wanted:
+            mode, other = ("through time", "through_time=True") if wanted else ("output mode", "through_time=False")
+            raise ValueError(
+                f"{self.label} needs statistics captured {mode} on layer {units.layer.name!r}: they describe its "
+                f"{self.edit or 'edit'} of a unit. Watch with adaptgrad.watch(model, {units.layer.name!r}, {other}) "
+                f"(runner: through_time=auto picks it)"
+            )
         if self.min_active > units.size:
             raise ValueError(
                 f"{self.label}: min_active={self.min_active} exceeds the {units.size} units of "
                 f"layer {units.layer.name!r}; valid: 1..{units.size}"
             )
+
+    def through_time(self, layer: Any) -> bool | None:
+        """The capture mode whose statistics describe this rule's edit on ``layer``: True (through
+        time), False (output mode) or None (either). A rule that removes units (``edit`` gate or
+        reinit) on a recurrent layer needs through time: output-mode statistics of a recurrent
+        layer describe zeroing its last output only, not removing the unit at every step and
+        from the recurrence (the oracle's ``"gate"`` and ``"zero_output"`` edits differ)."""
+        import keras  # here: rules load without TensorFlow
+
+        if self.edit in ("gate", "reinit") and isinstance(layer, keras.layers.RNN):
+            return True
+        return None
+
+    def score(self, stats: OutputGradientStats, units: UnitView) -> np.ndarray:
+        """The per-unit score the rule ranks units by (higher: the unit matters more), from this
+        window's statistics: its ``criterion`` (:data:`adaptgrad.criteria.CRITERIA`) where it has
+        one. :func:`adaptgrad.criteria.evaluate` judges it against :func:`adaptgrad.oracle`.
+
+        Raises:
+            NotImplementedError: the rule ranks no units (override this to expose its score).
+        """
+        criterion = getattr(self, "criterion", None)
+        if criterion is None:
+            raise NotImplementedError(f"{self.label} ranks no units by a score (it has no criterion); override score()")
+        return criteria.score(criterion, stats)
 
     def require_next_layer(self, units: UnitView, why: str) -> None:
         """Raise ValueError (for :meth:`check`) if the layer's consumer is unknown."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from adaptgrad.criteria import CRITERIA, check_criterion
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
 from adaptgrad.rules.scoring import relative_to_active
 from adaptgrad.stats import OutputGradientStats
@@ -14,9 +15,6 @@ from adaptgrad.stats import OutputGradientStats
 if TYPE_CHECKING:
     from adaptgrad.capture import GradientWatch
     from adaptgrad.units import UnitView
-
-SCORES: dict[str, str] = {"activation": "mean_abs_act", "grad": "mean_abs_grad"}
-"""``score`` option -> the :class:`~adaptgrad.OutputGradientStats` property it reads."""
 
 
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)
@@ -31,10 +29,11 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
         [0]
 
     Score, per active unit j (Sokar, Agarwal, Castro, Evci: "The Dormant Neuron Phenomenon in
-    Deep Reinforcement Learning", ICML 2023 (ReDo) with ``score="activation"``, the default;
-    Liu et al., 2025 (GraMa, gradient magnitude) with ``score="grad"``)::
+    Deep Reinforcement Learning", ICML 2023 (ReDo) with ``criterion="activation"``, the default;
+    Liu et al., 2025 (GraMa, gradient magnitude) with ``criterion="grad_abs"``; any name in
+    :data:`adaptgrad.criteria.CRITERIA`)::
 
-        r_j = s_j / mean_{k active} s_k,   s = mean|a| (``stats.mean_abs_act``) or mean|g|
+        r_j = s_j / mean_{k active} s_k,   s = mean|a| (``activation``) or mean|g| (``grad_abs``)
 
     Every active unit with ``r_j <= tau`` whose incoming weights are more than ``grace``
     epochs old (:attr:`~adaptgrad.UnitView.age`) is dormant: its incoming weights are redrawn
@@ -46,9 +45,9 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
     neither scored nor reset.
 
     Why ``grace``, and why the activation score: right after a reset the unit's outgoing
-    weights are 0, so its output gradient restarts near 0 and the ``grad`` score calls it
+    weights are 0, so its output gradient restarts near 0 and the ``grad_abs`` score calls it
     dormant again. On a GRU(16) (256 sequences of 10 steps, Adam 0.01, through time, tau=0.3)
-    ``score="grad"`` without grace re-initialised one unit in 8 of 8 epochs, its ratio falling
+    ``criterion="grad_abs"`` without grace re-initialised one unit in 8 of 8 epochs, its ratio falling
     0.26 -> 0.06 (issue #10, reproduced in ``tests/test_rules.py`` and ``scripts/grace_evidence.py``);
     with ``grace=2`` it reset nothing (the unit recovered before it could be judged again); the
     activation score reset nothing at tau 0.3 on that layer: the activation score of a
@@ -59,29 +58,33 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
 
     Args:
         tau: dormancy threshold on the ratio, in [0, 1) (0: only units with exactly zero score).
-        score: ``"activation"`` (mean |a|, ReDo) or ``"grad"`` (mean |dL/da|, GraMa).
+        criterion: the score r_j divides: ``"activation"`` (mean |a|, ReDo), ``"grad_abs"``
+            (mean |dL/da|, GraMa) or another name in :data:`adaptgrad.criteria.CRITERIA`.
         zero_outgoing: also zero the dormant units' outgoing weights (next layer's input rows
             and, for recurrent layers, their recurrent rows); needs the next layer.
         grace: units whose incoming weights are at most this many epochs old are not reset, >= 0.
         start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    reads: ClassVar[frozenset[str]] = frozenset({"act_abs_sum", "grad_abs_sum"})
+    edit: ClassVar[str] = "reinit"
 
     tau: float = 0.1
-    score: str = "activation"
+    criterion: str = "activation"
     zero_outgoing: bool = True
     grace: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.tau = check_range(self.label, "tau", self.tau, 0.0, 1.0, closed="left")
-        if self.score not in SCORES:
-            raise ValueError(f"{self.label}: score={self.score!r} is not valid; valid: {', '.join(map(repr, SCORES))}")
+        self.criterion = check_criterion(self.label, self.criterion)
         if not isinstance(self.zero_outgoing, (bool, np.bool_)):
             raise ValueError(f"{self.label}: zero_outgoing={self.zero_outgoing!r} must be True or False")
         self.zero_outgoing = bool(self.zero_outgoing)
         self.grace = check_int(self.label, "grace", self.grace, 0)
+
+    @property
+    def reads(self) -> frozenset[str]:  # type: ignore[override]
+        return CRITERIA[self.criterion].reads
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:
         super().check(watch, units)
@@ -98,5 +101,5 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
         return np.flatnonzero(judged & (ratios <= tau)).tolist()
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
-        dormant = self.dormant(getattr(stats, SCORES[self.score]), units.active, self.tau, units.age > self.grace)
+        dormant = self.dormant(self.score(stats, units), units.active, self.tau, units.age > self.grace)
         units.reinit(dormant, zero_outgoing=self.zero_outgoing)

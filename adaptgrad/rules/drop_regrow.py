@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from adaptgrad.criteria import CRITERIA, check_criterion
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
 from adaptgrad.rules.scoring import highest, lowest_active
 from adaptgrad.stats import OutputGradientStats
@@ -33,17 +34,19 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         f_t = (fraction / 2) * (1 + cos(pi * t / end_epoch))   for t < end_epoch, else 0
         n   = round(f_t * n_active)                             (no action if n == 0)
 
-    - drop: up to ``n`` active units with the lowest first-order Taylor score (``stats.taylor``,
-      ``|mean a*g|``) among those whose incoming weights are more than ``grace`` epochs old
-      (:attr:`~adaptgrad.UnitView.age`) are gated;
+    - drop: up to ``n`` active units with the lowest ``criterion`` score (default: the
+      per-example first-order Taylor score ``taylor_example_abs``, the best predictor of the
+      gating oracle in the oracle study; see :data:`adaptgrad.criteria.CRITERIA`) among those
+      whose incoming weights are more than ``grace`` epochs old (:attr:`~adaptgrad.UnitView.age`)
+      are gated;
     - regrow: as many of the previously gated units as were dropped (fewer if fewer are gated),
       those with the highest ``rms_grad`` (``sqrt(mean g**2)``, RigL's dense-gradient
-      criterion), ties going to the oldest incoming weights (``age``: in practice the unit gated
-      longest ago), are ungated with zero outgoing weights and reset optimizer slots, so they
+      criterion), ties going to the unit gated longest ago (highest ``age``: gating resets a
+      unit's age), then the lowest index, are ungated with zero outgoing weights and reset optimizer slots, so they
       start without changing the network's function. Units dropped in this very step are never
       regrown in it. A gated unit whose outgoing weights are zeroed by the gate has no output
       gradient at all, so its ``rms_grad`` is 0 and the tie-break decides: the swap then cycles
-      through the gated units, oldest first.
+      through the gated units, the one gated longest ago first.
 
     So the number of active units stays constant once some units are gated; on a layer with no
     gated unit (the first step) the rule only drops, and it drops fewer than ``n`` if that would
@@ -73,20 +76,27 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         fraction: f0, the drop fraction at epoch 0, in (0, 1).
         end_epoch: T_end, the epoch from which the rule stops swapping, >= 1.
         grace: units whose incoming weights are at most this many epochs old are not dropped, >= 0.
+        criterion: the drop score, a name in :data:`adaptgrad.criteria.CRITERIA`.
         start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    reads: ClassVar[frozenset[str]] = frozenset({"act_grad_sum", "grad_sq_sum"})
+    edit: ClassVar[str] = "gate"
 
     fraction: float = 0.3
     end_epoch: int = 10
     grace: int = 3
+    criterion: str = "taylor_example_abs"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.fraction = check_range(self.label, "fraction", self.fraction, 0.0, 1.0)
         self.end_epoch = check_int(self.label, "end_epoch", self.end_epoch, 1)
         self.grace = check_int(self.label, "grace", self.grace, 0)
+        self.criterion = check_criterion(self.label, self.criterion)
+
+    @property
+    def reads(self) -> frozenset[str]:  # type: ignore[override]
+        return CRITERIA[self.criterion].reads | {"grad_sq_sum"}
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:
         super().check(watch, units)
@@ -101,19 +111,19 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
 
     @staticmethod
     def plan(
-        taylor: np.ndarray,
+        scores: np.ndarray,
         rms_grad: np.ndarray,
         active: np.ndarray,
         count: int,
         droppable: np.ndarray | None = None,
         age: np.ndarray | None = None,
     ) -> tuple[list[int], list[int]]:
-        """(drop, regrow): up to ``count`` active (and ``droppable``) units with the lowest Taylor
-        score (lowest first), and as many gated units with the highest ``rms_grad`` (highest
+        """(drop, regrow): up to ``count`` active (and ``droppable``) units with the lowest
+        ``scores`` (lowest first), and as many gated units with the highest ``rms_grad`` (highest
         first; ties: highest ``age``, then lowest index)."""
         active = np.asarray(active, dtype=bool)
         candidates = active if droppable is None else active & np.asarray(droppable, dtype=bool)
-        drop = lowest_active(np.asarray(taylor, dtype=np.float64), candidates, 1.0)[:count]
+        drop = lowest_active(np.asarray(scores, dtype=np.float64), candidates, 1.0)[:count]
         regrow = highest(rms_grad, np.flatnonzero(~active), len(drop), ties=age)
         return drop, regrow
 
@@ -124,6 +134,6 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         if count == 0 or stats.batches == 0:
             return
         age = units.age
-        drop, regrow = self.plan(stats.taylor, stats.rms_grad, active, count, age > self.grace, age)
+        drop, regrow = self.plan(self.score(stats, units), stats.rms_grad, active, count, age > self.grace, age)
         units.ungate(regrow, zero_outgoing=True)
         units.gate(drop)

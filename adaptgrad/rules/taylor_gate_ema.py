@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from adaptgrad.criteria import CRITERIA, check_criterion
 from adaptgrad.rules.base import AdaptationRule, check_range
-from adaptgrad.rules.scoring import lowest_active, per_batch
+from adaptgrad.rules.scoring import lowest_active
 from adaptgrad.rules.taylor_prune import sparsity_floor
 from adaptgrad.stats import OutputGradientStats
 
@@ -23,19 +24,25 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
     Example:
         >>> import numpy as np
         >>> from adaptgrad.rules import TaylorGateEMA
-        >>> s = TaylorGateEMA.scores(np.array([8.0, 2.0, 0.0]), batches=2)
+        >>> from adaptgrad import OutputGradientStats
+        >>> rule = TaylorGateEMA(criterion="taylor_batch_sq")
+        >>> s = rule.score(OutputGradientStats(batches=2, count=8, act_grad_batch_sq_sum=np.array([8.0, 2.0, 0.0])), None)
         >>> s
         array([4., 1., 0.])
         >>> TaylorGateEMA.smooth(s, np.array([0.0, 1.0, 10.0]), momentum=0.5)
         array([2., 1., 5.])
 
     Score (Molchanov, Mallya, Tyree, Frosio, Kautz: "Importance Estimation for Neural Network
-    Pruning", CVPR 2019), per unit j with ``a`` its output and ``g = dL/da``::
+    Pruning", CVPR 2019), per unit j with ``a`` its output and ``g = dL/da``: the paper's
+    ``criterion="taylor_batch_sq"``::
 
         s_j = mean_b (sum_{n,t in b} a*g)**2 = act_grad_batch_sq_sum_j / batches
 
-    the squared first-order loss change of removing unit j, computed per batch and averaged
-    over the epoch's batches. Across the epochs at which the rule acts it is smoothed::
+    the squared first-order loss change of removing unit j, computed per batch and averaged over
+    the window's batches; or any other of :data:`adaptgrad.criteria.CRITERIA` (the default is the
+    one that best predicts the gating oracle in the oracle study, experiments/README.md). On a
+    recurrent layer the rule needs through-time statistics. Across the windows at which the rule
+    acts it is smoothed::
 
         e <- momentum * e + (1 - momentum) * s        (the first time: e = s)
 
@@ -52,14 +59,16 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
         fraction: share of the active units gated each time the rule acts, in (0, 1).
         momentum: EMA momentum, in [0, 1) (0: no smoothing).
         max_sparsity: the largest share of the layer's units the rule may gate, in (0, 1].
+        criterion: the score units are ranked by, a name in :data:`adaptgrad.criteria.CRITERIA`.
         start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    reads: ClassVar[frozenset[str]] = frozenset({"act_grad_batch_sq_sum"})
+    edit: ClassVar[str] = "gate"
 
     fraction: float = 0.1
     momentum: float = 0.9
     max_sparsity: float = 0.5
+    criterion: str = "taylor_batch_sq"
     ema: np.ndarray | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -67,14 +76,14 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
         self.fraction = check_range(self.label, "fraction", self.fraction, 0.0, 1.0)
         self.momentum = check_range(self.label, "momentum", self.momentum, 0.0, 1.0, closed="left")
         self.max_sparsity = check_range(self.label, "max_sparsity", self.max_sparsity, 0.0, 1.0, closed="right")
+        self.criterion = check_criterion(self.label, self.criterion)
+
+    @property
+    def reads(self) -> frozenset[str]:  # type: ignore[override]
+        return CRITERIA[self.criterion].reads
 
     def floor(self, size: int) -> int:
         return sparsity_floor(size, self.max_sparsity, self.min_active)
-
-    @staticmethod
-    def scores(act_grad_batch_sq_sum: np.ndarray, batches: int) -> np.ndarray:
-        """s_j = mean over batches of (sum over the batch of a*g)**2."""
-        return per_batch(act_grad_batch_sq_sum, batches)
 
     @staticmethod
     def smooth(previous: np.ndarray | None, scores: np.ndarray, momentum: float) -> np.ndarray:
@@ -89,7 +98,7 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
             return
         if self.ema is not None and self.ema.shape != (stats.units,):
             raise ValueError(f"{self.label}: EMA state has {self.ema.size} units but the layer has {stats.units}")
-        self.ema = self.smooth(self.ema, self.scores(stats.act_grad_batch_sq_sum, stats.batches), self.momentum)
+        self.ema = self.smooth(self.ema, self.score(stats, units), self.momentum)
         units.gate(lowest_active(self.ema, units.active, self.fraction))
 
     def get_state(self) -> dict[str, Any]:

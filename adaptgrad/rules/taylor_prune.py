@@ -6,8 +6,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
+from adaptgrad.criteria import CRITERIA, check_criterion
 from adaptgrad.rules.base import AdaptationRule, check_range
 from adaptgrad.rules.scoring import lowest_active
 from adaptgrad.stats import OutputGradientStats
@@ -33,48 +32,57 @@ class TaylorPrune(AdaptationRule, name="taylor_prune"):
 
     Example:
         >>> import numpy as np
+        >>> from adaptgrad import OutputGradientStats
         >>> from adaptgrad.rules import TaylorPrune
-        >>> TaylorPrune(fraction=0.5).scores(np.array([0.3, -0.4, 0.0]), 1)
-        array([0.6, 0.8, 0. ])
+        >>> rule = TaylorPrune(fraction=0.5)
+        >>> rule.criterion, sorted(rule.reads)
+        ('taylor_example_abs', ['act_grad_example_abs_sum'])
+        >>> rule.score(OutputGradientStats(batches=2, count=6, act_grad_example_abs_sum=np.array([0.6, 0.2, 1.0])), None)
+        array([0.3, 0.1, 0.5])
         >>> TaylorPrune().floor(32)                      # the defaults never gate more than half
         16
 
-    s_j = |mean(a_j * g_j)| / ||s||_2 (``stats.taylor`` normalised by its L2 norm over the
-    layer), the first-order estimate of the loss change when unit j is removed (Molchanov,
-    Tyree, Karras, Aila, Kautz: "Pruning Convolutional Neural Networks for Resource Efficient
-    Inference", ICLR 2017). Each time it acts, gates ``round(fraction * n_active)`` (at least
-    one) of the active units, lowest score first, never leaving fewer than
-    ``max(min_active, ceil((1 - max_sparsity) * units))`` active. With the defaults (10 % of
-    the active units per epoch, ``max_sparsity=0.5``) a layer of 32 units reaches 16 after 7
-    epochs and stays there: the rule cannot collapse a layer unless asked to.
+    The first-order estimate of the loss change when unit j is removed (Molchanov, Tyree, Karras,
+    Aila, Kautz: "Pruning Convolutional Neural Networks for Resource Efficient Inference", ICLR
+    2017): for one example the change is about ``-sum_t a_j * g_j`` over its steps (through time:
+    the unit removed at every step and from the recurrence), and the paper takes its absolute
+    value per example before averaging over the data. The default ``criterion`` is that,
+    ``sum_n |sum_t a*g| / batches`` (``taylor_example_abs``), the best predictor of the gating
+    oracle among :data:`adaptgrad.criteria.CRITERIA` in the oracle study (experiments/README.md);
+    ``criterion="taylor"`` is the total ``|sum a*g|`` over the data, which cancels near a stationary
+    point. Each time it acts, gates ``round(fraction * n_active)`` (at least one) of the active
+    units, lowest score first, never leaving fewer than
+    ``max(min_active, ceil((1 - max_sparsity) * units))`` active. With the defaults (10 % of the
+    active units per epoch, ``max_sparsity=0.5``) a layer of 32 units reaches 16 after 7 epochs and
+    stays there: the rule cannot collapse a layer unless asked to. On a recurrent layer it needs
+    through-time statistics (:meth:`~adaptgrad.rules.AdaptationRule.through_time`).
 
     Args:
         fraction: share of the active units gated each time the rule acts, in (0, 1).
         max_sparsity: the largest share of the layer's units the rule may gate, in (0, 1].
+        criterion: the score units are ranked by, a name in :data:`adaptgrad.criteria.CRITERIA`.
         start_epoch, every, stop_epoch, min_active: the schedule and floor of
             :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
-    reads: ClassVar[frozenset[str]] = frozenset({"act_grad_sum"})
+    edit: ClassVar[str] = "gate"
 
     fraction: float = 0.1
     max_sparsity: float = 0.5
+    criterion: str = "taylor_example_abs"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.fraction = check_range(self.label, "fraction", self.fraction, 0.0, 1.0)
         self.max_sparsity = check_range(self.label, "max_sparsity", self.max_sparsity, 0.0, 1.0, closed="right")
+        self.criterion = check_criterion(self.label, self.criterion)
+
+    @property
+    def reads(self) -> frozenset[str]:  # type: ignore[override]
+        return CRITERIA[self.criterion].reads
 
     def floor(self, size: int) -> int:
         return sparsity_floor(size, self.max_sparsity, self.min_active)
 
-    @staticmethod
-    def scores(act_grad_sum: np.ndarray, count: int) -> np.ndarray:
-        """|mean(a*g)| per unit divided by its L2 norm over the layer."""
-        taylor = np.abs(act_grad_sum) / max(count, 1)
-        norm = np.linalg.norm(taylor)
-        return taylor / norm if norm > 0 else taylor
-
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
-        scores = self.scores(stats.act_grad_sum, stats.count)
-        units.gate(lowest_active(scores, units.active, self.fraction))
+        units.gate(lowest_active(self.score(stats, units), units.active, self.fraction))
