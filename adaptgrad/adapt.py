@@ -6,7 +6,7 @@ Example:
     >>> model = keras.Sequential([keras.Input((5, 1)), keras.layers.GRU(8, name="gru"),
     ...                           keras.layers.Dense(1)])
     >>> model.compile(optimizer="adam", loss="mse")
-    >>> adapt = adaptgrad.Adapt(adaptgrad.watch(model, "gru"), [TaylorPrune(fraction=0.25)])
+    >>> adapt = adaptgrad.Adapt(adaptgrad.watch(model, "gru", through_time=True), [TaylorPrune(fraction=0.25)])
     >>> x, y = np.ones((16, 5, 1)), np.ones((16, 1))
     >>> history = model.fit(x, y, epochs=2, verbose=0, callbacks=[adapt])
     >>> int(adapt.units.active.sum()), history.history["active_units/gru"]
@@ -25,9 +25,12 @@ import keras
 import numpy as np
 import pandas as pd
 
+from adaptgrad import _instrument
 from adaptgrad.capture import GradientWatch
+from adaptgrad.criteria import CRITERIA, score
+from adaptgrad.oracles import oracle
 from adaptgrad.rules.base import AdaptationRule
-from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
+from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS, OutputGradientStats
 from adaptgrad.units import UnitView, unit_view
 
 UNIT_COLUMNS = ["epoch", "layer", "unit", "active", "age", "scale", "batches", "count", *SUM_FIELDS, *DERIVED_FIELDS]
@@ -47,6 +50,10 @@ class Adapt(keras.callbacks.Callback):
         units: the :class:`~adaptgrad.UnitView` to edit; made from the watched layer if None
             (the model must be built). ``next_layer`` and ``seed`` are passed to
             :func:`~adaptgrad.unit_view`.
+        oracle: ``(x, y)``: at the end of every ``oracle_every``-th epoch, before the rules act,
+            measure :func:`adaptgrad.oracle` on these data beside every criterion the epoch's
+            statistics allow and each rule's :meth:`~adaptgrad.AdaptationRule.score`
+            (:meth:`oracle_frame`). None: never.
 
     Raises:
         ValueError: when built, if a rule cannot act correctly here (each rule's
@@ -77,6 +84,8 @@ class Adapt(keras.callbacks.Callback):
         *,
         next_layer: str | keras.layers.Layer | None = None,
         seed: int = 0,
+        oracle: tuple[Any, Any] | None = None,
+        oracle_every: int = 1,
     ) -> None:
         super().__init__()
         self.watch = watch
@@ -98,9 +107,15 @@ class Adapt(keras.callbacks.Callback):
         _ADAPTS.setdefault(watch.model, weakref.WeakSet()).add(self)
         self._unit_rows: list[pd.DataFrame] = []
         self._action_rows: list[tuple[int, str, str, str, int, float]] = []
+        self._oracle_rows: list[pd.DataFrame] = []
+        if oracle_every < 1:
+            raise ValueError(f"oracle_every={oracle_every!r} must be an integer >= 1")
+        self.oracle_data, self.oracle_every = oracle, int(oracle_every)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         stats = self.watch.stats()
+        if self.oracle_data is not None and (epoch + 1) % self.oracle_every == 0:
+            self._oracle_rows.append(self._measure_oracle(stats, epoch))
         self.units.tick()
         for rule in self.rules:
             if not rule.applies_at(epoch):
@@ -124,6 +139,30 @@ class Adapt(keras.callbacks.Callback):
             logs[f"active_units/{self.layer_name}"] = int(active.sum())
             if len(_ADAPTS.get(self.watch.model, ())) == 1:
                 logs["active_units"] = int(active.sum())
+
+    def _measure_oracle(self, stats: OutputGradientStats, epoch: int) -> pd.DataFrame:
+        """One row per unit: the oracle of both edits, every criterion the statistics allow, each
+        rule's score (``rule.<label>``); the model as it is before this epoch's edits."""
+        layer = self.watch.layer
+        gate = oracle(self.watch.model, layer, self.oracle_data, edit="gate")
+        output = (
+            oracle(self.watch.model, layer, self.oracle_data, edit="zero_output") if _instrument.is_recurrent(layer) else gate
+        )
+        columns: dict[str, Any] = {
+            "epoch": epoch,
+            "layer": self.layer_name,
+            "unit": np.arange(self.units.size),
+            "active": self.units.active,
+            "oracle": gate,
+            "oracle_zero_output": output,
+        }
+        columns.update({name: score(name, stats) for name, c in CRITERIA.items() if c.reads <= stats.fields})
+        for rule in self.rules:
+            try:
+                columns[f"rule.{rule.label}"] = rule.score(stats, self.units)
+            except NotImplementedError:
+                continue
+        return pd.DataFrame(columns)
 
     def _apply(self, rule: AdaptationRule, stats: Any, epoch: int) -> None:
         """One rule's edits, all or none: a rule that raises leaves the layer as it found it."""
@@ -149,6 +188,7 @@ class Adapt(keras.callbacks.Callback):
             "rules": [rule.get_state() for rule in self.rules],
             "unit_rows": list(self._unit_rows),
             "action_rows": list(self._action_rows),
+            "oracle_rows": list(self._oracle_rows),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -158,12 +198,21 @@ class Adapt(keras.callbacks.Callback):
             rule.set_state(rule_state)
         self._unit_rows = list(state["unit_rows"])
         self._action_rows = list(state["action_rows"])
+        self._oracle_rows = list(state.get("oracle_rows", []))
 
     def units_frame(self) -> pd.DataFrame:
         """One row per (epoch, unit): ``layer``, statistics, ``active``, ``age`` and ``scale`` after the edits."""
         if not self._unit_rows:
             return pd.DataFrame(columns=UNIT_COLUMNS)
         return pd.concat(self._unit_rows, ignore_index=True)
+
+    def oracle_frame(self) -> pd.DataFrame:
+        """One row per (oracle epoch, unit): ``epoch, layer, unit, active``, ``oracle`` (the loss
+        change of gating the unit alone), ``oracle_zero_output`` (of zeroing its output), then each
+        criterion's score and each rule's (``rule.<label>``); empty without ``oracle=``."""
+        if not self._oracle_rows:
+            return pd.DataFrame(columns=["epoch", "layer", "unit", "active", "oracle", "oracle_zero_output"])
+        return pd.concat(self._oracle_rows, ignore_index=True)
 
     def actions_frame(self) -> pd.DataFrame:
         """One row per edit: ``epoch, layer, rule, action, unit, value`` (``failed``: a rule raised,

@@ -76,20 +76,23 @@ class _Accumulators:
             g = g * kept[..., None]
             h = None if h is None else h * kept[..., None]
             positions = tf.reduce_sum(tf.cast(kept, tf.float64))
-        values = {name: compute(g, h, axes) for name, compute in _REDUCTIONS.items() if name in self.sums}
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
+        values = {name: compute(g, h, axes) for name, compute in _REDUCTIONS.items() if name in self.sums}
         if "act_grad_batch_sq_sum" in self.sums:
             batch_hg = values["act_grad_sum"] if "act_grad_sum" in values else _REDUCTIONS["act_grad_sum"](g, h, axes)
             if replicas > 1:  # the per-batch Taylor term squares the *global* batch sum
                 batch_hg = replica.all_reduce(tf.distribute.ReduceOp.SUM, batch_hg)
             values["act_grad_batch_sq_sum"] = tf.square(batch_hg) / replicas
-        if self.sums.keys() & _EXAMPLE_REDUCTIONS:  # each example's Taylor term, over its own steps
+        if self.sums.keys() & {*_EXAMPLE_REDUCTIONS, "act_grad_fisher_sum"}:  # each example's Taylor term, over its steps
             steps = [axis for axis in axes if axis != example_axis]
             per_example = tf.reduce_sum(h * g, axis=steps) if steps else h * g
             for name, compute in _EXAMPLE_REDUCTIONS.items():
                 if name in self.sums:
                     values[name] = tf.reduce_sum(compute(per_example), axis=0)
+            if "act_grad_fisher_sum" in self.sums:  # the global batch size: G is of the global batch's mean loss
+                examples = tf.cast(tf.shape(per_example)[0] * replicas, tf.float32)
+                values["act_grad_fisher_sum"] = examples * tf.reduce_sum(tf.square(per_example), axis=0)
         values = {k: tf.cast(v, tf.float64) for k, v in values.items()}
         batch_share = tf.constant(1.0 / replicas, tf.float64)
         if loss_scale is not None:  # a step with an overflowed gradient is skipped by Keras too

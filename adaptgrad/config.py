@@ -33,13 +33,27 @@ from adaptgrad.checkpoint import config_digest
 from adaptgrad.data import Dataset
 from adaptgrad.models import CELLS, MODEL_KEYS
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
+from adaptgrad.stats import requested_fields
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("adaptgrad")
 
-TOP_KEYS = ("model", "data", "rule", "optimizer", "trainer", "seed", "layer", "through_time", "rules_module", "rule_settings")
+TOP_KEYS = (
+    "model",
+    "data",
+    "rule",
+    "optimizer",
+    "trainer",
+    "seed",
+    "layer",
+    "through_time",
+    "stats",
+    "oracle",
+    "rules_module",
+    "rule_settings",
+)
 """The keys of a job's config."""
 
 
@@ -135,7 +149,12 @@ class Spec:
 
     seed: int
     layers: tuple[str, ...]
-    through_time: bool
+    through_time: bool | None
+    """None: ``auto``, the mode whose statistics describe the rule's edit (see :func:`capture_mode`)."""
+    stats: frozenset[str] | None
+    """The sums every watch captures besides what the rule reads; None: all of them."""
+    oracle: int
+    """Record the oracle every this many epochs (0: never)."""
     model: dict[str, Any]
     rule: AdaptationRule
     optimizer: dict[str, Any]
@@ -324,6 +343,24 @@ def _layers(value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _through_time(value: Any) -> bool | None:
+    if value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise ValueError(f"through_time={value!r} must be auto, true or false")
+    return value
+
+
+def _stats(value: Any) -> frozenset[str] | None:
+    if value == "all":
+        return None
+    if value == "rule":
+        return frozenset()
+    if not isinstance(value, list):
+        raise ValueError(f"stats={value!r} must be all, rule, or a list of statistics, e.g. stats=[grad_sq_sum,act_abs_sum]")
+    return requested_fields(value)
+
+
 def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
     """Turn the config into plain objects and validate everything that needs no TensorFlow
     (names and types of keys, values, the rule); no data is loaded.
@@ -338,7 +375,9 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
     return Spec(
         seed=_integer("seed", plain["seed"], 0),
         layers=_layers(plain.get("layer")),
-        through_time=_boolean("through_time", plain["through_time"]),
+        through_time=_through_time(plain["through_time"]),
+        stats=_stats(plain["stats"]),
+        oracle=_integer("oracle", plain["oracle"], 0),
         model=check_model(dict(plain["model"])),
         rule=build_rule(cfg.rule, rule_preset),
         optimizer=check_optimizer(dict(plain["optimizer"])),

@@ -5,10 +5,10 @@ Example:
     >>> from adaptgrad.criteria import evaluate
     >>> truth = np.array([0.5, 0.01, 0.2, 0.02])          # adaptgrad.oracle(...): loss change of each edit
     >>> table = evaluate(truth, {"good": np.array([9.0, 1.0, 5.0, 2.0]), "bad": np.array([1.0, 9.0, 2.0, 5.0])}, k=2)
-    >>> table[["criterion", "spearman", "overlap", "cost_ratio"]]
-      criterion  spearman  overlap  cost_ratio
-    0      good       1.0      1.0         1.0
-    1       bad      -1.0      0.0        23.333333
+    >>> print(table[["criterion", "spearman", "overlap", "cost_ratio"]].round(2).to_string(index=False))
+    criterion  spearman  overlap  cost_ratio
+         good       1.0      1.0        1.00
+          bad      -1.0      0.0       23.33
 
 A criterion scores how much each unit matters; a gating rule removes the units it scores lowest.
 It is judged as Molchanov et al. (2017, 2019) judge theirs, against the *oracle* (the true loss
@@ -26,10 +26,16 @@ name                    score                                       source
 ``taylor_batch_sq``     ``sum_b (sum_{n,t in b} a*g)**2 / batches``  Molchanov 2019
 ``taylor_example_sq``   ``sum_n (sum_t a*g)**2 / batches``          Molchanov 2017, per example, squared
 ``taylor_example_abs``  ``sum_n |sum_t a*g| / batches``             Molchanov 2017, per example
+``taylor_fisher``       ``|sum_b (fisher_b / 2 - sum a*g)| / batches``  second order: Taylor + empirical Fisher
 ``activation``          ``mean |a|``                                ReDo (Sokar et al. 2023)
 ``grad_abs``            ``mean |g|``                                GraMa (Liu et al. 2025)
 ``grad_rms``            ``sqrt(mean g**2)``                         RigL's gradient, per unit
 ======================  ==========================================  =================================
+
+``taylor_fisher`` estimates the loss change of removing the unit to second order, the
+empirical Fisher standing in for the Hessian (as in Optimal Brain Damage, with Molchanov et al.'s
+per-example terms): ``act_grad_fisher_sum`` (:mod:`adaptgrad.stats`). Near a stationary point
+the first-order total tends to 0 and the second-order term is what is left.
 
 Through time (``watch(..., through_time=True)``) ``sum_t a*g`` over an example's steps is the
 first-order loss change of gating the unit for that example (its output removed at every step
@@ -79,6 +85,11 @@ CRITERIA: dict[str, Criterion] = {
             "taylor_example_abs",
             frozenset({"act_grad_example_abs_sum"}),
             lambda s: _per_batch(s.act_grad_example_abs_sum, s.batches),
+        ),
+        Criterion(
+            "taylor_fisher",
+            frozenset({"act_grad_sum", "act_grad_fisher_sum"}),
+            lambda s: np.abs(_per_batch(s.act_grad_fisher_sum / 2 - s.act_grad_sum, s.batches)),
         ),
         Criterion("activation", frozenset({"act_abs_sum"}), lambda s: s.mean_abs_act),
         Criterion("grad_abs", frozenset({"grad_abs_sum"}), lambda s: s.mean_abs_grad),

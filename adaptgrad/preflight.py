@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from adaptgrad.config import CONF_DIR, check, did_you_mean, load_data, register_experiments
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-VALUE_KEYS = ("seed", "layer", "through_time", "rules_module", "rule_settings")
+VALUE_KEYS = ("seed", "layer", "through_time", "stats", "oracle", "rules_module", "rule_settings")
 """Top-level keys of the config that are values, not config groups."""
 JOB_NAME = "app"
 """Hydra's job name for the app (the task function's module)."""

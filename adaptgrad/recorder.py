@@ -130,3 +130,6 @@ class JobFiles(keras.callbacks.Callback):
         write_frame(self.directory / "history.csv", self.history())
         write_frame(self.directory / "units.parquet", self.units_frame())
         write_frame(self.directory / "actions.csv", self.actions_frame())
+        oracle = pd.concat([a.oracle_frame() for a in self.adapts], ignore_index=True)
+        if len(oracle):
+            write_frame(self.directory / "oracle.parquet", oracle)

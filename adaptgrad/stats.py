@@ -12,6 +12,7 @@ over every batch/time position (n, t):
 ``act_grad_batch_sq_sum``  sum_b (sum_{n,t in b} H*G)**2  (Molchanov et al. 2019)
 ``act_grad_example_sq_sum``   sum_n (sum_t H*G)**2  (per example: one sequence's steps, Molchanov et al. 2017)
 ``act_grad_example_abs_sum``  sum_n |sum_t H*G|
+``act_grad_fisher_sum``       sum_b B_b * sum_{n in b} (sum_t H*G)**2  (B_b: the examples of batch b)
 ``act_abs_sum[j]``         sum |H|  (activity, ReDo)
 ``batches``                number of batches accumulated
 ``count``                  number of (n, t) positions accumulated (masked steps excluded)
@@ -21,7 +22,11 @@ The per-example sums square (or take the absolute value of) each example's Taylo
 ``sum_t H[n,t]*G[n,t]`` *before* summing over examples, as the papers do: near a stationary
 point the plain total ``act_grad_sum`` tends to 0 for every unit and stops ranking them. Through
 time, that term is the first-order loss change of gating the unit for that example (its output
-removed at every step and from the recurrence).
+removed at every step and from the recurrence). ``act_grad_fisher_sum`` is the second-order
+term: with ``e_n = B_b * sum_t H*G`` the first-order change of example n's own loss, removing the
+unit changes batch b's mean loss by about ``-sum_{n,t in b} H*G + (1/2B_b) sum_{n in b} e_n**2``
+(the diagonal of the empirical Fisher in place of the Hessian), so
+``(act_grad_fisher_sum / 2 - act_grad_sum) / batches`` estimates the mean change over batches.
 
 A watch may capture only some of the sums (``adaptgrad.watch(..., stats=[...])``); the others
 are absent from its snapshots, and reading one is an error that says how to ask for it.
@@ -42,12 +47,20 @@ SUM_FIELDS: tuple[str, ...] = (
     "act_grad_batch_sq_sum",
     "act_grad_example_sq_sum",
     "act_grad_example_abs_sum",
+    "act_grad_fisher_sum",
     "act_abs_sum",
 )
 """Names of the per-unit sum arrays, in the order the accumulators store them."""
 
 ACTIVATION_FIELDS: frozenset[str] = frozenset(
-    {"act_grad_sum", "act_grad_batch_sq_sum", "act_grad_example_sq_sum", "act_grad_example_abs_sum", "act_abs_sum"}
+    {
+        "act_grad_sum",
+        "act_grad_batch_sq_sum",
+        "act_grad_example_sq_sum",
+        "act_grad_example_abs_sum",
+        "act_grad_fisher_sum",
+        "act_abs_sum",
+    }
 )
 """The sums that need the layer's output H, not only its gradient G."""
 
@@ -74,7 +87,7 @@ def requested_fields(stats: Iterable[str] | None) -> frozenset[str]:
         ...
         ValueError: unknown statistic 'taylor' in stats=['taylor']; valid: 'grad_sum', 'grad_abs_sum', \
 'grad_sq_sum', 'act_grad_sum', 'act_grad_batch_sq_sum', 'act_grad_example_sq_sum', 'act_grad_example_abs_sum', \
-'act_abs_sum' (taylor is derived from act_grad_sum), or stats=None for all
+'act_grad_fisher_sum', 'act_abs_sum' (taylor is derived from act_grad_sum), or stats=None for all
     """
     if stats is None:
         return frozenset(SUM_FIELDS)
@@ -199,6 +212,11 @@ ask for it with adaptgrad.watch(model, layer, stats=[..., 'act_grad_sum']), or s
     def act_grad_example_abs_sum(self) -> np.ndarray:
         """sum over examples of |sum over the example's steps of H*G|, per unit."""
         return self._sum("act_grad_example_abs_sum")
+
+    @property
+    def act_grad_fisher_sum(self) -> np.ndarray:
+        """sum over batches of the batch size times sum over its examples of (sum_t H*G)**2, per unit."""
+        return self._sum("act_grad_fisher_sum")
 
     @property
     def act_abs_sum(self) -> np.ndarray:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from adaptgrad._instrument import is_recurrent
 from adaptgrad.adapt import Adapt
 from adaptgrad.atomic import write_atomic
 from adaptgrad.capture import GradientWatch, watch
@@ -32,6 +33,7 @@ from adaptgrad.config import Job
 from adaptgrad.layers import find_layer
 from adaptgrad.models import make_model, recurrent_layers
 from adaptgrad.recorder import JobFiles
+from adaptgrad.rules.base import AdaptationRule
 from adaptgrad.runtime import strategy_for
 from adaptgrad.tensorboard import TensorBoardLog
 
@@ -68,8 +70,15 @@ def train(job: Job, directory: Path, *, tb_name: str = "default") -> dict[str, A
                 steps_per_execution=job.trainer.steps_per_execution,
                 jit_compile=job.trainer.jit_compile,
             )
+            measured = (job.dataset.x_train, job.dataset.y_train) if job.oracle else None
             adapts = [
-                Adapt(_watch(model, layer, job), [copy.deepcopy(job.rule)], seed=job.seed + 1000 * i)
+                Adapt(
+                    _watch(model, layer, job),
+                    [copy.deepcopy(job.rule)],
+                    seed=job.seed + 1000 * i,
+                    oracle=measured,
+                    oracle_every=job.oracle or 1,
+                )
                 for i, layer in enumerate(layers)
             ]
         result = {**_fit(job, model, adapts, directory, tb_name), "layers": [adapt.watch.layer.name for adapt in adapts]}
@@ -80,11 +89,20 @@ def train(job: Job, directory: Path, *, tb_name: str = "default") -> dict[str, A
 
 
 def _watch(model: keras.Model, layer: keras.layers.Layer, job: Job) -> GradientWatch:
-    """A watch on ``layer`` capturing only the statistics the rule reads (all if it does not say)."""
-    reads = getattr(job.rule, "reads", None)
-    if reads is None:
-        return watch(model, layer, through_time=job.through_time)
-    return watch(model, layer, through_time=job.through_time, stats=frozenset(reads))
+    """A watch on ``layer`` in the job's capture mode, capturing what ``stats`` asks for plus what
+    the rule reads."""
+    fields = None if job.stats is None else job.stats | frozenset(job.rule.reads)
+    return watch(model, layer, through_time=capture_mode(job.rule, layer, job.through_time), stats=fields)
+
+
+def capture_mode(rule: AdaptationRule, layer: keras.layers.Layer, through_time: bool | None) -> bool:
+    """``through_time`` if set, else (``auto``) the mode whose statistics describe the rule's edit
+    (:meth:`~adaptgrad.AdaptationRule.through_time`), and through time on a recurrent layer when
+    either describes it (so every arm of a sweep captures alike)."""
+    if through_time is not None:
+        return through_time
+    wanted = rule.through_time(layer)
+    return is_recurrent(layer) if wanted is None else wanted
 
 
 def _save_model(model: keras.Model, adapts: list[Adapt], directory: Path) -> None:

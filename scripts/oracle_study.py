@@ -48,7 +48,9 @@ def trained(task: str, cell: str, seed: int, units: int, epochs: int) -> tuple[k
     return model, data
 
 
-def frozen_stats(model: keras.Model, layer: str, x: np.ndarray, y: np.ndarray, through_time: bool) -> adaptgrad.OutputGradientStats:
+def frozen_stats(
+    model: keras.Model, layer: str, x: np.ndarray, y: np.ndarray, through_time: bool
+) -> adaptgrad.OutputGradientStats:
     """Every statistic over one pass of batches of 64, the weights never updated."""
     watch = adaptgrad.watch(model, layer, through_time=through_time)
     loss_fn = model.loss
@@ -73,7 +75,10 @@ def study(tasks: list[str], cells: list[str], seeds: int, units: int, epochs: in
             for seed in range(seeds):
                 model, data = trained(task, cell, seed, units, epochs)
                 layer = LAYER_NAMES[cell]
-                truth = {edit: adaptgrad.oracle(model, layer, (data.x_train, data.y_train), edit=edit) for edit in ("gate", "zero_output")}
+                truth = {
+                    edit: adaptgrad.oracle(model, layer, (data.x_train, data.y_train), edit=edit)
+                    for edit in ("gate", "zero_output")
+                }
                 rng = np.random.default_rng(seed)
                 for mode, through_time in MODES.items():
                     stats = frozen_stats(model, layer, data.x_train, data.y_train, through_time)
@@ -104,7 +109,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "oracle.md"))
     args = parser.parse_args()
     table = study(args.tasks.split(","), args.cells.split(","), args.seeds, args.units, args.epochs, args.k)
-    per_task = table.groupby(["edit", "mode", "criterion", "task", "cell"], sort=False)[["spearman", "cost_ratio"]].mean().reset_index()
+    per_task = (
+        table.groupby(["edit", "mode", "criterion", "task", "cell"], sort=False)[["spearman", "cost_ratio"]].mean().reset_index()
+    )
     text = [
         f"Oracle study: {args.tasks} x {args.cells}, {args.seeds} seeds, {args.units} units, {args.epochs} epochs, k={args.k}.",
         "",

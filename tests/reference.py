@@ -94,6 +94,7 @@ def accumulate(totals: dict[str, np.ndarray], h: np.ndarray, g: np.ndarray, kept
         "act_grad_batch_sq_sum": (h * g).sum(0) ** 2,
         "act_grad_example_sq_sum": (per_example**2).sum(0),
         "act_grad_example_abs_sum": np.abs(per_example).sum(0),
+        "act_grad_fisher_sum": per_example.shape[0] * (per_example**2).sum(0),
         "act_abs_sum": np.abs(h).sum(0),
     }
     for key, value in batch.items():

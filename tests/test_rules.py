@@ -102,20 +102,23 @@ def test_taylor_prune_gates_lowest_normalised_taylor_and_respects_min_active():
     act_grad_sum = np.array([0.5, -0.1, 2.0, 0.05, -3.0, 0.3])
     stats = make_stats(act_grad_sum=act_grad_sum)
     before = weights(model)
-    assert run(TaylorPrune(fraction=0.34), stats, units) == [("gate", 3), ("gate", 1)]  # round(0.34*6) = 2
+    assert run(TaylorPrune(fraction=0.34, criterion="taylor"), stats, units) == [("gate", 3), ("gate", 1)]  # round(0.34*6) = 2
     assert units.active.tolist() == [True, False, True, False, True, True]
     units.ungate([1, 3])  # gating zeroed the units' weights and saved them; ungating restores them exactly
     for path, array in weights(model).items():
         np.testing.assert_array_equal(array, before[path])
 
     model, units = gru_view()
-    assert run(TaylorPrune(fraction=0.9, min_active=5), stats, units) == [("gate", 3)]
+    assert run(TaylorPrune(fraction=0.9, min_active=5, criterion="taylor"), stats, units) == [("gate", 3)]
     assert int(units.active.sum()) == 5
 
 
 def test_min_active_floor_for_every_gating_rule():
     stats = make_stats(act_grad_sum=np.arange(1.0, 7.0), act_grad_batch_sq_sum=np.arange(1.0, 7.0))
-    for rule in [TaylorGateEMA(fraction=0.9, min_active=5), DropRegrow(fraction=0.9, end_epoch=5, min_active=5)]:
+    for rule in [
+        TaylorGateEMA(fraction=0.9, min_active=5),
+        DropRegrow(fraction=0.9, end_epoch=5, min_active=5, criterion="taylor"),
+    ]:
         keras.backend.clear_session(free_memory=False)
         _, units = gru_view()
         assert run(rule, stats, units) == [("gate", 0)], rule
@@ -269,7 +272,7 @@ def test_drop_regrow_drops_lowest_taylor_and_regrows_highest_rms_among_previousl
     stats = make_stats(count=10, act_grad_sum=act_grad_sum, grad_sq_sum=grad_sq_sum)
     # epoch 1 of 8: f = 0.45 * (1 + cos(pi/8)) = 0.866; n = round(0.866 * 3) = 3:
     # regrow all 3 of {1, 3, 4} (highest rms first), then drop the 3 previously active 5, 2, 0
-    rule = DropRegrow(fraction=0.9, end_epoch=8)
+    rule = DropRegrow(fraction=0.9, end_epoch=8, criterion="taylor")
     assert round(0.45 * (1 + math.cos(math.pi / 8)) * 3) == 3
     edits = run(rule, stats, units, epoch=1)
     assert edits[:3] == [("ungate", 4), ("ungate", 1), ("ungate", 3)]
@@ -282,7 +285,7 @@ def test_drop_regrow_drops_lowest_taylor_and_regrows_highest_rms_among_previousl
     model, units = gru_view()
     gate_by_hand(units, [1, 3, 4])
     before = weights(model)
-    rule = DropRegrow(fraction=0.3, end_epoch=10)
+    rule = DropRegrow(fraction=0.3, end_epoch=10, criterion="taylor")
     assert run(rule, stats, units, epoch=0) == [("ungate", 4), ("zero_outgoing", 4), ("gate", 5)]
     assert units.active.tolist() == [True, False, True, False, True, False]
     after = weights(model)
@@ -295,12 +298,12 @@ def test_drop_regrow_drops_lowest_taylor_and_regrows_highest_rms_among_previousl
 def test_drop_regrow_first_step_only_drops_and_stops_at_end_epoch():
     _, units = gru_view()
     stats = make_stats(count=10, act_grad_sum=np.array([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]), grad_sq_sum=np.ones(SIZE))
-    rule = DropRegrow(fraction=0.3, end_epoch=4)
+    rule = DropRegrow(fraction=0.3, end_epoch=4, criterion="taylor")
     assert run(rule, stats, units, epoch=0) == [("gate", 1), ("gate", 2)]  # round(0.3 * 6) = 2
     assert run(rule, stats, units, epoch=4) == []  # t >= T_end: f_t = 0
     assert run(rule, stats, units, epoch=3) == []  # round(0.0439 * 4) = 0
     # at the min_active floor a swap still happens (regrow before drop)
-    rule = DropRegrow(fraction=0.5, end_epoch=4, min_active=4)
+    rule = DropRegrow(fraction=0.5, end_epoch=4, min_active=4, criterion="taylor")
     assert run(rule, stats, units, epoch=0) == [
         ("ungate", 1),
         ("ungate", 2),
@@ -446,12 +449,12 @@ def test_every_shipped_rule_has_a_config():
 
 END_TO_END = {  # name: (rule, cell, through_time, the actions it must record over 3 epochs)
     "none": (lambda: NoOp(), "simple", False, set()),
-    "taylor_prune": (lambda: TaylorPrune(fraction=0.2), "gru", False, {"gate"}),
+    "taylor_prune": (lambda: TaylorPrune(fraction=0.2), "gru", True, {"gate"}),
     "taylor_gate_ema": (lambda: TaylorGateEMA(fraction=0.2), "lstm", True, {"gate"}),
     "gain_rescale": (lambda: GainRescale(), "minimal", True, {"scale"}),
-    "dormant_reset": (lambda: DormantReset(tau=0.9, grace=1), "simple", False, {"reinit", "zero_outgoing"}),
+    "dormant_reset": (lambda: DormantReset(tau=0.9, grace=1), "simple", True, {"reinit", "zero_outgoing"}),
     # epoch 0: drop round(0.3*6) = 2; epoch 1: swap round(0.225*4) = 1; epoch 2: round(0.075*4) = 0
-    "drop_regrow": (lambda: DropRegrow(end_epoch=3, grace=0), "gru", False, {"gate", "ungate", "zero_outgoing"}),
+    "drop_regrow": (lambda: DropRegrow(end_epoch=3, grace=0), "gru", True, {"gate", "ungate", "zero_outgoing"}),
     "trust_ratio": (lambda: TrustRatio(), "minimal", True, {"scale"}),
 }
 
@@ -518,7 +521,7 @@ def small_model(name: str = "rnn", cell: str = "gru"):
 
 def test_adapt_ticks_ages_before_rules_and_records_layer_and_age():
     model, x, y = small_model()
-    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn"), [DormantReset(tau=0.99, grace=0)])
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [DormantReset(tau=0.99, grace=0)])
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[adapt])
     units, actions = adapt.units_frame(), adapt.actions_frame()
     assert list(units.columns[:6]) == ["epoch", "layer", "unit", "active", "age", "scale"]
@@ -541,8 +544,8 @@ def test_two_adapts_on_one_model_log_their_own_layer_and_tables_concatenate():
     hidden = keras.layers.GRU(6, name="second")(hidden)
     model = keras.Model(inputs, keras.layers.Dense(y.shape[-1], name="head")(hidden))
     model.compile(optimizer="adam", loss="mse")
-    first = adaptgrad.Adapt(adaptgrad.watch(model, "first"), [TaylorPrune(fraction=0.2)])
-    second = adaptgrad.Adapt(adaptgrad.watch(model, "second"), [TaylorPrune(fraction=0.4)])
+    first = adaptgrad.Adapt(adaptgrad.watch(model, "first", through_time=True), [TaylorPrune(fraction=0.2)])
+    second = adaptgrad.Adapt(adaptgrad.watch(model, "second", through_time=True), [TaylorPrune(fraction=0.4)])
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[first, second]).history
     assert history["active_units/first"] == [5, 4] and history["active_units/second"] == [4, 3]
     assert "active_units" not in history  # ambiguous with two adapted layers
@@ -586,11 +589,11 @@ def test_requirements_are_checked_when_adapt_is_built():
     model = question_model(4)
     model(toy_data()[0])  # subclassed: the consumer of "minimalrnn" is unknown unless named
     for rule in [DropRegrow(), DormantReset(), GainRescale(), TrustRatio()]:
-        probe = adaptgrad.watch(model, "minimalrnn")
+        probe = adaptgrad.watch(model, "minimalrnn", through_time=rule.edit in ("gate", "reinit"))  # output: the gain goes next
         with pytest.raises(ValueError, match=r"(?s)next_layer=.*Adapt"):
             adaptgrad.Adapt(probe, [rule])
         probe.remove()
-    probe = adaptgrad.watch(model, "minimalrnn")
+    probe = adaptgrad.watch(model, "minimalrnn", through_time=True)
     adaptgrad.Adapt(probe, [DormantReset(zero_outgoing=False), GainRescale()], next_layer="out").units.remove()
     probe.remove()
 
@@ -599,19 +602,19 @@ def test_requirements_are_checked_when_adapt_is_built():
         adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [GainRescale()])
 
     model, _, _ = small_model()
-    probe = adaptgrad.watch(model, "rnn", stats={"grad_sum"})
-    with pytest.raises(ValueError, match=r"taylor_prune reads \['act_grad_sum'\].*captures only \['grad_sum'\]"):
+    probe = adaptgrad.watch(model, "rnn", through_time=True, stats={"grad_sum"})
+    with pytest.raises(ValueError, match=r"taylor_prune reads \['act_grad_example_abs_sum'\].*captures only \['grad_sum'\]"):
         adaptgrad.Adapt(probe, [TaylorPrune()])
 
 
 def test_every_rule_declares_what_it_reads_and_runs_on_exactly_that():
     rng = np.random.default_rng(0)
     for name, cls in SHIPPED.items():
-        assert cls.reads <= set(SUM_FIELDS), name
+        assert cls().reads <= set(SUM_FIELDS), name
         keras.backend.clear_session(free_memory=False)
         model, units = gru_view()
-        rule = checked(cls(), model, units)
-        only = OutputGradientStats(batches=4, count=40, units=SIZE, **{f: rng.random(SIZE) for f in cls.reads})
+        rule = checked(cls(), model, units, through_time=bool(cls().through_time(units.layer)))
+        only = OutputGradientStats(batches=4, count=40, units=SIZE, **{f: rng.random(SIZE) for f in cls().reads})
         run(rule, only, units)  # reading any other field would raise
 
 
@@ -624,7 +627,7 @@ def test_grace_protects_new_units():
     units.reinit([0])  # age 0, like a unit just reset or regrown
     units.edits.clear()
     low_first = make_stats(act_grad_sum=np.arange(SIZE) + 0.0, act_abs_sum=np.array([0.0, 0.1, 9, 9, 9, 9]))
-    rule = DropRegrow(fraction=0.3, end_epoch=10, grace=1)
+    rule = DropRegrow(fraction=0.3, end_epoch=10, grace=1, criterion="taylor")
     assert run(rule, low_first, units) == [("gate", 1), ("gate", 2)]  # unit 0 is the lowest but new
     units.tick()
     assert run(DormantReset(tau=0.1, grace=1), low_first, units) == []  # unit 0 (age 1) is not judged
@@ -771,3 +774,35 @@ def test_default_pruning_run_keeps_at_least_half_the_units(tmp_path, rule):
     assert result["status"] == "ok", result
     history = pd.read_csv(tmp_path / "history.csv")
     assert history.active_units.min() == 4 and history.active_units.iloc[-1] == 4  # the floor, reached and held
+
+
+def test_a_rule_that_removes_units_refuses_statistics_of_another_edit():
+    """Output-mode statistics of a recurrent layer describe zeroing its last output, not gating."""
+    for rule in [TaylorPrune(), TaylorGateEMA(), DropRegrow(), DormantReset()]:
+        keras.backend.clear_session(free_memory=False)
+        model, _, _ = small_model()
+        probe = adaptgrad.watch(model, "rnn")
+        with pytest.raises(ValueError, match=rf"{rule.label} needs statistics captured through time.*through_time=True"):
+            adaptgrad.Adapt(probe, [rule])
+        probe.remove()
+        assert rule.through_time(model.get_layer("rnn")) is True
+        assert rule.through_time(model.get_layer("head")) is None  # a Dense layer: its output is the unit
+
+
+def test_each_rule_scores_units_by_its_criterion():
+    stats = make_stats(
+        count=20,
+        act_grad_sum=np.array([1.0, -4.0, 2.0, 0.0, 3.0, -1.0]),
+        act_grad_example_abs_sum=np.array([4.0, 8.0, 2.0, 6.0, 10.0, 12.0]),
+        act_grad_batch_sq_sum=np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        act_abs_sum=np.array([2.0, 4.0, 6.0, 8.0, 10.0, 12.0]),
+    )
+    per_batch = np.array([4.0, 8.0, 2.0, 6.0, 10.0, 12.0]) / 4  # taylor_example_abs: sum_n |sum_t a*g| / batches
+    for rule in [TaylorPrune(), TaylorGateEMA(criterion="taylor_example_abs"), DropRegrow()]:
+        np.testing.assert_array_equal(rule.score(stats, None), per_batch)
+    np.testing.assert_array_equal(TaylorPrune(criterion="taylor").score(stats, None), np.abs(stats.act_grad_sum) / 20)
+    np.testing.assert_array_equal(TaylorGateEMA(criterion="taylor_batch_sq").score(stats, None), np.arange(1.0, 7.0) / 4)
+    np.testing.assert_array_equal(DormantReset().score(stats, None), per_batch)
+    np.testing.assert_array_equal(DormantReset(criterion="activation").score(stats, None), np.arange(2.0, 13.0, 2.0) / 20)
+    with pytest.raises(NotImplementedError, match="gain_rescale ranks no units"):
+        GainRescale().score(stats, None)

@@ -128,7 +128,7 @@ SUBSETS = {
     "gradient": GRADIENT,
     "act_grad_sum": ("act_grad_sum",),
     "batch_sq_and_activity": ("act_grad_batch_sq_sum", "act_abs_sum"),
-    "per_example": ("act_grad_example_sq_sum", "act_grad_example_abs_sum"),
+    "per_example": ("act_grad_example_sq_sum", "act_grad_example_abs_sum", "act_grad_fisher_sum"),
 }
 SUBSET_MODES = {
     "output": dict(through_time=False, cell="minimal"),

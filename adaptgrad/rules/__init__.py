@@ -5,7 +5,7 @@ Example:
     >>> sorted(rules.REGISTRY)[:2]
     ['dormant_reset', 'drop_regrow']
     >>> rules.get("taylor_prune", fraction=0.2)
-    TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.2, max_sparsity=0.5)
+    TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.2, max_sparsity=0.5, criterion='taylor_example_abs')
 """
 
 from __future__ import annotations

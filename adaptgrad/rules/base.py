@@ -141,7 +141,7 @@ class AdaptationRule:
             )
         wanted = self.through_time(units.layer)
         if wanted is not None and bool(getattr(watch, "through_time", wanted)) != wanted:
-            mode, other = ("through time", "through_time=True") if wanted else ("output mode", "through_time=False")
+            mode, other = ("through time", "through_time=True") if wanted else ("in output mode", "through_time=False")
             raise ValueError(
                 f"{self.label} needs statistics captured {mode} on layer {units.layer.name!r}: they describe its "
                 f"{self.edit or 'edit'} of a unit. Watch with adaptgrad.watch(model, {units.layer.name!r}, {other}) "

@@ -29,11 +29,16 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
         [0]
 
     Score, per active unit j (Sokar, Agarwal, Castro, Evci: "The Dormant Neuron Phenomenon in
-    Deep Reinforcement Learning", ICML 2023 (ReDo) with ``criterion="activation"``, the default;
-    Liu et al., 2025 (GraMa, gradient magnitude) with ``criterion="grad_abs"``; any name in
+    Deep Reinforcement Learning", ICML 2023 (ReDo) with ``criterion="activation"``; Liu et al.,
+    2025 (GraMa, gradient magnitude) with ``criterion="grad_abs"``; any name in
     :data:`adaptgrad.criteria.CRITERIA`)::
 
-        r_j = s_j / mean_{k active} s_k,   s = mean|a| (``activation``) or mean|g| (``grad_abs``)
+        r_j = s_j / mean_{k active} s_k,   s = mean|a| (``activation``), mean|g| (``grad_abs``), ...
+
+    The default, ``taylor_example_abs`` (``sum_n |sum_t a*g| / batches``), estimates what the
+    reset costs: re-initialising a unit with its outgoing weights zeroed changes the loss exactly as
+    gating it does, and this is the criterion that best predicts the gating oracle in the oracle
+    study (experiments/README.md); a unit is "dormant" when it matters far less than the others.
 
     Every active unit with ``r_j <= tau`` whose incoming weights are more than ``grace``
     epochs old (:attr:`~adaptgrad.UnitView.age`) is dormant: its incoming weights are redrawn
@@ -59,7 +64,8 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
     Args:
         tau: dormancy threshold on the ratio, in [0, 1) (0: only units with exactly zero score).
         criterion: the score r_j divides: ``"activation"`` (mean |a|, ReDo), ``"grad_abs"``
-            (mean |dL/da|, GraMa) or another name in :data:`adaptgrad.criteria.CRITERIA`.
+            (mean |dL/da|, GraMa) or another name in :data:`adaptgrad.criteria.CRITERIA`
+            (default: ``"taylor_example_abs"``, the reset's first-order loss change per example).
         zero_outgoing: also zero the dormant units' outgoing weights (next layer's input rows
             and, for recurrent layers, their recurrent rows); needs the next layer.
         grace: units whose incoming weights are at most this many epochs old are not reset, >= 0.
@@ -69,7 +75,7 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
     edit: ClassVar[str] = "reinit"
 
     tau: float = 0.1
-    criterion: str = "activation"
+    criterion: str = "taylor_example_abs"
     zero_outgoing: bool = True
     grace: int = 2
 

@@ -87,3 +87,14 @@ def checked_fold(rule: Any) -> str:
             f"goes depends on the capture mode"
         )
     return fold
+
+
+def exact_mode(layer: keras.layers.Layer) -> bool | None:
+    """The capture mode in which ``sum a*g`` is exactly a folded gain's derivative on ``layer``:
+    None (either) for a positively homogeneous cell or a layer without recurrence, False (output
+    mode) for any other recurrent cell (:meth:`~adaptgrad.AdaptationRule.through_time`)."""
+    import keras
+
+    if isinstance(layer, keras.layers.RNN) and not positively_homogeneous(layer):
+        return False
+    return None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from adaptgrad.rules.base import AdaptationRule, check_range
-from adaptgrad.rules.fold import checked_fold, gain_fold
+from adaptgrad.rules.fold import checked_fold, exact_mode, gain_fold
 from adaptgrad.rules.scoring import per_batch, scale_active
 from adaptgrad.stats import OutputGradientStats
 
@@ -86,9 +86,12 @@ class GainRescale(AdaptationRule, name="gain_rescale"):
         self.eps = check_range(self.label, "eps", self.eps, 0.0, math.inf, closed="left")
         self.max_step = check_range(self.label, "max_step", self.max_step, 0.0, math.inf)
 
+    def through_time(self, layer: Any) -> bool | None:
+        return exact_mode(layer)
+
     def check(self, watch: GradientWatch, units: UnitView) -> None:
+        self.fold = gain_fold(self.label, watch, units)  # first: its message says why and what to do
         super().check(watch, units)
-        self.fold = gain_fold(self.label, watch, units)
 
     @staticmethod
     def steps(
