@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from adaptgrad.checkpoint import config_digest
 from adaptgrad.data import Dataset
 from adaptgrad.models import CELLS, MODEL_KEYS
-from adaptgrad.rules.base import REGISTRY, AdaptationRule
+from adaptgrad.rules.base import REGISTRY, AdaptationRule, LayerKind
 from adaptgrad.stats import requested_fields
 
 if TYPE_CHECKING:
@@ -372,7 +372,7 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
     _unknown_keys("", plain, TOP_KEYS)
     trainer = dict(plain["trainer"])
     _unknown_keys("trainer.", trainer, [f.name for f in dataclasses.fields(Trainer)])
-    return Spec(
+    spec = Spec(
         seed=_integer("seed", plain["seed"], 0),
         layers=_layers(plain.get("layer")),
         through_time=_through_time(plain["through_time"]),
@@ -384,6 +384,23 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
         trainer=Trainer(**trainer),
         digest=config_digest(OmegaConf.to_yaml(cfg, resolve=True)),
     )
+    _check_capture_mode(spec)
+    return spec
+
+
+def _check_capture_mode(spec: Spec) -> None:
+    """Refuse an explicit ``through_time`` whose statistics describe another edit than the rule's,
+    where the layer is known without TensorFlow (a built-in model's recurrent layer)."""
+    if spec.through_time is None or spec.layers or spec.model.get("_target_"):
+        return
+    cell = spec.model["cell"]
+    wanted = spec.rule.through_time(LayerKind(recurrent=True, homogeneous=cell == "minimal_rnn"))
+    if wanted is not None and wanted != spec.through_time:
+        raise ValueError(
+            f"through_time={str(spec.through_time).lower()} with rule {spec.rule.label} on a {cell} layer: the rule's "
+            f"edit needs statistics captured {'through time' if wanted else 'in output mode'}; use through_time="
+            f"{str(wanted).lower()} or auto (the default picks the mode each rule needs)"
+        )
 
 
 def load_data(data_cfg: DictConfig) -> Dataset:

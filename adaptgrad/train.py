@@ -24,7 +24,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adaptgrad._instrument import is_recurrent
 from adaptgrad.adapt import Adapt
 from adaptgrad.atomic import write_atomic
 from adaptgrad.capture import GradientWatch, watch
@@ -33,7 +32,7 @@ from adaptgrad.config import Job
 from adaptgrad.layers import find_layer
 from adaptgrad.models import make_model, recurrent_layers
 from adaptgrad.recorder import JobFiles
-from adaptgrad.rules.base import AdaptationRule
+from adaptgrad.rules.base import AdaptationRule, LayerKind
 from adaptgrad.runtime import strategy_for
 from adaptgrad.tensorboard import TensorBoardLog
 
@@ -101,8 +100,9 @@ def capture_mode(rule: AdaptationRule, layer: keras.layers.Layer, through_time: 
     either describes it (so every arm of a sweep captures alike)."""
     if through_time is not None:
         return through_time
-    wanted = rule.through_time(layer)
-    return is_recurrent(layer) if wanted is None else wanted
+    kind = LayerKind.of(layer)
+    wanted = rule.through_time(kind)
+    return kind.recurrent if wanted is None else wanted
 
 
 def _save_model(model: keras.Model, adapts: list[Adapt], directory: Path) -> None:

@@ -9,11 +9,13 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from adaptgrad.app import LAUNCHERS
 from adaptgrad.results import collect
+from adaptgrad.stats import SUM_FIELDS
 
 from test_app import cli
 from test_reliability import RULES
@@ -132,3 +134,54 @@ def test_a_launcher_that_is_not_installed_stops_before_hydra_starts(adaptgrad_cl
         done.err
         == "error: hydra/launcher=ray needs the ray launcher plugin, which is not installed.\nInstall it with:  pip install 'adaptgrad[ray]'\n"
     )
+
+
+def test_oracle_runs_record_the_oracle_beside_every_criterion(adaptgrad_cli, tiny, tmp_path):
+    """``oracle=1``: every epoch, before the rule acts, oracle.parquet gets the true loss change of
+    gating each unit beside each criterion; ``through_time=auto`` gives the gating rule through-time
+    statistics; ``stats=all`` (the default) captures every sum; ``--criteria`` judges them."""
+    from adaptgrad.results.cli import main as results_main
+
+    out = tmp_path / "out"
+    done = adaptgrad_cli("rule=taylor_prune", "oracle=1", *tiny, f"hydra.run.dir={out}")
+    assert done.code == 0, done.err[-3000:]
+    results = collect(out)
+    oracle = results.oracle
+    assert sorted(oracle.epoch.unique()) == [0, 1] and len(oracle) == 2 * 4
+    assert {"taylor_fisher", "taylor_example_abs", "activation", "rule.taylor_prune"} <= set(oracle.columns)
+    np.testing.assert_array_equal(oracle["rule.taylor_prune"], oracle["taylor_example_abs"])  # the rule's default
+    assert (oracle.query("epoch == 0").oracle != oracle.query("epoch == 0").oracle_zero_output).any()
+    units = results.units
+    assert units[list(SUM_FIELDS)].notna().all().all()  # every statistic, not only what the rule reads
+    # the statistics are through time: 5 steps per sequence of the toy task
+    assert (units.query("epoch == 0")["count"] == 5 * units.query("epoch == 0")["batches"]).all()
+    assert results_main([str(out), "--criteria"]) == 0
+
+
+def test_the_control_arm_captures_what_every_arm_captures(adaptgrad_cli, tiny, tmp_path):
+    done = adaptgrad_cli("rule=none", *tiny, f"hydra.run.dir={tmp_path / 'none'}")
+    assert done.code == 0, done.err[-3000:]
+    units = collect(tmp_path / "none").units
+    assert units[list(SUM_FIELDS)].notna().all().all() and (units["grad_sq_sum"] > 0).any()
+    done = adaptgrad_cli("rule=none", "stats=rule", *tiny, f"hydra.run.dir={tmp_path / 'lean'}")
+    assert done.code == 0, done.err[-3000:]
+    assert collect(tmp_path / "lean").units[list(SUM_FIELDS)].isna().all().all()
+
+
+@pytest.mark.parametrize("value, message", [("maybe", "through_time='maybe' must be auto, true or false")])
+def test_bad_capture_keys_are_refused_before_training(adaptgrad_cli, tiny, tmp_path, value, message):
+    done = adaptgrad_cli(f"through_time={value}", *tiny, f"hydra.run.dir={tmp_path / 'out'}")
+    assert done.code != 0 and message in done.err, done.err[-2000:]
+    done = adaptgrad_cli("stats=[taylor]", *tiny, f"hydra.run.dir={tmp_path / 'out2'}")
+    assert done.code != 0 and "unknown statistic 'taylor'" in done.err, done.err[-2000:]
+
+
+def test_default_command_on_every_built_in_model_and_a_mismatched_sweep_is_refused_before_any_job(adaptgrad_cli, tiny, tmp_path):
+    for model in ("gru", "lstm"):
+        done = adaptgrad_cli(f"model={model}", *tiny, f"hydra.run.dir={tmp_path / model}")
+        assert done.code == 0, done.err[-3000:]
+    sweep = tmp_path / "sweep"
+    done = adaptgrad_cli("-m", "rule=none,taylor_prune", "through_time=false", *tiny, f"hydra.sweep.dir={sweep}")
+    assert done.code != 0
+    assert "through_time=false with rule taylor_prune on a minimal_rnn layer" in done.err and "use through_time=true" in done.err
+    assert not any(sweep.glob("*/result.json"))  # no job started

@@ -29,6 +29,7 @@ from adaptgrad.rules import (
     TaylorPrune,
     TrustRatio,
 )
+from adaptgrad.rules.base import LayerKind
 from adaptgrad.rules.scoring import scale_active
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 
@@ -613,7 +614,7 @@ def test_every_rule_declares_what_it_reads_and_runs_on_exactly_that():
         assert cls().reads <= set(SUM_FIELDS), name
         keras.backend.clear_session(free_memory=False)
         model, units = gru_view()
-        rule = checked(cls(), model, units, through_time=bool(cls().through_time(units.layer)))
+        rule = checked(cls(), model, units, through_time=bool(cls().through_time(LayerKind.of(units.layer))))
         only = OutputGradientStats(batches=4, count=40, units=SIZE, **{f: rng.random(SIZE) for f in cls().reads})
         run(rule, only, units)  # reading any other field would raise
 
@@ -785,8 +786,8 @@ def test_a_rule_that_removes_units_refuses_statistics_of_another_edit():
         with pytest.raises(ValueError, match=rf"{rule.label} needs statistics captured through time.*through_time=True"):
             adaptgrad.Adapt(probe, [rule])
         probe.remove()
-        assert rule.through_time(model.get_layer("rnn")) is True
-        assert rule.through_time(model.get_layer("head")) is None  # a Dense layer: its output is the unit
+        assert rule.through_time(LayerKind.of(model.get_layer("rnn"))) is True
+        assert rule.through_time(LayerKind.of(model.get_layer("head"))) is None  # a Dense layer: its output is the unit
 
 
 def test_each_rule_scores_units_by_its_criterion():

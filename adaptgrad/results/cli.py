@@ -11,6 +11,7 @@ From the shell::
     adaptgrad-results SWEEP --metric val_loss --final best   # best epoch instead
     adaptgrad-results SWEEP --compare rule=none              # every rule against the control
     adaptgrad-results SWEEP --by model.cell rule --plot plots/
+    adaptgrad-results SWEEP --criteria                       # criteria against the oracle (oracle=N runs)
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         help="compare every arm with the control selected by KEY=VALUE (e.g. rule=none): difference, 95%% CI, "
         "paired t-test by seed (Welch when seeds differ), Holm-adjusted p",
     )
+    parser.add_argument(
+        "--criteria",
+        action="store_true",
+        help="instead of the summary: how well each criterion predicted the oracle (runs with oracle=N), per group: "
+        "mean Spearman and Pearson with |oracle|, top-k overlap, cost of its k picks over the best k",
+    )
     return parser
 
 
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = _collect_reporting_warnings(args.path)
         by = results.varying_keys() if args.by is None else args.by
-        table = results.summary(args.metric, by, final=args.final)
+        table = results.criteria(by) if args.criteria else results.summary(args.metric, by, final=args.final)
         baseline = dict(args.compare or [])
         comparison = None
         if baseline:
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.format == "csv":
                 text = output.to_csv(index=False)
             else:
-                text = summary_markdown(table, by)
+                text = markdown_table(table.round(3)) + "\n" if args.criteria else summary_markdown(table, by)
                 if comparison is not None:
                     text += "\n" + comparison_markdown(comparison)
             if args.output is None:

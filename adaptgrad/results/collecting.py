@@ -52,7 +52,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from adaptgrad.results import comparing, summarising
+from adaptgrad.results import comparing, judging, summarising
 from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
 
 RESULT_COLUMNS: dict[str, str] = {
@@ -97,6 +97,19 @@ ACTIONS_COLUMNS: dict[str, str] = {
 """Columns and dtypes of :attr:`Results.actions` (plus ``layer`` when the jobs wrote it)."""
 
 
+ORACLE_COLUMNS: dict[str, str] = {
+    "run_id": "string",
+    "epoch": "int64",
+    "layer": "string",
+    "unit": "int64",
+    "active": "bool",
+    "oracle": "float64",
+    "oracle_zero_output": "float64",
+}
+"""Columns and dtypes of :attr:`Results.oracle` when no job wrote ``oracle.parquet`` (jobs that
+did add one column per criterion and per rule score)."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Results:
     """The tables of a collection of jobs; build it with :func:`collect`.
@@ -115,6 +128,9 @@ class Results:
         units: The ``units.parquet`` tables, one row per (job, epoch, unit), with a
             leading ``run_id`` column.
         actions: The ``actions.csv`` tables with a leading ``run_id`` column.
+        oracle: The ``oracle.parquet`` tables (runs with ``oracle=N``) with a leading
+            ``run_id``: per oracle epoch and unit, the true loss change of gating it
+            (``oracle``) and of zeroing its output, beside every criterion's score.
         config_columns: The columns of ``runs`` that describe a job's config, in order:
             ``rule`` first, then the config's dotted keys.
     """
@@ -124,6 +140,7 @@ class Results:
     units: pd.DataFrame
     actions: pd.DataFrame
     config_columns: tuple[str, ...]
+    oracle: pd.DataFrame = dataclasses.field(default_factory=lambda: _concat([], ORACLE_COLUMNS))
 
     def varying_keys(self) -> list[str]:
         """Config columns whose value differs between runs (a missing key counts as a value).
@@ -178,6 +195,21 @@ class Results:
         """
         return comparing.compare(self, metric, baseline, by=by, final=final)
 
+    def criteria(self, by: Sequence[str] | None = None, *, k: int = 4, edit: str = "gate") -> pd.DataFrame:
+        """How well each recorded criterion predicted the oracle, per group and criterion.
+
+        Every (run, oracle epoch, layer) of :attr:`oracle` is judged by
+        :func:`adaptgrad.criteria.evaluate` over its active units (``edit="gate"``: against
+        ``oracle``; ``"zero_output"``: against ``oracle_zero_output``); the rows are the means over
+        them, with ``n`` the number judged.
+
+        Args:
+            by: Columns of :attr:`runs` to group by (default: :meth:`varying_keys`).
+            k: the number of units a rule picks.
+            edit: ``"gate"`` or ``"zero_output"``.
+        """
+        return judging.criteria(self, self.varying_keys() if by is None else list(by), k=k, edit=edit)
+
     def values(self, metric: str, final: str = "last") -> pd.Series:
         """One value of ``metric`` per run (aligned with :attr:`runs`): its ``final`` value.
 
@@ -209,7 +241,7 @@ def collect(path: str | os.PathLike[str]) -> Results:
 
     rows: list[dict[str, Any]] = []
     config_columns: dict[str, None] = {"rule": None}
-    histories, units, actions = [], [], []
+    histories, units, actions, oracles = [], [], [], []
     for run_id, job_dir in zip(run_ids, job_dirs):
         config = _read_config(job_dir)
         fields = {"run_id": run_id, **_read_result(job_dir)}
@@ -220,6 +252,7 @@ def collect(path: str | os.PathLike[str]) -> Results:
         histories.append(_read_table(job_dir / "history.csv", run_id, _history_table))
         units.append(_read_table(job_dir / "units.parquet", run_id, pd.read_parquet))
         actions.append(_read_table(job_dir / "actions.csv", run_id, _actions_table))
+        oracles.append(_read_table(job_dir / "oracle.parquet", run_id, pd.read_parquet))
 
     return Results(
         runs=_runs_table(rows, list(config_columns)),
@@ -227,6 +260,7 @@ def collect(path: str | os.PathLike[str]) -> Results:
         units=_concat(units, UNITS_COLUMNS),
         actions=_concat(actions, ACTIONS_COLUMNS),
         config_columns=tuple(config_columns),
+        oracle=_concat(oracles, ORACLE_COLUMNS),
     )
 
 

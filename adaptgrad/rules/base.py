@@ -65,6 +65,31 @@ def check_int(rule: str, name: str, value: Any, low: int) -> int:
     return int(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+    """What a rule needs to know of a layer to choose its capture mode, without TensorFlow.
+
+    Example:
+        >>> LayerKind(recurrent=True, homogeneous=False)
+        LayerKind(recurrent=True, homogeneous=False)
+
+    ``homogeneous``: scaling a unit's incoming weights by gamma scales its state by gamma at every
+    step (:func:`adaptgrad.rules.fold.positively_homogeneous`).
+    """
+
+    recurrent: bool
+    homogeneous: bool
+
+    @classmethod
+    def of(cls, layer: Any) -> LayerKind:
+        """The kind of a Keras layer."""
+        import keras  # here: rules load without TensorFlow
+
+        from adaptgrad.rules.fold import positively_homogeneous
+
+        return cls(recurrent=isinstance(layer, keras.layers.RNN), homogeneous=positively_homogeneous(layer))
+
+
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class AdaptationRule:
     """Subclass this (as a ``@dataclasses.dataclass(kw_only=True, eq=False, repr=False)`` to add
@@ -139,7 +164,7 @@ class AdaptationRule:
                 f"{self.label} reads {missing} but the watch on layer {units.layer.name!r} captures only "
                 f"{sorted(provided)}; pass stats= including them to adaptgrad.watch (None: all)"
             )
-        wanted = self.through_time(units.layer)
+        wanted = self.through_time(LayerKind.of(units.layer))
         if wanted is not None and bool(getattr(watch, "through_time", wanted)) != wanted:
             mode, other = ("through time", "through_time=True") if wanted else ("in output mode", "through_time=False")
             raise ValueError(
@@ -153,15 +178,13 @@ class AdaptationRule:
                 f"layer {units.layer.name!r}; valid: 1..{units.size}"
             )
 
-    def through_time(self, layer: Any) -> bool | None:
-        """The capture mode whose statistics describe this rule's edit on ``layer``: True (through
-        time), False (output mode) or None (either). A rule that removes units (``edit`` gate or
-        reinit) on a recurrent layer needs through time: output-mode statistics of a recurrent
-        layer describe zeroing its last output only, not removing the unit at every step and
-        from the recurrence (the oracle's ``"gate"`` and ``"zero_output"`` edits differ)."""
-        import keras  # here: rules load without TensorFlow
-
-        if self.edit in ("gate", "reinit") and isinstance(layer, keras.layers.RNN):
+    def through_time(self, layer: LayerKind) -> bool | None:
+        """The capture mode whose statistics describe this rule's edit on a layer of this kind:
+        True (through time), False (output mode) or None (either). A rule that removes units
+        (``edit`` gate or reinit) on a recurrent layer needs through time: output-mode statistics
+        of a recurrent layer describe zeroing its last output only, not removing the unit at every
+        step and from the recurrence (the oracle's ``"gate"`` and ``"zero_output"`` edits differ)."""
+        if self.edit in ("gate", "reinit") and layer.recurrent:
             return True
         return None
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import keras
 
     from adaptgrad.capture import GradientWatch
+    from adaptgrad.rules.base import LayerKind
     from adaptgrad.units import UnitView
 
 HOMOGENEOUS_ACTIVATIONS = ("relu", "linear")
@@ -89,12 +90,8 @@ def checked_fold(rule: Any) -> str:
     return fold
 
 
-def exact_mode(layer: keras.layers.Layer) -> bool | None:
-    """The capture mode in which ``sum a*g`` is exactly a folded gain's derivative on ``layer``:
-    None (either) for a positively homogeneous cell or a layer without recurrence, False (output
-    mode) for any other recurrent cell (:meth:`~adaptgrad.AdaptationRule.through_time`)."""
-    import keras
-
-    if isinstance(layer, keras.layers.RNN) and not positively_homogeneous(layer):
-        return False
-    return None
+def exact_mode(layer: LayerKind) -> bool | None:
+    """The capture mode in which ``sum a*g`` is exactly a folded gain's derivative on a layer of
+    this kind: None (either) for a positively homogeneous cell or a layer without recurrence,
+    False (output mode) for any other recurrent cell (:meth:`~adaptgrad.AdaptationRule.through_time`)."""
+    return False if layer.recurrent and not layer.homogeneous else None

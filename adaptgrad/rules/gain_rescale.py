@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from adaptgrad.rules.base import AdaptationRule, check_range
+from adaptgrad.rules.base import AdaptationRule, LayerKind, check_range
 from adaptgrad.rules.fold import checked_fold, exact_mode, gain_fold
 from adaptgrad.rules.scoring import per_batch, scale_active
 from adaptgrad.stats import OutputGradientStats
@@ -86,7 +86,7 @@ class GainRescale(AdaptationRule, name="gain_rescale"):
         self.eps = check_range(self.label, "eps", self.eps, 0.0, math.inf, closed="left")
         self.max_step = check_range(self.label, "max_step", self.max_step, 0.0, math.inf)
 
-    def through_time(self, layer: Any) -> bool | None:
+    def through_time(self, layer: LayerKind) -> bool | None:
         return exact_mode(layer)
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from adaptgrad.rules.base import AdaptationRule, check_range
+from adaptgrad.rules.base import AdaptationRule, LayerKind, check_range
 from adaptgrad.rules.fold import checked_fold, exact_mode, gain_fold
 from adaptgrad.rules.scoring import per_batch, relative_to_active, scale_active
 from adaptgrad.stats import OutputGradientStats
@@ -85,7 +85,7 @@ class TrustRatio(AdaptationRule, name="trust_ratio"):
         self.power = check_range(self.label, "power", self.power, 0.0, 1.0, closed="right")
         self.max_factor = check_range(self.label, "max_factor", self.max_factor, 1.0, math.inf)
 
-    def through_time(self, layer: Any) -> bool | None:
+    def through_time(self, layer: LayerKind) -> bool | None:
         return exact_mode(layer)
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:
