@@ -30,6 +30,7 @@ name                    score                                       source
 ``activation``          ``mean |a|``                                ReDo (Sokar et al. 2023)
 ``grad_abs``            ``mean |g|``                                GraMa (Liu et al. 2025)
 ``grad_rms``            ``sqrt(mean g**2)``                         RigL's gradient, per unit
+``random``              uniform in [0, 1), drawn anew each window   the control: a rule without a criterion
 ======================  ==========================================  =================================
 
 ``taylor_fisher`` estimates the loss change of removing the unit to second order, the
@@ -46,6 +47,7 @@ output the next layer reads (``"zero_output"``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -58,6 +60,15 @@ __all__ = ["CRITERIA", "Criterion", "evaluate", "score"]
 
 def _per_batch(total: np.ndarray, batches: int) -> np.ndarray:
     return np.asarray(total, np.float64) / batches if batches else np.zeros_like(total, dtype=np.float64)
+
+
+def _random(stats: OutputGradientStats) -> np.ndarray:
+    """Uniform scores seeded by the statistics themselves: a run gives the same draws again (and
+    after a resume), a new window new ones, and no rule needs a random state of its own."""
+    digest = hashlib.blake2b(repr((stats.batches, stats.count)).encode(), digest_size=8)
+    for name in sorted(stats.fields):
+        digest.update(np.ascontiguousarray(getattr(stats, name)).tobytes())
+    return np.random.default_rng(int.from_bytes(digest.digest(), "little")).random(stats.units)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +105,7 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("activation", frozenset({"act_abs_sum"}), lambda s: s.mean_abs_act),
         Criterion("grad_abs", frozenset({"grad_abs_sum"}), lambda s: s.mean_abs_grad),
         Criterion("grad_rms", frozenset({"grad_sq_sum"}), lambda s: s.rms_grad),
+        Criterion("random", frozenset(), lambda s: _random(s)),
     )
 }
 """Every named criterion, by name (see the module docstring)."""
