@@ -154,27 +154,44 @@ def _shuffle_split(
     return Dataset(name, x[train], y[train], x[val], y[val], task=task, outputs=outputs)
 
 
-def toy(*, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def toy(*, samples: int | None = None, noise: float = 0.1, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """The two sequences of the StackOverflow question this project started from.
+
+    Example:
+        >>> from adaptgrad.data import toy
+        >>> toy().x_train.shape, toy(samples=40).x_train.shape, toy(samples=40).x_val.shape
+        ((2, 5, 1), (32, 5, 1), (8, 5, 1))
 
     Inputs have shape ``(2, 5, 1)``, both sequences ``[3, 0, 1, 2, 3]``; targets have
     shape ``(2, 4)``, both rows ``[0, 1, 2, 3]``: a regression with ``outputs=4``.
 
     The question trained with ``validation_split=0.2`` on these 2 examples, which Keras
     rounds to an empty or single-example split. To keep validation metrics defined, both
-    examples are used for training *and* for validation.
+    examples are used for training *and* for validation: its validation loss is a training loss.
+    With ``samples=N`` the task has held-out validation data instead: N copies of the question's
+    sequence with Gaussian noise of standard deviation ``noise`` added to every input (drawn with
+    ``seed``), the same targets, ``round(val_fraction * N)`` of them held out.
 
     Args:
-        val_fraction: Accepted so that every loader can be called alike; ignored.
-        seed: Accepted so that every loader can be called alike; ignored (nothing is random).
+        samples: None (the question's 2 examples, validated on themselves) or the number of noisy copies, >= 2.
+        noise: standard deviation of the input noise of the copies, >= 0.
+        val_fraction: share of the copies held out for validation (with ``samples``).
+        seed: draws the noise and the split (with ``samples``).
 
     Returns:
         The toy :class:`Dataset`.
     """
-    del val_fraction, seed  # Uniform signature only; see the docstring.
-    x = np.tile(np.array([3, 0, 1, 2, 3], np.float32).reshape(1, 5, 1), (2, 1, 1))
-    y = np.tile(np.array([0, 1, 2, 3], np.float32), (2, 1))
-    return Dataset("toy", x, y, x, y, task="regression", outputs=4)
+    base = np.array([3, 0, 1, 2, 3], np.float32).reshape(1, 5, 1)
+    target = np.array([0, 1, 2, 3], np.float32)
+    if samples is None:
+        x, y = np.tile(base, (2, 1, 1)), np.tile(target, (2, 1))
+        return Dataset("toy", x, y, x, y, task="regression", outputs=4)
+    _check_int("samples", samples, 2)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ValueError(f"noise={noise!r} is invalid; it must be a number >= 0")
+    rng = np.random.default_rng(seed)
+    x = (base + rng.normal(0.0, noise, size=(samples, 5, 1))).astype(np.float32)
+    return _shuffle_split("toy", x, np.tile(target, (samples, 1)), "regression", 4, val_fraction, rng)
 
 
 def adding(*, length: int = 50, samples: int = 2000, val_fraction: float = 0.2, seed: int = 0) -> Dataset:

@@ -282,3 +282,15 @@ def test_config_seed_reaches_loader() -> None:
     cfg = OmegaConf.create({"seed": 5, "data": OmegaConf.load(CONF_DIR / "adding.yaml")})
     ds = hydra.utils.instantiate(cfg.data)
     np.testing.assert_array_equal(ds.x_train, data.adding(seed=5).x_train)
+
+
+def test_toy_copies_hold_out_validation_examples_the_model_never_trains_on():
+    toy = data.load("toy", samples=50, noise=0.2, seed=3)
+    assert toy.x_train.shape == (40, 5, 1) and toy.x_val.shape == (10, 5, 1)
+    train = {row.tobytes() for row in toy.x_train}
+    assert not any(row.tobytes() in train for row in toy.x_val)  # held out, not the training set again
+    np.testing.assert_allclose(toy.x_train.mean(axis=0).ravel(), [3, 0, 1, 2, 3], atol=0.15)
+    assert (toy.y_val == [0, 1, 2, 3]).all()
+    np.testing.assert_array_equal(data.load("toy", samples=50, noise=0.2, seed=3).x_val, toy.x_val)
+    with pytest.raises(ValueError, match="noise=-1"):
+        data.load("toy", samples=10, noise=-1)

@@ -18,7 +18,7 @@ from adaptgrad.rules.drop_regrow import DropRegrow
 from adaptgrad.rules.gain_rescale import GainRescale
 from adaptgrad.rules.none import NoOp
 from adaptgrad.rules.taylor_gate_ema import TaylorGateEMA
-from adaptgrad.rules.taylor_prune import TaylorPrune
+from adaptgrad.rules.taylor_prune import RandomGate, TaylorPrune
 from adaptgrad.rules.trust_ratio import TrustRatio
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "DropRegrow",
     "GainRescale",
     "NoOp",
+    "RandomGate",
     "TaylorGateEMA",
     "TaylorPrune",
     "TrustRatio",

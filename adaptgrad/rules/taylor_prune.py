@@ -86,3 +86,22 @@ class TaylorPrune(AdaptationRule, name="taylor_prune"):
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
         units.gate(lowest_active(self.score(stats, units), units.active, self.fraction))
+
+
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
+class RandomGate(TaylorPrune, name="random_gate"):
+    """The control of a gating rule: :class:`TaylorPrune`'s schedule and floor, random units.
+
+    Example:
+        >>> from adaptgrad.rules import RandomGate
+        >>> RandomGate().criterion, RandomGate().floor(32)
+        ('random', 16)
+
+    Gates ``round(fraction * n_active)`` active units chosen at random each time it acts (the
+    ``random`` criterion of :data:`adaptgrad.criteria.CRITERIA`, drawn from the window's
+    statistics, so a rerun draws the same units), down to the same floor. A study arm of it says
+    what gating that many units costs with no criterion at all: a gating rule's criterion is worth
+    what it gains over this arm.
+    """
+
+    criterion: str = "random"
