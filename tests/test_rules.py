@@ -117,7 +117,7 @@ def test_taylor_prune_gates_lowest_normalised_taylor_and_respects_min_active():
 def test_min_active_floor_for_every_gating_rule():
     stats = make_stats(act_grad_sum=np.arange(1.0, 7.0), act_grad_batch_sq_sum=np.arange(1.0, 7.0))
     for rule in [
-        TaylorGateEMA(fraction=0.9, min_active=5),
+        TaylorGateEMA(fraction=0.9, min_active=5, criterion="taylor_batch_sq"),
         DropRegrow(fraction=0.9, end_epoch=5, min_active=5, criterion="taylor"),
     ]:
         keras.backend.clear_session(free_memory=False)
@@ -131,7 +131,7 @@ def test_min_active_floor_for_every_gating_rule():
 
 def test_taylor_gate_ema_scores_smoothing_and_state_over_two_calls():
     _, units = gru_view()
-    rule = TaylorGateEMA(fraction=0.34, momentum=0.8)
+    rule = TaylorGateEMA(fraction=0.34, momentum=0.8, criterion="taylor_batch_sq")
     first = np.array([9.0, 1.0, 6.0, 4.0, 2.0, 8.0])  # sum_b (sum a*g)^2
     second = np.array([0.0, 50.0, 100.0, 0.5, 60.0, 90.0])
     assert run(rule, make_stats(batches=2, act_grad_batch_sq_sum=first), units) == [("gate", 1), ("gate", 4)]
@@ -139,7 +139,7 @@ def test_taylor_gate_ema_scores_smoothing_and_state_over_two_calls():
     np.testing.assert_allclose(rule.get_state()["ema"], ema1)
 
     state = json.loads(json.dumps(rule.get_state()))  # plain values: survives JSON
-    restored = TaylorGateEMA(fraction=0.34, momentum=0.8)
+    restored = TaylorGateEMA(fraction=0.34, momentum=0.8, criterion="taylor_batch_sq")
     restored.set_state(state)
     _, units_b = gru_view()
     gate_by_hand(units_b, [1, 4])
@@ -152,7 +152,7 @@ def test_taylor_gate_ema_scores_smoothing_and_state_over_two_calls():
     assert run(restored, make_stats(batches=2, act_grad_batch_sq_sum=second), units_b) == [("gate", 3)]
     np.testing.assert_allclose(restored.get_state()["ema"], ema2)
 
-    fresh = TaylorGateEMA()
+    fresh = TaylorGateEMA(criterion="taylor_batch_sq")
     assert fresh.get_state() == {"ema": None}
     fresh.set_state({"ema": [1.0, 2.0]})
     with pytest.raises(ValueError, match="2 units"):

@@ -68,7 +68,7 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
     fraction: float = 0.1
     momentum: float = 0.9
     max_sparsity: float = 0.5
-    criterion: str = "taylor_batch_sq"
+    criterion: str = "taylor_example_abs"
     ema: np.ndarray | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
