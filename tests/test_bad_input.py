@@ -105,7 +105,7 @@ CHECKED_UP_FRONT = {
     "learning_rate_negative": (["optimizer.learning_rate=-1.0"], "optimizer.learning_rate=-1.0 must be a finite number > 0"),
     "learning_rate_nan": (["optimizer.learning_rate=nan"], "optimizer.learning_rate=nan must be a finite number > 0"),
     "units_not_integer": (["model.units=1.5"], "model.units=1.5 must be an integer >= 1"),
-    "through_time_string": (["through_time='false'"], "through_time='false' must be true or false"),
+    "through_time_string": (["through_time='false'"], "through_time='false' must be auto, true or false"),
     "unknown_trainer_key": (["+trainer.epoch=3"], "trainer.epoch is not a key of trainer; valid: epochs, batch_size"),
     "unknown_rule_key": (["rule=taylor_prune", "+rule.fractoin=0.5"], "rule.fractoin is not a key of rule; valid:"),
     "mirrored_uneven_batch": (
