@@ -25,6 +25,7 @@ METRICS = ["loss", "val_loss", "mae", "val_mae", "active_units", "epoch_time"]
 RULES = {
     "none": {"_target_": "adaptgrad.rules.NoOp", "min_active": 1},
     "taylor_prune": {"_target_": "adaptgrad.rules.TaylorPrune", "min_active": 1, "fraction": 0.1},
+    "random_gate": {"_target_": "adaptgrad.rules.RandomGate", "min_active": 1, "fraction": 0.1},
 }
 
 
@@ -541,27 +542,43 @@ def test_sweep_job_lines_carry_the_job_number(caplog: pytest.LogCaptureFixture) 
 
 
 def test_studies_script_regenerates_a_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arms, random_gate and the narrow control, compared as the module says, Holm over all rows."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
     import studies
 
     sweep = tmp_path / "studies" / "toy"
-    for number, (cell, rule, seed) in enumerate(
-        (c, r, s) for c in ("gru", "minimal_rnn") for r in ("none", "taylor_prune") for s in range(3)
-    ):
-        write_job(sweep / str(number), rule, seed, final={"val_loss": 0.5 + 0.01 * number}, cell=cell)
-        job_config = OmegaConf.load(sweep / str(number) / "config.yaml")
+    jobs = [(c, r, s, 4, "") for c in ("gru", "minimal_rnn") for r in ("none", "random_gate", "taylor_prune") for s in range(3)]
+    jobs += [(c, "none", s, 2, "width/") for c in ("gru", "minimal_rnn") for s in range(3)]
+    for number, (cell, rule, seed, width, where) in enumerate(jobs):
+        job = sweep / f"{where}{number}"
+        write_job(job, rule, seed, final={"val_loss": 0.5 + 0.01 * number}, cell=cell)
+        job_config = OmegaConf.load(job / "config.yaml")
         job_config.model.cell = cell  # the runner's configs name the model by model.cell
-        OmegaConf.save(job_config, sweep / str(number) / "config.yaml")
+        job_config.model.units = width
+        OmegaConf.save(job_config, job / "config.yaml")
     experiments = tmp_path / "experiments"
     experiments.mkdir()
     (experiments / "README.md").write_text("intro\n<!-- study:toy -->\nold\n<!-- /study:toy -->\nend\n")
     assert studies.main(["--sweeps", str(tmp_path / "studies"), "--only", "toy", "--experiments", str(experiments)]) == 0
     readme = (experiments / "README.md").read_text()
-    assert "old" not in readme and readme.startswith("intro\n<!-- study:toy -->\nJobs: 12 (12 ok).") and readme.endswith("end\n")
+    assert "old" not in readme and readme.startswith("intro\n<!-- study:toy -->\nJobs: 24 (24 ok).") and readme.endswith("end\n")
+    assert "Holm's correction over all 12 comparisons" in readme
     table = [line for line in readme.splitlines() if line.startswith("| gru") or line.startswith("| minimal_rnn")]
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
-    assert [row[:4] for row in cells] == [["gru", "taylor_prune", "3", "paired"], ["minimal_rnn", "taylor_prune", "3", "paired"]]
-    assert [row[-1] for row in cells] == ["gate×2 skip×1"] * 2  # the actions.csv of write_job
+    pairs = sorted((row[0], row[1], row[2]) for row in cells)
+    assert pairs == sorted(
+        (cell, rule, against)
+        for cell in ("gru", "minimal_rnn")
+        for rule, against in [
+            ("random_gate", "none (4 units)"),
+            ("taylor_prune", "none (4 units)"),
+            ("none", "none (4 units)"),  # the narrow control against the wide one: what the width alone does
+            ("taylor_prune", "random_gate"),
+            ("taylor_prune", "none (2 units)"),
+            ("random_gate", "none (2 units)"),
+        ]
+    )
+    assert {row[-1] for row in cells if row[1] == "taylor_prune"} == {"gate×2 skip×1"}  # the actions.csv of write_job
     assert sorted(p.name for p in (experiments / "results").iterdir()) == ["toy.md", "toy_active_units.png", "toy_val_loss.png"]
 
 

@@ -201,16 +201,16 @@ def assert_same_state(actual: dict, expected: dict) -> None:
             np.testing.assert_array_equal(a, b)
 
 
-def test_age_counts_epochs_since_the_weights_were_made_new_and_travels_with_the_state():
+def test_age_counts_epochs_since_a_unit_was_made_new_gated_or_ungated_and_travels_with_the_state():
     model = sequence_model("gru")
     units = adaptgrad.unit_view(model, "layer")
     np.testing.assert_array_equal(units.age, 0)
     units.tick()
     units.tick()
     units.reinit([1])
-    units.gate([3])  # gating keeps the weights, so it keeps the age
+    units.gate([3])  # a gated unit's age counts the epochs it has been gated (regrowth: gated longest ago first)
     units.tick()
-    np.testing.assert_array_equal(units.age, [3, 1, 3, 3, 3])
+    np.testing.assert_array_equal(units.age, [3, 1, 3, 1, 3])
     units.ungate([3])
     np.testing.assert_array_equal(units.age, [3, 1, 3, 0, 3])
     assert units.age.dtype == np.int64
