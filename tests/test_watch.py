@@ -373,3 +373,26 @@ def test_nothing_trainable_upstream_is_an_error_not_zeros():
     model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
     with pytest.raises(RuntimeError, match="no gradient has reached layer 'scale'"):
         w.stats()
+
+
+def test_weight_gradient_sum_needs_per_unit_weights_and_is_left_out_of_all_elsewhere():
+    inputs = keras.Input((6, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Conv1D(4, 2, name="conv")(inputs)))
+    with pytest.raises(ValueError, match=r"stats=\['weight_grad_sq_sum'\] needs per-unit incoming weights.*'conv' \(Conv1D\)"):
+        adaptgrad.watch(model, "conv", stats=["weight_grad_sq_sum"])
+    assert adaptgrad.watch(model, "conv").fields == frozenset(SUM_FIELDS) - WEIGHT_FIELDS
+
+
+def test_weight_gradient_hook_is_on_the_optimizer_instance_only_and_goes_with_the_last_watch():
+    """Two watches on one model share one hook on its optimizer; remove() restores ``apply``."""
+    model, *_ = build("functional", "gru")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    first = adaptgrad.watch(model, "rnn", stats=["weight_grad_sq_sum"])
+    second = adaptgrad.watch(model, "head", stats=["weight_grad_sq_sum"])
+    model.fit(*data(4), batch_size=2, verbose=0)
+    assert first.stats().weight_grad_sq_sum.shape == (4,) and second.stats().weight_grad_sq_sum.shape == (2,)
+    assert "apply" in vars(model.optimizer)
+    first.remove()
+    assert "apply" in vars(model.optimizer)
+    second.remove()
+    assert "apply" not in vars(model.optimizer) and "apply" not in vars(keras.optimizers.SGD(0.1))
