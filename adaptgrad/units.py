@@ -456,15 +456,6 @@ class UnitView:
             squares += per_column.reshape(blocks, self.size).sum(axis=0)
         return np.sqrt(squares)
 
-    def outgoing_norms(self) -> np.ndarray:
-        """L2 norm of each unit's weights in the next layer (the rows of its input kernels that read
-        the unit; :meth:`scale_outgoing` scales them)."""
-        squares = np.zeros(self.size)
-        for _, out in self._consumer_weights("measure outgoing weights"):
-            array = np.asarray(_numpy(out.variable), dtype=np.float64)
-            squares += [float((array[out.index(unit)] ** 2).sum()) for unit in range(self.size)]
-        return np.sqrt(squares)
-
     def columns(self, unit: int, blocks: int) -> np.ndarray:
         """Indices along the last axis that belong to ``unit`` in a weight with ``blocks`` blocks."""
         return unit + self.size * np.arange(blocks)
