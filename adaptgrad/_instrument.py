@@ -1,4 +1,4 @@
-"""The one place where adaptgrad hooks into a Keras layer instance.
+"""The one place where adaptgrad hooks into a Keras layer (or optimizer) instance.
 
 A layer gets at most one :class:`Hooks` object. It replaces, on that instance only, the methods
 through which Keras runs the layer, and reads its slots *when the train step is traced*:
@@ -7,6 +7,9 @@ through which Keras runs the layer, and reads its slots *when the train step is 
 * ``layer.inner_loop`` of a recurrent layer: runs the time loop itself when ``time_probe`` is set
   (through-time capture, see :func:`through_time_loop`); otherwise the layer's own loop runs,
   with its own kernel choice (cuDNN for GRU/LSTM where available).
+
+and on an optimizer instance, :class:`ApplyHooks` replaces ``optimizer.apply`` so that listeners
+see each step's gradients before the optimizer uses them (the per-unit weight-gradient statistic).
 
 Because the slots are read at trace time, every change of a slot invalidates the model's
 compiled train/test/predict functions so that the next ``fit`` retraces them. (Unit gating needs
@@ -25,6 +28,9 @@ import tensorflow as tf
 from adaptgrad import _keras
 
 Probe = Callable[[tf.Tensor], tf.Tensor]
+GradientListener = Callable[[list[Any], list[Any]], None]
+"""``listener(grads, variables)``: called with one step's gradients (None where a variable has
+none) and the variables they belong to, when the step is traced (or run, eagerly)."""
 
 
 class TimeProbe(Protocol):
@@ -110,6 +116,44 @@ def release(layer: keras.layers.Layer) -> None:
     hooks = layer.__dict__.get(_ATTR)
     if hooks is not None and not hooks.in_use:
         hooks.uninstall()
+
+
+class ApplyHooks:
+    """The listeners to one optimizer instance's gradients: shadows ``optimizer.apply`` on the
+    instance (``apply_gradients`` calls it) by a function that shows the gradients to every
+    listener, then applies them as before."""
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.listeners: dict[int, GradientListener] = {}
+        self._saved = optimizer.__dict__.get("apply", _UNSET)
+        original = optimizer.apply
+
+        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+            grads = list(grads)
+            variables = list(trainable_variables) if trainable_variables is not None else _keras.optimizer_variables(optimizer)
+            for listener in list(self.listeners.values()):
+                listener(grads, variables)
+            return original(grads, trainable_variables)
+
+        object.__setattr__(optimizer, "apply", apply)
+        object.__setattr__(optimizer, _ATTR, self)
+
+    def release(self) -> None:
+        """Restore the optimizer's own ``apply`` once no listener is left."""
+        if self.listeners:
+            return
+        if self._saved is _UNSET:
+            object.__delattr__(self.optimizer, "apply")
+        else:
+            object.__setattr__(self.optimizer, "apply", self._saved)
+        object.__delattr__(self.optimizer, _ATTR)
+
+
+def apply_hooks_of(optimizer: keras.optimizers.Optimizer) -> ApplyHooks:
+    """The optimizer's :class:`ApplyHooks`, installed on first use."""
+    hooks = optimizer.__dict__.get(_ATTR)
+    return hooks if hooks is not None else ApplyHooks(optimizer)
 
 
 def invalidate_compiled(model: keras.Model) -> None:

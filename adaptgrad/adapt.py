@@ -68,8 +68,8 @@ class Adapt(keras.callbacks.Callback):
     end of epoch t+1.
 
     Records, as pandas DataFrames: :meth:`units_frame` (one row per epoch and unit: the
-    epoch's statistics and the unit's ``active`` flag, ``age`` and cumulative incoming ``scale``
-    after the epoch's edits) and :meth:`actions_frame` (one row per edit); both carry the
+    epoch's statistics and the unit's ``active`` flag, ``age`` and ``scale``, its cumulative gain
+    whichever weights it went into (:attr:`UnitView.scales`), after the epoch's edits) and :meth:`actions_frame` (one row per edit); both carry the
     ``layer`` name, so the tables of several Adapts concatenate. Adds ``active_units/<layer>``
     to the epoch logs (it shows in ``History``), and plain ``active_units`` too when this is the
     only Adapt alive on the model (Adapts register themselves, weakly, per model when built).

@@ -26,9 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adaptgrad import _instrument
+from adaptgrad import _instrument, slots
 from adaptgrad.layers import find_layer
-from adaptgrad.stats import ACTIVATION_FIELDS, SUM_FIELDS, OutputGradientStats, requested_fields
+from adaptgrad.stats import ACTIVATION_FIELDS, SUM_FIELDS, WEIGHT_FIELDS, OutputGradientStats, requested_fields
+from adaptgrad.units import incoming_weights, weight_owner
 
 __all__ = ["GradientWatch", "watch"]
 
@@ -50,6 +51,7 @@ class _Accumulators:
             self.sums = {field: variable((units,), field) for field in SUM_FIELDS if field in fields}
             self.batches = variable((), "batches")
             self.count = variable((), "count")
+            self.weight_steps = variable((), "weight_steps") if fields & WEIGHT_FIELDS else None
         self.units = units
 
     def update(
@@ -105,8 +107,30 @@ class _Accumulators:
         ops.append(self.count.assign_add(positions))
         return tf.group(*ops)
 
+    def update_weight_grads(self, grads: list[tuple[tf.Tensor, int]]) -> tf.Operation:
+        """Add one step's ``||dL/dW_j||**2`` per unit j, from the gradients of the layer's incoming
+        weights, each with its number of gate blocks. Across replicas the gradient is the sum of
+        theirs (as the optimizer's), so it is all-reduced before it is squared."""
+        tensors = [tf.convert_to_tensor(g) for g, _ in grads]
+        replica = tf.distribute.get_replica_context()
+        replicas = replica.num_replicas_in_sync if replica is not None else 1
+        if replicas > 1:
+            tensors = replica.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
+        squares = [
+            tf.reduce_sum(tf.reshape(tf.square(tf.cast(g, tf.float64)), [-1, blocks, self.units]), axis=[0, 1])
+            for g, (_, blocks) in zip(tensors, grads)
+        ]
+        share = tf.constant(1.0 / replicas, tf.float64)  # each replica adds the same global value
+        assert self.weight_steps is not None
+        return tf.group(
+            self.sums["weight_grad_sq_sum"].assign_add(tf.math.add_n(squares) * share), self.weight_steps.assign_add(share)
+        )
+
     def snapshot(self) -> OutputGradientStats:
         sums = {k: v.read_value().numpy() for k, v in self.sums.items()}
+        if self.weight_steps is not None and float(self.weight_steps.read_value().numpy()) == 0.0:
+            for field in WEIGHT_FIELDS:  # no optimizer step passed through the hook: not captured, not zeros
+                sums.pop(field)
         return OutputGradientStats(
             **sums,
             units=self.units,
@@ -115,8 +139,9 @@ class _Accumulators:
         )
 
     def reset(self) -> None:
-        for variable in (*self.sums.values(), self.batches, self.count):
-            variable.assign(np.zeros(variable.shape, np.float64))
+        for variable in (*self.sums.values(), self.batches, self.count, self.weight_steps):
+            if variable is not None:
+                variable.assign(np.zeros(variable.shape, np.float64))
 
 
 _REDUCTIONS: dict[str, Callable[[tf.Tensor, tf.Tensor | None, list[int]], tf.Tensor]] = {
@@ -158,6 +183,7 @@ class GradientWatch:
         """The sums this watch captures (:data:`~adaptgrad.stats.SUM_FIELDS` names)."""
         self._strategy = tf.distribute.get_strategy()
         self._accumulators: _Accumulators | None = None
+        self._optimizers: dict[int, _instrument.ApplyHooks] = {}  # hooked for the weight-gradient sum
         self._removed = False
         hooks = _instrument.hooks_of(layer)
         if hooks.output_probe is not None or hooks.time_probe is not None:
@@ -174,9 +200,34 @@ class GradientWatch:
     # -- in the graph ---------------------------------------------------------------------------
 
     def _accumulators_for(self, units: int) -> _Accumulators:
+        """The accumulators (made on first use), and the hook on the model's optimizer that
+        captures the weight-gradient sum; both run when the layer is called in a traced (or
+        eager) step, before the optimizer applies that step's gradients."""
         if self._accumulators is None:
             self._accumulators = _Accumulators(units, self.layer.name, self.fields, self._strategy)
+        if self.fields & WEIGHT_FIELDS:
+            self._hook_optimizer()
         return self._accumulators
+
+    def _hook_optimizer(self) -> None:
+        """Listen to the gradients of ``model.optimizer`` (the one a LossScaleOptimizer wraps: it
+        gets them with the loss scale divided out, and only on the steps that are applied)."""
+        optimizer = slots.inner_optimizer(getattr(self.model, "optimizer", None))
+        if optimizer is None or id(optimizer) in self._optimizers:
+            return
+        hooks = _instrument.apply_hooks_of(optimizer)
+        hooks.listeners[id(self)] = self._weight_gradients
+        self._optimizers[id(optimizer)] = hooks
+
+    def _weight_gradients(self, grads: list[Any], variables: list[Any]) -> None:
+        """The optimizer's listener: add the per-unit squared norm of this step's gradient of the
+        layer's incoming weights (nothing if the step holds none of them)."""
+        if self._accumulators is None:
+            return
+        by_variable = {id(v): g for g, v in zip(grads, variables) if g is not None}
+        found = [(by_variable[id(v)], blocks) for v, blocks, _ in incoming_weights(self.layer)[0] if id(v) in by_variable]
+        if found:
+            self._accumulators.update_weight_grads(found)
 
     def _loss_scale(self) -> tf.Tensor | None:
         optimizer = getattr(self.model, "optimizer", None)
@@ -234,6 +285,10 @@ class GradientWatch:
         hooks.output_probe = None
         hooks.time_probe = None
         _instrument.release(self.layer)
+        for optimizer_hooks in self._optimizers.values():
+            optimizer_hooks.listeners.pop(id(self), None)
+            optimizer_hooks.release()
+        self._optimizers.clear()
         _instrument.invalidate_compiled(self.model)
         self._removed = True
 
@@ -256,6 +311,15 @@ class GradientWatch:
         mode = "through_time" if self.through_time else "output"
         state = "removed" if self._removed else "attached"
         return f"<GradientWatch layer={self.layer.name!r} mode={mode} {state}>"
+
+
+def _has_unit_weights(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` is of a kind whose units have incoming weights (checked before it is built)."""
+    return (
+        isinstance(layer, keras.layers.Dense)
+        or _instrument.is_recurrent(layer)
+        or hasattr(weight_owner(layer), "adaptgrad_unit_weights")
+    )
 
 
 class _TimeProbe:
@@ -311,7 +375,15 @@ def watch(
             Only these are computed in the graph; the others are absent from ``.stats()``.
             Without an activation sum (``act_grad_sum``, ``act_grad_batch_sq_sum``,
             ``act_abs_sum``) through-time capture never collects the hidden states, and
-            ``stats=()`` counts batches and positions only.
+            ``stats=()`` counts batches and positions only. ``weight_grad_sq_sum`` (the
+            per-unit norm of the incoming weights' gradient, for LARS) is captured where
+            ``model.optimizer`` applies each step's gradients, before clipping or weight decay:
+            in ``fit``, or in a loop that calls ``model.optimizer``. Under a
+            ``LossScaleOptimizer`` it sees the gradients with the loss scale divided out and
+            only on applied steps; under ``MirroredStrategy`` the layer's weight gradients are
+            all-reduced once more for it. ``stats=None`` leaves it out for a layer without
+            per-unit weights; a snapshot leaves it out when no step passed through
+            ``model.optimizer`` (reading it then says why).
 
     Returns:
         A :class:`GradientWatch`; use ``.stats()``, ``.reset()``, ``.remove()``, or ``with``.
@@ -323,6 +395,14 @@ def watch(
     """
     fields = requested_fields(stats)
     target = find_layer(model, layer)
+    if fields & WEIGHT_FIELDS and not _has_unit_weights(target):
+        if stats is not None:
+            raise ValueError(
+                f"stats={sorted(fields & WEIGHT_FIELDS)} needs per-unit incoming weights, and layer {target.name!r} "
+                f"({type(target).__name__}) has none adaptgrad knows: valid for Dense, SimpleRNN, GRU, LSTM, RNN over a "
+                f"Keras-style cell, or a layer or cell defining adaptgrad_unit_weights()"
+            )
+        fields -= WEIGHT_FIELDS  # stats=None: every sum this layer has
     if through_time:
         if not _instrument.is_recurrent(target):
             raise ValueError(

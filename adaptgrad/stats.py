@@ -14,6 +14,7 @@ over every batch/time position (n, t):
 ``act_grad_example_abs_sum``  sum_n |sum_t H*G|
 ``act_grad_fisher_sum``       sum_b B_b * sum_{n in b} (sum_t H*G)**2  (B_b: the examples of batch b)
 ``act_abs_sum[j]``         sum |H|  (activity, ReDo)
+``weight_grad_sq_sum[j]``  sum_b ||dL_b/dW_j||**2 over unit j's incoming weights W_j (LARS)
 ``batches``                number of batches accumulated
 ``count``                  number of (n, t) positions accumulated (masked steps excluded)
 =========================  =====================================================
@@ -27,6 +28,12 @@ term: with ``e_n = B_b * sum_t H*G`` the first-order change of example n's own l
 unit changes batch b's mean loss by about ``-sum_{n,t in b} H*G + (1/2B_b) sum_{n in b} e_n**2``
 (the diagonal of the empirical Fisher in place of the Hessian), so
 ``(act_grad_fisher_sum / 2 - act_grad_sum) / batches`` estimates the mean change over batches.
+
+``weight_grad_sq_sum`` is the one sum not made from G: W_j is unit j's slice along the last
+axis of every weight that feeds it (kernel, recurrent kernel, bias, in every gate block; see
+:func:`adaptgrad.units.incoming_weights`), and ``dL_b/dW_j`` the gradient the model's optimizer
+receives for them on batch b (captured where it applies it), so ``sqrt(weight_grad_sq_sum / batches)``
+is the RMS over batches of the per-batch gradient norm that LARS divides by.
 
 A watch may capture only some of the sums (``adaptgrad.watch(..., stats=[...])``); the others
 are absent from its snapshots, and reading one is an error that says how to ask for it.
@@ -49,6 +56,7 @@ SUM_FIELDS: tuple[str, ...] = (
     "act_grad_example_abs_sum",
     "act_grad_fisher_sum",
     "act_abs_sum",
+    "weight_grad_sq_sum",
 )
 """Names of the per-unit sum arrays, in the order the accumulators store them."""
 
@@ -63,6 +71,9 @@ ACTIVATION_FIELDS: frozenset[str] = frozenset(
     }
 )
 """The sums that need the layer's output H, not only its gradient G."""
+
+WEIGHT_FIELDS: frozenset[str] = frozenset({"weight_grad_sq_sum"})
+"""The sums made from the gradient of the layer's incoming weights (captured from the optimizer)."""
 
 DERIVED_FROM: dict[str, str] = {
     "mean_grad": "grad_sum",
@@ -87,7 +98,7 @@ def requested_fields(stats: Iterable[str] | None) -> frozenset[str]:
         ...
         ValueError: unknown statistic 'taylor' in stats=['taylor']; valid: 'grad_sum', 'grad_abs_sum', \
 'grad_sq_sum', 'act_grad_sum', 'act_grad_batch_sq_sum', 'act_grad_example_sq_sum', 'act_grad_example_abs_sum', \
-'act_grad_fisher_sum', 'act_abs_sum' (taylor is derived from act_grad_sum), or stats=None for all
+'act_grad_fisher_sum', 'act_abs_sum', 'weight_grad_sq_sum' (taylor is derived from act_grad_sum), or stats=None for all
     """
     if stats is None:
         return frozenset(SUM_FIELDS)
@@ -172,9 +183,15 @@ ask for it with adaptgrad.watch(model, layer, stats=[..., 'act_grad_sum']), or s
     def _sum(self, name: str, needed_by: str | None = None) -> np.ndarray:
         if name not in self._sums:
             what = f"{needed_by} needs {name}, which was" if needed_by else f"{name} was"
+            where = (
+                " (it is captured where model.optimizer applies the gradients: compile the model with the "
+                "optimizer that trains it)"
+                if name in WEIGHT_FIELDS
+                else ""
+            )
             raise AttributeError(
                 f"{what} not captured (captured: {sorted(self._sums)}); ask for it with "
-                f"adaptgrad.watch(model, layer, stats=[..., {name!r}]), or stats=None for all"
+                f"adaptgrad.watch(model, layer, stats=[..., {name!r}]), or stats=None for all{where}"
             )
         return self._sums[name]
 
@@ -222,6 +239,11 @@ ask for it with adaptgrad.watch(model, layer, stats=[..., 'act_grad_sum']), or s
     def act_abs_sum(self) -> np.ndarray:
         """sum |H| per unit."""
         return self._sum("act_abs_sum")
+
+    @property
+    def weight_grad_sq_sum(self) -> np.ndarray:
+        """sum over batches of the squared norm of the gradient of unit j's incoming weights."""
+        return self._sum("weight_grad_sq_sum")
 
     def _mean(self, derived: str) -> np.ndarray:
         total = self._sum(DERIVED_FROM[derived], needed_by=derived)

@@ -266,13 +266,52 @@ def unit_rows(layer: keras.layers.Layer, size: int, next_layer: keras.layers.Lay
         return [np.array([unit]) for unit in range(size)]
     chain, _ = consumer_chain(layer)  # type: ignore[misc]
     try:
-        return _trace_rows(layer, chain, size, features)
+        rows = _trace_rows(layer, chain, size, features)
     except Exception as error:  # noqa: BLE001 - any failure to trace means: not exactly mappable
         path = " -> ".join(step.name for step in [layer, *chain, next_layer])
         raise ValueError(
             f"unit_view cannot map the outgoing weights of layer {layer.name!r} exactly onto "
             f"{next_layer.name!r} ({type(next_layer).__name__}) through {path}: {error}; {hint}"
         ) from error
+    _check_training_chain(layer, chain, rows, next_layer)
+    return rows
+
+
+def _check_training_chain(
+    layer: keras.layers.Layer, chain: list[keras.layers.Layer], rows: list[np.ndarray], next_layer: keras.layers.Layer
+) -> None:
+    """Refuse a chain that, called in training mode, lets a unit reach consumer rows other than its
+    own, or turns a zero output into a non-zero input of the consumer (``GaussianNoise``,
+    ``AlphaDropout``): a gated unit's outgoing rows would then get gradient and drift from 0.
+    Layers that only rescale or drop entries in training (``Dropout``, ``GaussianDropout``) pass.
+
+    Each unit's code alone, and an all-zero input, run through the chain as one batch with
+    ``training=True``."""
+    size = len(rows)
+    shape = tuple(dim or 2 for dim in layer.output.shape[1:])
+    codes = np.random.default_rng(3).choice(np.arange(1, 2**16), size=size, replace=False).astype(np.float32)
+    values = np.zeros((size + 1, *shape), np.float32)  # the last example: every unit outputs 0
+    for unit, code in enumerate(codes):
+        values[unit, ..., unit] = code
+    advice = f"move it before {layer.name!r} or after {next_layer.name!r}, or leave it out"
+    for step in chain:
+        values = np.asarray(keras.ops.convert_to_numpy(step(values, training=True)))
+        if np.any(values[-1] != 0):
+            raise ValueError(
+                f"layer {step.name!r} ({type(step).__name__}) between {layer.name!r} and its consumer "
+                f"{next_layer.name!r} turns a zero input into a non-zero output in training, so a gated unit of "
+                f"{layer.name!r} would still feed {next_layer.name!r}, whose rows for it would get gradient and "
+                f"drift from 0; {advice}"
+            )
+    reached = values[:-1].reshape(size, -1, values.shape[-1]) != 0
+    for unit in range(size):
+        stray = np.setdiff1d(np.flatnonzero(reached[unit].any(axis=0)), rows[unit])
+        if stray.size:
+            training = [step.name for step in chain if _keras.call_takes_training(step)]
+            raise ValueError(
+                f"in training, unit {unit} of {layer.name!r} reaches input features {stray.tolist()} of "
+                f"{next_layer.name!r} that are not its own (training-mode layers on the way: {training}); {advice}"
+            )
 
 
 def _next_outgoing(
@@ -345,7 +384,7 @@ class UnitView:
         self.min_active = 1
         self.edits: list[Edit] = []
         self.seed = int(seed)
-        self._scales = np.ones(self.size)
+        self._scales = np.ones((2, self.size))  # each unit's gain in its incoming weights, in the next layer's rows
         self._age = np.zeros(self.size, dtype=np.int64)
         self._draws = 0  # reinit calls so far: each draws with its own seed, so resumes repeat them
         self._saved: dict[int, list[np.ndarray]] = {}  # gated unit -> its incoming, then outgoing slices
@@ -395,8 +434,12 @@ class UnitView:
 
     @property
     def scales(self) -> np.ndarray:
-        """Cumulative factor applied to each unit's incoming weights by :meth:`scale`."""
-        return self._scales.copy()
+        """Each unit's cumulative gain: the product of every factor :meth:`scale` (into its incoming
+        weights) and :meth:`scale_outgoing` (into the next layer's rows that read it) applied to
+        it; a factor counts while the weights it went into last: :meth:`reinit` (and an
+        :meth:`ungate` that draws) forgets the incoming ones, zeroing the outgoing weights
+        (:meth:`zero_outgoing`, ``zero_outgoing=True``) the outgoing ones."""
+        return self._scales.prod(axis=0)
 
     @property
     def age(self) -> np.ndarray:
@@ -411,15 +454,6 @@ class UnitView:
             array = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
             per_column = (array**2).reshape(-1, array.shape[-1]).sum(axis=0)
             squares += per_column.reshape(blocks, self.size).sum(axis=0)
-        return np.sqrt(squares)
-
-    def outgoing_norms(self) -> np.ndarray:
-        """L2 norm of each unit's weights in the next layer (the rows of its input kernels that read
-        the unit; :meth:`scale_outgoing` scales them)."""
-        squares = np.zeros(self.size)
-        for _, out in self._consumer_weights("measure outgoing weights"):
-            array = np.asarray(_numpy(out.variable), dtype=np.float64)
-            squares += [float((array[out.index(unit)] ** 2).sum()) for unit in range(self.size)]
         return np.sqrt(squares)
 
     def columns(self, unit: int, blocks: int) -> np.ndarray:
@@ -480,13 +514,14 @@ class UnitView:
         for unit, saved in self._saved.items():
             for i in range(len(self.weights)):
                 saved[i] = (saved[i] * unit_factors[unit]).astype(saved[i].dtype)
-        self._scales *= unit_factors
+        self._scales[0] *= unit_factors
         self.edits.extend(Edit("scale", unit, float(factor)) for unit, factor in zip(units, factors))
 
     def scale_outgoing(self, units: Iterable[int], factors: float | Sequence[float]) -> None:
         """Multiply each unit's weights in the next layer (the rows of its input kernels that read the
         unit) by its factor: a gain on the unit's output as the next layer sees it; the layer itself,
-        recurrence included, is unchanged. A gated unit's saved outgoing weights are scaled."""
+        recurrence included, is unchanged. A gated unit's saved outgoing weights are scaled. The
+        factor enters the unit's :attr:`scales` as :meth:`scale`'s do."""
         units = self._check(units)
         factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), (len(units),))
         if not np.all(np.isfinite(factors)):
@@ -499,6 +534,7 @@ class UnitView:
                 else:
                     array[out.index(unit)] *= factor
             out.variable.assign(array)
+        np.multiply.at(self._scales[1], units, factors)
         self.edits.extend(Edit("scale_outgoing", unit, float(factor)) for unit, factor in zip(units, factors))
 
     def gate(self, units: Iterable[int]) -> list[int]:
@@ -557,6 +593,9 @@ class UnitView:
         self._write(chosen, incoming=True, outgoing=True, values=values)
         self._write(sorted(self._saved), incoming=True, outgoing=True, values=lambda unit, i: 0.0)  # shared entries
         self._age[chosen] = 0
+        self._scales[:, fresh] = 1.0
+        if zero_outgoing:
+            self._scales[1, chosen] = 1.0
         self.edits.extend(Edit("ungate", unit) for unit in chosen)
         if zero_outgoing and chosen:
             self.edits.extend(Edit("zero_outgoing", unit) for unit in chosen)
@@ -582,7 +621,7 @@ class UnitView:
         self._write(
             live, incoming=True, outgoing=False, values=lambda unit, i: drawn[i][..., self.columns(unit, self.weights[i][1])]
         )
-        self._scales[units] = 1.0
+        self._scales[0, units] = 1.0
         self._age[units] = 0
         self.edits.extend(Edit("reinit", unit) for unit in units)
         if zero_outgoing:
@@ -604,6 +643,7 @@ class UnitView:
                     self._saved[unit][i] = np.zeros_like(self._saved[unit][i])
         live = [unit for unit in units if unit not in self._saved]
         self._write(live, incoming=False, outgoing=True, values=lambda unit, i: 0.0)
+        self._scales[1, units] = 1.0
         self.edits.extend(Edit("zero_outgoing", unit) for unit in units)
 
     def get_state(self) -> dict[str, Any]:
@@ -619,7 +659,8 @@ class UnitView:
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`get_state` returned (the weights themselves are the model's)."""
         self._gate.set_gated(np.flatnonzero(np.asarray(state["mask"]) < 0.5))
-        self._scales = np.asarray(state["scales"], dtype=np.float64).copy()
+        scales = np.asarray(state["scales"], dtype=np.float64)
+        self._scales = np.stack([scales, np.ones_like(scales)]) if scales.ndim == 1 else scales.copy()  # 1-D: incoming only
         self._age = np.asarray(state["age"], dtype=np.int64).copy()
         self._draws = int(state["draws"])
         self._saved = copy.deepcopy(state["saved"])

@@ -2,7 +2,8 @@
 
 The references never touch adaptgrad: they differentiate the real intermediate tensor of a split
 forward pass under ``tf.GradientTape`` (output mode), or of a manual Python unroll of the cell
-(through time), and accumulate the DESIGN.md sums in float64 numpy.
+(through time), and accumulate the DESIGN.md sums in float64 numpy; the weight-gradient sum comes
+from the tape's gradient of the layer's own weights, columns grouped by unit (``unit_norms_sq``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ def accumulate(totals: dict[str, np.ndarray], h: np.ndarray, g: np.ndarray, kept
     totals["count"] = totals.get("count", 0) + h.shape[0]
 
 
+def unit_norms_sq(grads: list[np.ndarray], units: int) -> np.ndarray:
+    """Per unit j, the squared norm of its columns ``j + k*units`` (every block k) over every
+    array in ``grads``, whose last axes are multiples of ``units``."""
+    total = np.zeros(units)
+    for g in grads:
+        squares = np.asarray(g, dtype=np.float64) ** 2
+        total += squares.reshape(-1, squares.shape[-1]).sum(0).reshape(-1, units).sum(0)
+    return total
+
+
 def unroll(rnn: keras.layers.Layer, x: tf.Tensor, mask: np.ndarray | None = None) -> tuple[list[tf.Tensor], tf.Tensor]:
     """Manual Python unroll of ``rnn``'s cell, in its time order; returns the cell output of every
     step and the layer output (last output, or the sequence). Where ``mask[:, t]`` is False the
@@ -151,6 +162,8 @@ def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, thro
                     loss = loss_fn(yb, head(h))
             grads = tape.gradient(loss, hidden + model.trainable_variables)
             g, weight_grads = grads[: len(hidden)], grads[len(hidden) :]
+            own = [grad.numpy() for grad, v in zip(weight_grads, model.trainable_variables) if any(v is w for w in rnn.weights)]
+            totals["weight_grad_sq_sum"] = totals.get("weight_grad_sq_sum", 0.0) + unit_norms_sq(own, int(hidden[0].shape[-1]))
             if through_time:
                 kept = None
                 if mask is not None:

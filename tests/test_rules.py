@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from cases import representative
 from omegaconf import OmegaConf
 
@@ -186,7 +187,7 @@ def test_gain_rescale_scales_active_units_by_normalised_gain_step():
     for path, array in before.items():
         want = array * expected[:, None] if path == "head/kernel" else array
         np.testing.assert_allclose(after[path], want, rtol=1e-6, err_msg=path)
-    assert units.scales.tolist() == [1.0] * SIZE  # incoming weights untouched
+    np.testing.assert_allclose(units.scales, expected)  # the gain is the unit's, wherever it was folded
 
 
 def test_gain_rescale_through_time_folds_into_incoming_weights_of_a_homogeneous_cell():
@@ -200,13 +201,12 @@ def test_gain_rescale_through_time_folds_into_incoming_weights_of_a_homogeneous_
     np.testing.assert_allclose(units.scales, math.exp(-0.2))
 
 
-@pytest.mark.parametrize("rule", [GainRescale(), TrustRatio()], ids=["gain_rescale", "trust_ratio"])
-def test_scaling_rules_refuse_through_time_capture_of_non_homogeneous_cells(rule):
+def test_gain_rescale_refuses_through_time_capture_of_non_homogeneous_cells():
     model, units = gru_view()
     with pytest.raises(ValueError, match=r"through-time capture on layer 'rnn' \(GRUCell\).*through_time=False"):
-        checked(rule, model, units, through_time=True)
+        checked(GainRescale(), model, units, through_time=True)
     with pytest.raises(RuntimeError, match="call rule.check"):
-        type(rule)().apply(make_stats(), units, 0)
+        GainRescale().apply(make_stats(), units, 0)
 
 
 # -- dormant_reset -------------------------------------------------------------------------------
@@ -319,49 +319,101 @@ def test_drop_regrow_first_step_only_drops_and_stops_at_end_epoch():
 # -- trust_ratio ---------------------------------------------------------------------------------
 
 
-def test_trust_ratio_scales_by_relative_radial_trust_ratio():
-    """Output mode: W_j are the head's input rows that read unit j."""
+def test_trust_ratio_scales_incoming_weights_by_relative_lars_ratio():
+    """W_j are unit j's incoming weights (all three GRU gate blocks), in either capture mode."""
     model, units = gru_view()
     gate_by_hand(units, [4])
-    head = model.get_layer("head").kernel
-    head.assign(head.numpy() + np.arange(SIZE)[:, None] * 0.3)  # distinct row norms
-    norms = units.outgoing_norms()
-    np.testing.assert_allclose(norms, np.abs(head.numpy()[:, 0]), rtol=1e-6)
+    units.scale(np.arange(SIZE), 1.0 + 0.4 * np.arange(SIZE))  # distinct weight norms
+    units.edits.clear()
+    norms = units.incoming_norms()
     batches, beta, power, max_factor = 5, 0.5, 0.5, 1.2
-    act_grad_sum = np.array([1.0, 30.0, -4.0, 0.2, 7.0, -10.0])
+    weight_grad_sq_sum = np.array([1.0, 30.0, 4.0, 0.2, 7.0, 10.0])
     before = weights(model)
-    rule = checked(TrustRatio(beta=beta, power=power, max_factor=max_factor), model, units)
-    edits = run(rule, make_stats(batches=batches, act_grad_sum=act_grad_sum), units)
+    rule = checked(TrustRatio(beta=beta, power=power, max_factor=max_factor), model, units, through_time=True)
+    edits = run(rule, make_stats(batches=batches, weight_grad_sq_sum=weight_grad_sq_sum), units)
 
-    lam = np.array([n / (abs(s) / batches / n + beta * n) for s, n in zip(act_grad_sum, norms)])
-    median = np.median(lam[[0, 1, 2, 3, 5]])
-    expected = np.clip((median / lam) ** power, 1 / max_factor, max_factor)
-    expected[4] = 1.0
+    lam = np.array([n / (math.sqrt(q / batches) + beta * n) for q, n in zip(weight_grad_sq_sum, norms)])
+    active = [0, 1, 2, 3, 5]  # unit 4 is gated: norm 0, no ratio
+    expected = np.ones(SIZE)
+    expected[active] = np.clip((np.median(lam[active]) / lam[active]) ** power, 1 / max_factor, max_factor)
     assert np.isclose(expected, max_factor).any() and np.isclose(expected, 1 / max_factor).any()  # both clips
-    assert edits == [("scale_outgoing", j) for j in range(SIZE) if expected[j] != 1.0]
+    assert edits == [("scale", j) for j in range(SIZE) if expected[j] != 1.0]
     np.testing.assert_allclose([e.value for e in units.edits], expected[expected != 1.0], rtol=1e-6)
-    np.testing.assert_allclose(weights(model)["head/kernel"], before["head/kernel"] * expected[:, None], rtol=1e-6)
-    np.testing.assert_array_equal(weights(model)["rnn/gru_cell/kernel"], before["rnn/gru_cell/kernel"])
+    assert_scaled(before, weights(model), expected)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
+
+
+def lars_reference(layer: str, epochs: int, beta: float):
+    """(trust_ratio's lambda after each epoch of fit, LARS's lambda from tape gradients of a twin
+    model trained by hand on the same batches): digits, 256 examples, batches of 32, Adam."""
+    from adaptgrad.data import digits
+
+    from reference import unit_norms_sq
+
+    dataset = digits(seed=0)
+    x, y = dataset.x_train[:256].astype(np.float32), dataset.y_train[:256]
+    if layer == "dense":
+        x = x.reshape(len(x), -1)
+
+    def make() -> keras.Model:
+        keras.utils.set_random_seed(0)
+        hidden = keras.layers.Dense(16, activation="tanh", name="rnn") if layer == "dense" else rnn(layer, units=16)
+        return keras.Sequential([keras.Input(x.shape[1:]), hidden, keras.layers.Dense(10, name="head")])
+
+    model, twin = make(), make()
+    twin.set_weights(model.get_weights())
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(0.005), loss=loss)
+    probe = adaptgrad.watch(model, "rnn", stats=TrustRatio.reads)
+    units = adaptgrad.unit_view(model, "rnn")
+    optimizer = keras.optimizers.Adam(0.005)
+    own = [i for i, v in enumerate(twin.trainable_variables) if any(v is w for w in twin.get_layer("rnn").weights)]
+    got, want = [], []
+    for _ in range(epochs):
+        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        stats = probe.stats()
+        got.append(TrustRatio.ratios(stats.weight_grad_sq_sum, stats.batches, units.incoming_norms(), beta=beta))
+        squares = np.zeros(16)
+        for start in range(0, len(x), 32):
+            with tf.GradientTape() as tape:
+                batch_loss = loss(y[start : start + 32], twin(x[start : start + 32], training=True))
+            grads = tape.gradient(batch_loss, twin.trainable_variables)
+            squares += unit_norms_sq([grads[i].numpy() for i in own], 16)
+            optimizer.apply_gradients(zip(grads, twin.trainable_variables))
+        norm = np.sqrt(unit_norms_sq([twin.trainable_variables[i].numpy() for i in own], 16))
+        want.append(norm / (np.sqrt(squares / stats.batches) + beta * norm))
+        probe.reset()
+    return np.array(got), np.array(want)
+
+
+@pytest.mark.parametrize("layer", representative(["dense", "gru", "lstm", "simple", "minimal"], "dense", "gru"))
+def test_trust_ratio_is_lars_ratio_from_the_true_weight_gradient_of_fit(layer):
+    got, want = lars_reference(layer, epochs=2, beta=0.01)
+    assert want.max() / want.min() > 1.5  # units differ: ranks mean something
+    for epoch_got, epoch_want in zip(got, want):
+        assert spearman(epoch_got, epoch_want) >= 0.99
+        np.testing.assert_allclose(epoch_got, epoch_want, rtol=1e-5)
 
 
 def test_trust_ratio_factors_edge_cases():
     active = np.array([True, True, True, False])
-    lam = TrustRatio.ratios(np.array([2.0, 0.0, 1.0, 1.0]), 1, np.array([1.0, 1.0, 0.0, 1.0]))
+    lam = TrustRatio.ratios(np.array([4.0, 0.0, 1.0, 1.0]), 1, np.array([1.0, 1.0, 0.0, 1.0]))
     assert lam[0] == 0.5 and math.isinf(lam[1]) and math.isnan(lam[2])  # zero weight norm: no ratio
     factors = TrustRatio.factors(np.array([1.0, 4.0, 0.25, 9.0]), active, power=1.0, max_factor=2.0)
     np.testing.assert_allclose(factors, [1.0, 0.5, 2.0, 1.0])  # clipped both ways; inactive unit alone
     factors = TrustRatio.factors(np.array([1.0, np.inf, 2.0, 1.0]), active, power=1.0, max_factor=3.0)
-    np.testing.assert_allclose(factors, [2.0, 1 / 3, 1.0, 1.0])  # median 2; zero radial gradient: 1/max_factor
+    np.testing.assert_allclose(factors, [2.0, 1 / 3, 1.0, 1.0])  # median 2; zero gradient: 1/max_factor
     np.testing.assert_array_equal(TrustRatio.factors(np.full(4, np.inf), active, power=0.1, max_factor=1.5), 1.0)
     np.testing.assert_array_equal(TrustRatio.factors(np.full(4, np.nan), active, power=0.1, max_factor=1.5), 1.0)
 
     model, units = gru_view()
-    head = model.get_layer("head").kernel
-    array = head.numpy()
-    array[2] = 0.0  # unit 2 has no outgoing weight at all
-    head.assign(array)
+    units.scale([2], 0.0)  # unit 2 has no incoming weight at all
+    units.edits.clear()
     rule = checked(TrustRatio(power=1.0), model, units)
-    run(rule, make_stats(act_grad_sum=np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])), units)
+    run(rule, make_stats(weight_grad_sq_sum=np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])), units)
     assert 2 not in [e.unit for e in units.edits]
 
 
@@ -452,11 +504,11 @@ END_TO_END = {  # name: (rule, cell, through_time, the actions it must record ov
     "none": (lambda: NoOp(), "simple", False, set()),
     "taylor_prune": (lambda: TaylorPrune(fraction=0.2), "gru", True, {"gate"}),
     "taylor_gate_ema": (lambda: TaylorGateEMA(fraction=0.2), "lstm", True, {"gate"}),
-    "gain_rescale": (lambda: GainRescale(), "minimal", True, {"scale"}),
+    "gain_rescale": (lambda: GainRescale(), "gru", False, {"scale_outgoing"}),  # through time: scale
     "dormant_reset": (lambda: DormantReset(tau=0.9, grace=1), "simple", True, {"reinit", "zero_outgoing"}),
     # epoch 0: drop round(0.3*6) = 2; epoch 1: swap round(0.225*4) = 1; epoch 2: round(0.075*4) = 0
     "drop_regrow": (lambda: DropRegrow(end_epoch=3, grace=0), "gru", True, {"gate", "ungate", "zero_outgoing"}),
-    "trust_ratio": (lambda: TrustRatio(), "minimal", True, {"scale"}),
+    "trust_ratio": (lambda: TrustRatio(), "gru", True, {"scale"}),
 }
 
 
@@ -473,7 +525,7 @@ def rnn(cell: str, name: str = "rnn", units: int = SIZE) -> keras.layers.Layer:
 
 # none: every other; taylor_prune: test_default_pruning_run_keeps_at_least_half_the_units;
 # gain_rescale and trust_ratio: test_gain_statistic_is_the_derivative_of_the_rules_own_edit and
-# test_trust_ratio_scales_by_relative_radial_trust_ratio
+# test_trust_ratio_is_lars_ratio_from_the_true_weight_gradient_of_fit
 @pytest.mark.parametrize("name", representative(sorted(END_TO_END), "taylor_gate_ema", "dormant_reset", "drop_regrow"))
 def test_end_to_end_fit(name):
     make_rule, cell, through_time, expected_actions = END_TO_END[name]
@@ -489,23 +541,22 @@ def test_end_to_end_fit(name):
     actions = adapt.actions_frame()
     assert set(actions.action) == expected_actions, actions
     assert set(actions.rule) <= {name}
-    # replaying the action table from a fresh layer gives the final unit state
-    active, scales = np.ones(6, bool), np.ones(6)
+    # replaying the action table from a fresh layer gives the final unit state; a unit's scale is its
+    # gain in its incoming weights (new after reinit) times its gain in the next layer's rows (zeroed)
+    active, incoming, outgoing = np.ones(6, bool), np.ones(6), np.ones(6)
     for row in actions.itertuples():
-        if row.action == "gate":
-            active[row.unit] = False
-        elif row.action == "ungate":
-            active[row.unit] = True
-        elif row.action == "scale":
-            scales[row.unit] *= row.value
-        elif row.action == "reinit":
-            scales[row.unit] = 1.0
+        if row.action in ("gate", "ungate"):
+            active[row.unit] = row.action == "ungate"
+        elif row.action in ("scale", "scale_outgoing"):
+            (incoming if row.action == "scale" else outgoing)[row.unit] *= row.value
         else:
-            assert row.action in ("zero_outgoing", "scale_outgoing"), row
+            assert row.action in ("reinit", "zero_outgoing"), row
+            (incoming if row.action == "reinit" else outgoing)[row.unit] = 1.0
     np.testing.assert_array_equal(adapt.units.active, active)
-    np.testing.assert_allclose(adapt.units.scales, scales)
+    np.testing.assert_allclose(adapt.units.scales, incoming * outgoing)
     last = adapt.units_frame().query("epoch == 2")
     np.testing.assert_array_equal(last.active.to_numpy(), active)
+    np.testing.assert_allclose(last.scale.to_numpy(), incoming * outgoing)  # units.parquet's scale column
     assert history.history["active_units"][-1] == int(active.sum())
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(model(x))))
 
@@ -589,13 +640,16 @@ def test_requirements_are_checked_when_adapt_is_built():
 
     model = question_model(4)
     model(toy_data()[0])  # subclassed: the consumer of "minimalrnn" is unknown unless named
-    for rule in [DropRegrow(), DormantReset(), GainRescale(), TrustRatio()]:
+    for rule in [DropRegrow(), DormantReset(), GainRescale()]:
         probe = adaptgrad.watch(model, "minimalrnn", through_time=rule.edit in ("gate", "reinit"))  # output: the gain goes next
         with pytest.raises(ValueError, match=r"(?s)next_layer=.*Adapt"):
             adaptgrad.Adapt(probe, [rule])
         probe.remove()
     probe = adaptgrad.watch(model, "minimalrnn", through_time=True)
     adaptgrad.Adapt(probe, [DormantReset(zero_outgoing=False), GainRescale()], next_layer="out").units.remove()
+    probe.remove()
+    probe = adaptgrad.watch(model, "minimalrnn")
+    adaptgrad.Adapt(probe, [TrustRatio()]).units.remove()  # incoming weights only: no next layer needed
     probe.remove()
 
     model, _, _ = small_model()

@@ -222,6 +222,46 @@ def test_age_counts_epochs_since_a_unit_was_made_new_gated_or_ungated_and_travel
     assert units.age[0] == 3
 
 
+def test_scales_are_each_units_gain_wherever_it_was_folded_and_travel_with_the_state():
+    """``scales`` is the factor between the weights now and the weights the unit's gains went into:
+    incoming slices times the head's row, each forgotten when those weights are made new."""
+    model = sequence_model("gru")
+    units = adaptgrad.unit_view(model, "layer")
+    head = model.get_layer("head").kernel
+    first_in, first_head = [incoming(units, j) for j in range(5)], head.numpy().copy()
+
+    def gains() -> np.ndarray:  # measured from the weights: incoming ratio times outgoing ratio
+        measured = []
+        for j in range(5):
+            ratio_in = incoming(units, j)[0] / first_in[j][0]  # the kernel (the GRU's bias starts at 0)
+            ratio_out = head.numpy()[j] / first_head[j]
+            assert np.ptp(ratio_in) < 1e-5 and np.ptp(ratio_out) < 1e-5
+            measured.append(ratio_in.flat[0] * ratio_out.flat[0])
+        return np.array(measured)
+
+    units.scale([0, 1], [2.0, 0.5])
+    units.scale_outgoing([1, 2, 2], [3.0, 0.25, 2.0])
+    np.testing.assert_allclose(units.scales, [2.0, 1.5, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(gains(), units.scales, rtol=1e-6)
+    units.gate([1])
+    units.scale_outgoing([1], 2.0)  # a gated unit's saved rows
+    units.ungate([1])
+    np.testing.assert_allclose(units.scales, [2.0, 3.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(gains(), units.scales, rtol=1e-6)
+
+    state = units.get_state()
+    units.reinit([1])  # fresh incoming weights: only the head's gain is left
+    units.zero_outgoing([2])  # no row left to carry a gain: only the incoming one
+    np.testing.assert_allclose(units.scales, [2.0, 6.0, 1.0, 1.0, 1.0])
+    units.gate([0])
+    units.ungate([0], zero_outgoing=True)
+    np.testing.assert_allclose(units.scales, [2.0, 6.0, 1.0, 1.0, 1.0])
+    units.set_state(state)
+    np.testing.assert_allclose(units.scales, [2.0, 3.0, 0.5, 1.0, 1.0])
+    units.set_state({**state, "scales": np.array([2.0, 1.0, 1.0, 1.0, 4.0])})  # a state saved before the outgoing gain
+    np.testing.assert_allclose(units.scales, [2.0, 1.0, 1.0, 1.0, 4.0])
+
+
 def test_transaction_undoes_every_change_of_a_failed_block_and_re_raises():
     model, x, y = fitted_lstm()
     units = adaptgrad.unit_view(model, "layer")

@@ -10,6 +10,7 @@ from cases import representative
 
 import adaptgrad
 from adaptgrad.runtime import mirrored_strategy
+from adaptgrad.stats import SUM_FIELDS, WEIGHT_FIELDS
 
 from reference import assert_stats_equal, build, data, reference_fit
 
@@ -129,6 +130,7 @@ SUBSETS = {
     "act_grad_sum": ("act_grad_sum",),
     "batch_sq_and_activity": ("act_grad_batch_sq_sum", "act_abs_sum"),
     "per_example": ("act_grad_example_sq_sum", "act_grad_example_abs_sum", "act_grad_fisher_sum"),
+    "weight": ("weight_grad_sq_sum",),
 }
 SUBSET_MODES = {
     "output": dict(through_time=False, cell="minimal"),
@@ -149,7 +151,8 @@ SUBSET_MODES = {
         ("time_masked", "act_grad_sum"),
         ("time_masked", "per_example"),  # each example's own kept steps, time-major
         ("output_sequences", "per_example"),
-        ("time", "per_example"),  # time_unrolled, every statistic: test_through_time_with_layer_options
+        ("time", "per_example"),
+        ("time_sequences", "weight"),  # time_unrolled, every statistic: test_through_time_with_layer_options
     ),
 )
 def test_captured_subset_matches_reference(mode, subset):
@@ -200,10 +203,15 @@ def test_unknown_statistic_is_refused_at_watch_time():
     ),
 )
 def test_users_own_gradient_tape_loop(through_time, loop):
-    """The question's second version: a hand-written GradientTape loop with Adam(0.01)."""
+    """The question's second version: a hand-written GradientTape loop with Adam(0.01). The
+    weight-gradient sum is captured from model.optimizer: in the tf.function loop the model is
+    compiled with the loop's optimizer; in the eager one it is not, so that sum is absent and
+    reading it says why."""
     model, ref = twin("subclassed")
     w = adaptgrad.watch(model, "rnn", through_time=through_time)
     optimizer = keras.optimizers.Adam(0.01)
+    if loop == "tf_function":
+        model.compile(optimizer=optimizer)
     loss_fn = keras.losses.MeanSquaredError()
     x, y = data(4)
 
@@ -217,7 +225,12 @@ def test_users_own_gradient_tape_loop(through_time, loop):
     for _ in range(3):
         step(tf.constant(x), tf.constant(y))
     want = reference_fit(*ref, x, y, batch_size=4, epochs=3, optimizer=keras.optimizers.Adam(0.01), through_time=through_time)
-    assert_stats_equal(w.stats(), want)
+    if loop == "tf_function":
+        assert_stats_equal(w.stats(), want)
+        return
+    assert_stats_equal(w.stats(), want, fields=[f for f in SUM_FIELDS if f not in WEIGHT_FIELDS])
+    with pytest.raises(AttributeError, match=r"weight_grad_sq_sum was not captured.*compile the model with the optimizer"):
+        _ = w.stats().weight_grad_sq_sum
 
 
 @pytest.mark.parametrize("through_time", representative([False, True], True))
@@ -360,3 +373,26 @@ def test_nothing_trainable_upstream_is_an_error_not_zeros():
     model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
     with pytest.raises(RuntimeError, match="no gradient has reached layer 'scale'"):
         w.stats()
+
+
+def test_weight_gradient_sum_needs_per_unit_weights_and_is_left_out_of_all_elsewhere():
+    inputs = keras.Input((6, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Conv1D(4, 2, name="conv")(inputs)))
+    with pytest.raises(ValueError, match=r"stats=\['weight_grad_sq_sum'\] needs per-unit incoming weights.*'conv' \(Conv1D\)"):
+        adaptgrad.watch(model, "conv", stats=["weight_grad_sq_sum"])
+    assert adaptgrad.watch(model, "conv").fields == frozenset(SUM_FIELDS) - WEIGHT_FIELDS
+
+
+def test_weight_gradient_hook_is_on_the_optimizer_instance_only_and_goes_with_the_last_watch():
+    """Two watches on one model share one hook on its optimizer; remove() restores ``apply``."""
+    model, *_ = build("functional", "gru")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    first = adaptgrad.watch(model, "rnn", stats=["weight_grad_sq_sum"])
+    second = adaptgrad.watch(model, "head", stats=["weight_grad_sq_sum"])
+    model.fit(*data(4), batch_size=2, verbose=0)
+    assert first.stats().weight_grad_sq_sum.shape == (4,) and second.stats().weight_grad_sq_sum.shape == (2,)
+    assert "apply" in vars(model.optimizer)
+    first.remove()
+    assert "apply" in vars(model.optimizer)
+    second.remove()
+    assert "apply" not in vars(model.optimizer) and "apply" not in vars(keras.optimizers.SGD(0.1))

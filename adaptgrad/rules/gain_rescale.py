@@ -1,4 +1,4 @@
-"""Virtual-gain rescaling of units (GradInit, Zhu et al. 2021; MetaInit, Dauphin & Schoenholz 2019)."""
+"""A normalised gradient step on a per-unit virtual gain, taken during training and folded into the weights."""
 
 from __future__ import annotations
 
@@ -31,10 +31,17 @@ class GainRescale(AdaptationRule, name="gain_rescale"):
         >>> round(float(np.exp(-0.1)), 4)                   # unit 0's gain is multiplied by it
         0.9048
 
-    Imagine a gain gamma_j (= 1) on unit j's output ``a_j``; then ``dL/dlog gamma_j = sum a*g``
-    with ``g = dL/da`` (GradInit: Zhu, Ni, Xu, Kong, Huang, Goldstein, NeurIPS 2021; MetaInit:
-    Dauphin & Schoenholz, NeurIPS 2019 tune such gains by gradient). Per unit, over the epoch's
-    B batches, with ``x_b = sum_{n,t in b} a*g`` the gain's gradient on batch b::
+    What it is: at the end of every epoch it acts, during training, one step of normalised
+    gradient descent on ``log gamma_j``, where gamma_j is a virtual gain (= 1) on unit j's output
+    ``a_j``, whose derivative the watch captures exactly: ``dL/dlog gamma_j = sum a*g`` with
+    ``g = dL/da``. The new gain is then folded into weights (below) and gamma_j is 1 again. It is
+    a heuristic of this library, not a published method: GradInit (Zhu, Ni, Xu, Kong, Huang,
+    Goldstein, NeurIPS 2021) and MetaInit (Dauphin & Schoenholz, NeurIPS 2019) inspired it, but
+    they tune the scales of the *initial* weights before training (per layer; GradInit so that
+    the loss after one optimizer step drops, under a bound on the gradient norm; MetaInit to
+    minimise a gradient quotient) and then leave them to the optimizer, while this rule moves
+    each unit's scale during training, every epoch. Per unit, over the epoch's B batches, with
+    ``x_b = sum_{n,t in b} a*g`` the gain's gradient on batch b::
 
         m1_j = act_grad_sum_j / B            = mean_b x_b        (mean per-batch gain gradient)
         m2_j = act_grad_batch_sq_sum_j / B   = mean_b x_b**2     (its second moment over batches)
