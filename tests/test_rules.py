@@ -466,6 +466,7 @@ def test_arguments_are_keyword_only():
 def test_get_builds_every_registered_rule_and_lists_names_of_unknown():
     assert set(SHIPPED) == {
         "none",
+        "random_gate",
         "taylor_prune",
         "taylor_gate_ema",
         "gain_rescale",
@@ -685,9 +686,9 @@ def test_grace_protects_new_units():
     rule = DropRegrow(fraction=0.3, end_epoch=10, grace=1, criterion="taylor")
     assert run(rule, low_first, units) == [("gate", 1), ("gate", 2)]  # unit 0 is the lowest but new
     units.tick()
-    assert run(DormantReset(tau=0.1, grace=1), low_first, units) == []  # unit 0 (age 1) is not judged
+    assert run(DormantReset(tau=0.1, grace=1, criterion="activation"), low_first, units) == []  # unit 0 (age 1): not judged
     units.tick()
-    assert run(DormantReset(tau=0.1, grace=1, zero_outgoing=False), low_first, units) == [("reinit", 0)]
+    assert run(DormantReset(tau=0.1, grace=1, zero_outgoing=False, criterion="activation"), low_first, units) == [("reinit", 0)]
 
 
 SCENARIO_STEPS = 10
