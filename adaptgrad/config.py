@@ -4,7 +4,8 @@ Example:
     >>> from adaptgrad.config import compose, check
     >>> spec = check(compose(["data=toy", "rule=taylor_prune", "rule.fraction=0.5"]), "taylor_prune")
     >>> spec.rule, spec.trainer.epochs, spec.layers
-    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.5, max_sparsity=0.5), 20, ())
+    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, every_steps=None, start_step=0, stop_step=None, min_active=1, \
+fraction=0.5, max_sparsity=0.5), 20, ())
 
 :func:`check` needs no TensorFlow (the app runs it on every sweep point before any job starts);
 :func:`prepare` adds what needs it (the data, the optimizer, the seeded runtime). The config folder

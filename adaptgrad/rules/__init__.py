@@ -5,7 +5,8 @@ Example:
     >>> sorted(rules.REGISTRY)[:2]
     ['dormant_reset', 'drop_regrow']
     >>> rules.get("taylor_prune", fraction=0.2)
-    TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.2, max_sparsity=0.5)
+    TaylorPrune(start_epoch=0, every=1, stop_epoch=None, every_steps=None, start_step=0, stop_step=None, min_active=1, \
+fraction=0.2, max_sparsity=0.5)
 """
 
 from __future__ import annotations
