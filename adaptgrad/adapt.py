@@ -82,9 +82,10 @@ class Adapt(keras.callbacks.Callback):
     ``start_step`` (or when training starts). A rule whose ``apply`` declares the keyword
     ``when`` gets a :class:`~adaptgrad.rules.schedule.Moment` (epoch, step, unit ages on its
     clock); ``apply(self, stats, units, epoch)`` works as before. Only when some rule counts
-    steps does this callback have a per-batch hook (and that costs one read of
-    ``optimizer.iterations`` per execution, plus Keras's synchronous dispatch); with epoch
-    rules only it has none, so Keras keeps its asynchronous dispatch.
+    steps does this callback have a per-batch hook (one read of ``optimizer.iterations`` per
+    execution of the train step); with epoch rules only it has none, so Keras keeps its
+    asynchronous callback dispatch on the backends that have one (with TensorFlow, Keras 3.15
+    dispatches synchronously and reads every batch's logs whatever the callbacks).
 
     Each rule's ``apply`` runs inside :meth:`UnitView.transaction`: if it raises, its edits of
     that call are undone, a ``failed`` action is recorded, and the exception propagates (so
