@@ -336,7 +336,7 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
     _unknown_keys("", plain, TOP_KEYS)
     trainer = dict(plain["trainer"])
     _unknown_keys("trainer.", trainer, [f.name for f in dataclasses.fields(Trainer)])
-    return Spec(
+    spec = Spec(
         seed=_integer("seed", plain["seed"], 0),
         layers=_layers(plain.get("layer")),
         through_time=_boolean("through_time", plain["through_time"]),
@@ -346,6 +346,13 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
         trainer=Trainer(**trainer),
         digest=config_digest(OmegaConf.to_yaml(cfg, resolve=True)),
     )
+    execution = spec.trainer.steps_per_execution
+    if spec.rule.every_steps is not None and spec.rule.every_steps < execution:
+        raise ValueError(
+            f"rule.every_steps={spec.rule.every_steps} is below trainer.steps_per_execution={execution}: rules act "
+            f"between executions of the train step; valid: rule.every_steps >= {execution}"
+        )
+    return spec
 
 
 def load_data(data_cfg: DictConfig) -> Dataset:

@@ -15,8 +15,9 @@ from test_watch import sgd_reference, twin
 import adaptgrad
 from adaptgrad.rules import AdaptationRule, DropRegrow, TaylorPrune
 from adaptgrad.rules.schedule import Moment
+from adaptgrad.runtime import mirrored_strategy
 
-from reference import add_up, assert_stats_equal, data
+from reference import add_up, assert_stats_equal, build, data
 
 
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)
@@ -32,7 +33,8 @@ class Recorder(AdaptationRule):
 
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class GateFirst(AdaptationRule):
-    """Gates unit 0, written the way rules were before the step clock: no ``when``."""
+    """Gates unit 0 (once: then it is gated), written the way rules were before the step clock:
+    no ``when``."""
 
     def apply(self, stats, units, epoch):
         units.gate([0])
@@ -152,3 +154,44 @@ def test_bad_schedules_are_refused_naming_the_value(kwargs, message):
 def test_drop_regrow_end_is_in_the_unit_of_its_clock(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DropRegrow(**kwargs)
+
+
+def test_step_rule_under_mirrored_strategy_reads_what_one_device_reads():
+    strategy = mirrored_strategy(("/cpu:0", "/cpu:1"))
+    x, y = data(16)
+    single, *_ = build("functional", "gru", 4)
+    weights = single.get_weights()
+    with strategy.scope():
+        mirrored, *_ = build("functional", "gru", 4)
+        mirrored.set_weights(weights)
+    recorders = {}
+    for name, model in (("single", single), ("mirrored", mirrored)):
+        with model.distribute_strategy.scope():
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+            recorders[name] = Recorder(every_steps=2)
+            adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [GateFirst(every_steps=4), recorders[name]])
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[adapt])
+        assert adapt.actions_frame().query("action == 'gate'")[["step", "unit"]].values.tolist() == [[4, 0]]
+    got, want = recorders["mirrored"].seen, recorders["single"].seen
+    assert [when.step for _, when, _ in got] == [when.step for _, when, _ in want] == [2, 4, 6, 8]
+    for (_, _, mirrored_stats), (_, _, single_stats) in zip(got, want):
+        assert_stats_equal(mirrored_stats, single_stats.as_dict())
+
+
+def test_step_rule_under_mixed_precision_reads_its_steps_with_the_loss_scale_divided_out():
+    x, y = data(6)
+    full, ref = twin("functional", "gru", 4)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        half, *_ = build("functional", "gru", 4)
+        half.set_weights(full.get_weights())
+        half.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        recorder = Recorder(every_steps=2)
+        adapt = adaptgrad.Adapt(adaptgrad.watch(half, "rnn", through_time=True), [recorder])
+        half.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0, callbacks=[adapt])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    reference = sgd_reference(ref, x, y, batch_size=3, epochs=2, through_time=True, per_batch=True)
+    assert [when.step for _, when, _ in recorder.seen] == [2, 4]
+    for (_, _, stats), first in zip(recorder.seen, (0, 2)):
+        assert_stats_equal(stats, add_up(reference[first : first + 2]), rtol=2e-2)  # float16 activations

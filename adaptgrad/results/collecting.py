@@ -455,13 +455,14 @@ def _read_table(path: Path, run_id: str, reader: Callable[[Path], pd.DataFrame])
 
 def _concat(tables: list[pd.DataFrame | None], schema: Mapping[str, str], keep: Sequence[str] = ()) -> pd.DataFrame:
     """The non-empty ``tables`` one under the other, or an empty frame with ``schema``; the
-    ``keep`` columns of the schema are present with its dtype even when some or all tables lack
-    them (files of older jobs)."""
+    ``keep`` columns of the schema are present, after ``epoch``, with its dtype even when some or
+    all tables lack them (files of older jobs)."""
     present = [table for table in tables if table is not None and len(table)]
     if not present:
         return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in schema.items()})
     table = pd.concat(present, ignore_index=True)
     for column in keep:
-        values = table[column] if column in table else pd.Series(pd.NA, index=table.index)
-        table[column] = values.astype(schema[column])
+        if column not in table:
+            table.insert(table.columns.get_loc("epoch") + 1, column, pd.NA)
+        table[column] = table[column].astype(schema[column])
     return table
