@@ -143,10 +143,10 @@ class Adapt(keras.callbacks.Callback):
         self._epoch_stats: OutputGradientStats | None = None
         self._epoch = 0
         self._step = 0
-        if any(schedule.unit == "step" for schedule in self._schedules):
-            # only then a per-batch hook: Keras turns its asynchronous dispatch off for a callback
-            # that has one, so epoch rules alone keep it
-            self.on_train_batch_end = self._on_step_boundary
+        if all(schedule.unit == "epoch" for schedule in self._schedules):
+            # no per-batch hook then: Keras's own no-op (of another Callback, so no reference cycle
+            # keeps this Adapt alive), which Keras recognises, keeping its asynchronous dispatch
+            self.on_train_batch_end = keras.callbacks.Callback().on_train_batch_end
 
     # -- the clock ------------------------------------------------------------------------------
 
@@ -166,8 +166,9 @@ class Adapt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
 
-    def _on_step_boundary(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """``on_train_batch_end`` of an Adapt with step rules: runs those whose time has come."""
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Between two executions of the train step (an Adapt with step rules only): runs those
+        whose time has come."""
         after, self._step = self._step, self._optimizer_steps()
         self._advance("step", after, self._step)
 

@@ -3,7 +3,7 @@
 Run it from the project root (a few minutes with the defaults on 2 cores)::
 
     python scripts/bench_clock.py
-    python scripts/bench_clock.py --against main          # also the Adapt of another git revision
+    python scripts/bench_clock.py --against 62819af       # also the Adapt of another revision (before the step clock)
     python scripts/bench_clock.py --cell gru --repeats 3 --samples 3200   # quick look, one cell
 
 For each cell (``--cell``, repeatable; default MinimalRNN and GRU) it trains separately built
@@ -46,7 +46,9 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -131,10 +133,37 @@ def build_model(config: Config, cell: str) -> keras.Model:
     return model
 
 
+class HookClock:
+    """Wall time spent inside an Adapt's hooks, per epoch: the work it adds in Keras's thread.
+    Wraps, on the instance, only the hooks the Adapt has (it never adds a per-batch hook)."""
+
+    def __init__(self, adapt: keras.callbacks.Callback) -> None:
+        self.spent = 0.0
+        self.per_epoch: list[float] = []
+        hooks = ["on_train_begin", "on_epoch_begin", "on_epoch_end"]
+        if any(getattr(rule, "every_steps", None) is not None for rule in adapt.rules):
+            hooks.append("on_train_batch_end")
+        for hook in hooks:
+            setattr(adapt, hook, self._timed(getattr(adapt, hook), closes_epoch=hook == "on_epoch_end"))
+
+    def _timed(self, method: Callable[..., None], *, closes_epoch: bool) -> Callable[..., None]:
+        def timed(*args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            try:
+                method(*args, **kwargs)
+            finally:
+                self.spent += time.perf_counter() - start
+                if closes_epoch:
+                    self.per_epoch.append(self.spent)
+                    self.spent = 0.0
+
+        return timed
+
+
 def build_variants(
     config: Config, cell: str, data: tf.data.Dataset, against: type | None
-) -> tuple[dict[str, Variant], dict[str, keras.callbacks.Callback]]:
-    """The timed variants, and the Adapt of each variant that has one."""
+) -> tuple[dict[str, Variant], dict[str, keras.callbacks.Callback], dict[str, HookClock]]:
+    """The timed variants, and the time spent in the hooks of each variant that has an Adapt."""
 
     def rule(**clock: int) -> TaylorGateEMA:
         return TaylorGateEMA(fraction=config.fraction, max_sparsity=0.5, **clock)
@@ -148,7 +177,7 @@ def build_variants(
     }
     if against is not None:
         setups[AGAINST.format(revision=config.against)] = (against, {})
-    variants, adapts = {}, {}
+    variants, adapts, hook_clocks = {}, {}, {}
     for name, (adapt_class, clock) in setups.items():
         model = build_model(config, cell)
         callbacks = []
@@ -156,23 +185,24 @@ def build_variants(
             watch = adaptgrad.watch(model, "rnn", through_time=True, stats=reads)
             if adapt_class is not None:
                 adapts[name] = adapt_class(watch, [rule(**clock)])
+                hook_clocks[name] = HookClock(adapts[name])
                 callbacks.append(adapts[name])
 
         def fit_epoch(model: keras.Model = model, callbacks: list = callbacks) -> None:
             model.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
 
         variants[name] = Variant(fit_epoch)
-    return variants, adapts
+    return variants, adapts, hook_clocks
 
 
 def actions_line(adapts: dict[str, keras.callbacks.Callback]) -> str:
-    """How often each Adapt's rule acted (distinct steps, or epochs for an Adapt without them)."""
+    """How many edits each Adapt's rule made, and at how many distinct steps (if it records them)."""
     parts = []
     for name, adapt in adapts.items():
         frame = adapt.actions_frame()
-        key = "step" if "step" in frame else "epoch"
-        parts.append(f"{name}: acted {frame[key].nunique()} times, {len(frame)} edits")
-    return "Actions over the warm-up and the rounds: " + "; ".join(parts)
+        at = f" at {frame['step'].nunique()} steps" if "step" in frame else ""
+        parts.append(f"{name}: {len(frame)} edits{at}")
+    return "Edits over the warm-up and the rounds: " + "; ".join(parts)
 
 
 def main() -> None:
@@ -195,10 +225,11 @@ def main() -> None:
             f"{config.repeats} interleaved rounds after a warm-up per variant",
             flush=True,
         )
-        variants, adapts = build_variants(config, cell, data, against)
+        variants, adapts, hook_clocks = build_variants(config, cell, data, against)
         time_rounds(variants, config.repeats)
         print(actions_line(adapts))
         for name, variant in variants.items():
+            hooks = hook_clocks.get(name)
             rows.append(
                 (
                     cell,
@@ -206,6 +237,8 @@ def main() -> None:
                     f"{statistics.median(variant.times):.3f}",
                     f"{paired_ratio(variant, variants[PLAIN]):.3f}",
                     f"{paired_ratio(variant, variants[WATCH]):.3f}",
+                    f"{paired_ratio(variant, variants[WATCH], cpu=True):.3f}",
+                    f"{1000 * statistics.median(hooks.per_epoch[1:]):.1f}" if hooks else "",
                 )
             )
         bars = [(step_rule, EPOCH_RULE, 1.02), (EPOCH_RULE, WATCH, 1.01)]
@@ -215,12 +248,21 @@ def main() -> None:
             ratio = paired_ratio(variants[numerator], variants[denominator])
             verdicts.append(f"{'PASS' if ratio <= bar else 'FAIL'}: {cell}: {numerator} / {denominator} = {ratio:.3f} <= {bar}")
     print()
-    columns = ["cell", "variant", "median epoch (s)", "ratio to plain fit", "ratio to fit + watch"]
+    columns = [
+        "cell",
+        "variant",
+        "median epoch (s)",
+        "ratio to plain fit",
+        "ratio to fit + watch",
+        "CPU-time ratio to fit + watch",
+        "in Adapt's hooks (ms/epoch)",
+    ]
     print(markdown_table(pd.DataFrame(rows, columns=columns)))
     print()
     print(machine_line())
     print(
-        "Ratios: medians over rounds of the quotient of two epoch times measured in the same round. "
+        "Ratios: medians over rounds of the quotient of two epoch times measured in the same round (CPU time: "
+        "this process's, all threads); time in the hooks: median over the timed epochs. "
         f"TensorFlow threads: {config.threads or 'all'}; load average at the end: {os.getloadavg()[0]:.1f}"
     )
     print()
