@@ -82,8 +82,9 @@ class Adapt(keras.callbacks.Callback):
     ``start_step`` (or when training starts). A rule whose ``apply`` declares the keyword
     ``when`` gets a :class:`~adaptgrad.rules.schedule.Moment` (epoch, step, unit ages on its
     clock); ``apply(self, stats, units, epoch)`` works as before. Only when some rule counts
-    steps does this callback have a per-batch hook (one read of ``optimizer.iterations`` per
-    execution of the train step); with epoch rules only it has none, so Keras keeps its
+    steps does this callback have a per-batch hook (a comparison, and a read of
+    ``optimizer.iterations`` only when an execution may have reached a scheduled step); with
+    epoch rules only it has none, so Keras keeps its
     asynchronous callback dispatch on the backends that have one (with TensorFlow, Keras 3.15
     dispatches synchronously and reads every batch's logs whatever the callbacks).
 
@@ -143,6 +144,12 @@ class Adapt(keras.callbacks.Callback):
         self._epoch_stats: OutputGradientStats | None = None
         self._epoch = 0
         self._step = 0
+        """Optimizer steps applied, as last read (at the last boundary where the clock was read)."""
+        self._unread = 0
+        """Steps the executions since that read may have applied, at most."""
+        self._execution = 1
+        self._next_event = 0
+        """The next step at which a step rule acts or its window opens."""
         if all(schedule.unit == "epoch" for schedule in self._schedules):
             # no per-batch hook then: Keras's own no-op (of another Callback, so no reference cycle
             # keeps this Adapt alive), which Keras recognises, keeping its asynchronous dispatch
@@ -151,30 +158,47 @@ class Adapt(keras.callbacks.Callback):
     # -- the clock ------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._step = self._optimizer_steps()
-        execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        self._step, self._unread = self._optimizer_steps(), 0
+        self._execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
         for rule, schedule in zip(self.rules, self._schedules):
-            if schedule.unit == "step" and schedule.every < execution:
+            if schedule.unit == "step" and schedule.every < self._execution:
                 raise ValueError(
-                    f"{rule.label}: every_steps={rule.every_steps} is below the model's steps_per_execution={execution}: "
-                    f"rules act between executions of the train step; valid: every_steps >= {execution}"
+                    f"{rule.label}: every_steps={rule.every_steps} is below the model's steps_per_execution={self._execution}: "
+                    f"rules act between executions of the train step; valid: every_steps >= {self._execution}"
                 )
         if self._open is None:  # first training of this Adapt: open the windows whose period has begun
             self._drawn[:] = self._step
             self._open = [schedule.opening <= (self._step if schedule.unit == "step" else -1) for schedule in self._schedules]
+        self._next_event = self._next_step_event()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """Between two executions of the train step (an Adapt with step rules only): runs those
-        whose time has come."""
-        after, self._step = self._step, self._optimizer_steps()
+        """Between two executions of the train step (an Adapt with step rules only): runs the
+        rules whose time has come. The step count is read only when an execution may have
+        reached the next event (each applies at most ``steps_per_execution`` steps): reading a
+        variable costs as much as the rest of this hook."""
+        self._unread += self._execution
+        if self._step + self._unread < self._next_event:
+            return
+        after, self._step, self._unread = self._step, self._optimizer_steps(), 0
         self._advance("step", after, self._step)
+        self._next_event = self._next_step_event()
+
+    def _next_step_event(self) -> float:
+        """The first step after the last read at which a step rule acts or its window opens."""
+        events = [schedule.next_time(self._step) for schedule in self._schedules if schedule.unit == "step"]
+        events += [
+            schedule.opening
+            for schedule, is_open in zip(self._schedules, self._open)
+            if schedule.unit == "step" and not is_open and schedule.opening > self._step
+        ]
+        return min((event for event in events if event is not None), default=float("inf"))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
-        self._step = self._optimizer_steps()
+        self._step, self._unread = self._optimizer_steps(), 0  # no step event lies between the last read and here
         self._advance("epoch", epoch - 1, epoch)
         stats, self._epoch_stats = self._epoch_stats, None
         active = self.units.active

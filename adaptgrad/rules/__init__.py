@@ -18,6 +18,7 @@ from adaptgrad.rules.dormant_reset import DormantReset
 from adaptgrad.rules.drop_regrow import DropRegrow
 from adaptgrad.rules.gain_rescale import GainRescale
 from adaptgrad.rules.none import NoOp
+from adaptgrad.rules.schedule import Moment, Schedule
 from adaptgrad.rules.taylor_gate_ema import TaylorGateEMA
 from adaptgrad.rules.taylor_prune import TaylorPrune
 from adaptgrad.rules.trust_ratio import TrustRatio
@@ -28,7 +29,9 @@ __all__ = [
     "DormantReset",
     "DropRegrow",
     "GainRescale",
+    "Moment",
     "NoOp",
+    "Schedule",
     "TaylorGateEMA",
     "TaylorPrune",
     "TrustRatio",

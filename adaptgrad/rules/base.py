@@ -16,8 +16,10 @@ Example:
     Schedule(unit='step', every=100, start=0, stop=None)
 
 A rule reads the :class:`~adaptgrad.OutputGradientStats` of the steps since it last acted (one
-period of its schedule) and edits the layer through a :class:`~adaptgrad.UnitView`. It is a keyword-only dataclass: its fields are its configuration
-(so its signature documents them and Hydra's ``_target_`` can build it), validated in
+period of its schedule: every ``every`` epochs, or every ``every_steps`` optimizer steps inside
+``fit``) and edits the layer through a :class:`~adaptgrad.UnitView`. It is a keyword-only
+dataclass: its fields are its configuration (so its signature documents them and Hydra's
+``_target_`` can build it), validated in
 ``__post_init__``; state across epochs goes through :meth:`get_state` / :meth:`set_state` so
 that a resumed run continues exactly. ``reads`` names the statistics it needs (the watch must
 capture them), and :meth:`check` refuses, when :class:`~adaptgrad.Adapt` is built, a model or
