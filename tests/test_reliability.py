@@ -86,7 +86,8 @@ def test_sigkilled_job_resumes_to_identical_files(tmp_path):
     assert same_tables(tmp_path / "whole", killed_dir)
 
 
-# the same job with the rule on the step clock: 8 steps an epoch, a reset judged every 3 steps
+# the same job with the rule on the step clock: 7 steps an epoch (224 training sequences), a reset
+# judged every 3 steps
 STEP_JOB = [*JOB, "rule.every_steps=3"]
 
 
@@ -101,10 +102,10 @@ def test_a_job_resumed_within_an_epoch_where_a_step_rule_acted_gives_identical_f
     args = [*STEP_JOB, "trainer.epochs=3"]
     assert run(compose(args), tmp_path / "whole")["status"] == "ok"
     actions = pd.read_csv(tmp_path / "whole" / "actions.csv")
-    mid_epoch = actions.query("epoch == 2 and action == 'reinit' and step % 8 != 0")
-    assert len(mid_epoch) > 0 and set(actions.step) <= set(range(3, 25, 3)), actions
+    mid_epoch = actions.query("epoch == 2 and action == 'reinit' and step % 7 != 0")
+    assert len(mid_epoch) > 0 and set(actions.step) <= set(range(3, 22, 3)), actions
     window = checkpointed(tmp_path / "whole" / "checkpoints" / "epoch-0001.ckpt")["adapt"][0]["windows"][0]
-    assert window["batches"] == 1  # step 16 waits in the checkpoint for the reset judged at step 18
+    assert window["batches"] == 2  # steps 13 and 14 wait in the checkpoint for the reset judged at step 15
     partial = tmp_path / "partial"
     shutil.copytree(tmp_path / "whole", partial)
     result = json.loads((partial / "result.json").read_text())
@@ -142,7 +143,7 @@ def test_sigkilled_step_clock_job_resumes_to_identical_files(tmp_path):
             if name not in seen and (killed_dir / "checkpoints" / name).exists():
                 seen[name] = time.monotonic()
         time.sleep(0.005)
-    time.sleep((seen["epoch-0002.ckpt"] - seen["epoch-0001.ckpt"]) / 2)  # into epoch 3, whose steps 27 and 30 act
+    time.sleep((seen["epoch-0002.ckpt"] - seen["epoch-0001.ckpt"]) / 2)  # into epoch 3, whose steps 24 and 27 act
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads((killed_dir / "result.json").read_text())["status"] == "running"
