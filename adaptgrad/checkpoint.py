@@ -9,7 +9,8 @@ Example:
     (0, {'weights': [1.0, 2.0]})
 
 A checkpoint is one file ``epoch-NNNN.ckpt``: a SHA-256 digest followed by the pickled state
-(model weights, optimizer variables, gates and scales, rule state, the rows of the job's tables)
+(model weights, optimizer variables, gates and scales, rule state, the rules' open statistics
+windows, the rows of the job's tables)
 and the digest of the config that wrote it. It is written atomically; the newest two are kept. A
 file whose checksum does not match, that cannot be read, or that another config wrote is skipped
 with a warning and the one before it is used (or none: a fresh start).

@@ -4,7 +4,8 @@ Example:
     >>> from adaptgrad.config import compose, check
     >>> spec = check(compose(["data=toy", "rule=taylor_prune", "rule.fraction=0.5"]), "taylor_prune")
     >>> spec.rule, spec.trainer.epochs, spec.layers
-    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.5, max_sparsity=0.5, criterion='taylor_example_abs'), 20, ())
+    (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, every_steps=None, start_step=0, stop_step=None, min_active=1, \
+fraction=0.5, max_sparsity=0.5, criterion='taylor_example_abs'), 20, ())
 
 :func:`check` needs no TensorFlow (the app runs it on every sweep point before any job starts);
 :func:`prepare` adds what needs it (the data, the optimizer, the seeded runtime). The config folder
@@ -384,6 +385,12 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
         trainer=Trainer(**trainer),
         digest=config_digest(OmegaConf.to_yaml(cfg, resolve=True)),
     )
+    execution = spec.trainer.steps_per_execution
+    if spec.rule.every_steps is not None and spec.rule.every_steps < execution:
+        raise ValueError(
+            f"rule.every_steps={spec.rule.every_steps} is below trainer.steps_per_execution={execution}: rules act "
+            f"between executions of the train step; valid: rule.every_steps >= {execution}"
+        )
     _check_capture_mode(spec)
     return spec
 

@@ -6,7 +6,8 @@ Example:
     'gate×3 reinit×1'
 
 A job dir holds ``config.yaml`` (resolved config), ``history.csv`` (one row per epoch),
-``units.parquet`` (epoch x unit statistics, active flag, scale), ``actions.csv`` (every edit)
+``units.parquet`` (epoch x unit statistics, active flag, scale), ``actions.csv`` (every edit;
+both tables carry the optimizer ``step`` beside the ``epoch``)
 and ``result.json`` (status, final metrics, wall time, versions, git commit, error). A killed job
 never leaves a half-written file: readers see the previous complete version or none.
 """

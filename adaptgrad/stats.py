@@ -279,6 +279,25 @@ ask for it with adaptgrad.watch(model, layer, stats=[..., 'act_grad_sum']), or s
         """True when every captured sum is finite (no NaN or inf gradient was seen)."""
         return all(np.isfinite(array).all() for array in self._sums.values())
 
+    def __add__(self, other: OutputGradientStats) -> OutputGradientStats:
+        """The statistics of both snapshots' batches together (same units, same fields).
+
+        Example:
+            >>> import numpy as np, adaptgrad
+            >>> a = adaptgrad.OutputGradientStats(grad_sum=np.array([1.0, 2.0]), batches=1, count=4)
+            >>> (a + a).grad_sum, (a + a).batches, (a + a).count
+            (array([2., 4.]), 2, 8)
+        """
+        if not isinstance(other, OutputGradientStats):
+            return NotImplemented
+        if (other.units, other.fields) != (self.units, self.fields):
+            raise ValueError(
+                f"cannot add statistics of {other.units} units with fields {sorted(other.fields)} to {self.units} units "
+                f"with fields {sorted(self.fields)}"
+            )
+        sums = {name: self._sums[name] + other._sums[name] for name in self._sums}
+        return OutputGradientStats(**sums, units=self.units, batches=self.batches + other.batches, count=self.count + other.count)
+
     def as_dict(self) -> dict[str, np.ndarray | int]:
         """The captured sums, the means derived from them, and the counts, as a plain dict."""
         out: dict[str, np.ndarray | int] = dict(self._sums)

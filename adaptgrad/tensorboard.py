@@ -8,7 +8,8 @@ Example:
 Written with TensorFlow's own ``tf.summary.write`` in TensorBoard's formats (no ``tensorboard``
 package needed to write; install it to view). The runner adds a :class:`TensorBoardLog` to every job; it writes into
 ``<job dir>/tb/<overrides>/``, so that ``tensorboard --logdir SWEEP`` lists each job of a sweep
-as ``<job number>/tb/<its overrides>``. Steps are epochs, numbered from 0 as in every file.
+as ``<job number>/tb/<its overrides>``. Steps are epochs, numbered from 0 as in every file, except
+for the ``edits_by_step/`` tags, whose steps are optimizer steps.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ class TensorBoardLog(keras.callbacks.Callback):
 
     Scalars: every value of the epoch logs (``loss``, ``val_loss``, metrics, ``active_units``
     and ``active_units/<layer>``), and ``edits/<action>``: how many edits of each kind the rules
-    made that epoch (0 for a kind seen in an earlier epoch). Histograms ``<layer>/<statistic>``:
+    made that epoch (0 for a kind seen in an earlier epoch), and ``edits_by_step/<action>``: the
+    edits of each kind at the optimizer step at which they were made (the ``step`` column of
+    ``actions.csv``: between batches for rules on the step clock, the epoch's last step for the
+    others), written only where there were some. Histograms ``<layer>/<statistic>``:
     the epoch's per-unit statistics of each adapted layer. Put it after the ``Adapt`` callbacks,
     whose epoch-end work it reports.
 
@@ -65,7 +69,8 @@ class TensorBoardLog(keras.callbacks.Callback):
             for key, value in (logs or {}).items():
                 _scalar(key, float(value))
             actions = pd.concat([adapt.actions_frame() for adapt in self.adapts], ignore_index=True)
-            counts = actions.loc[actions["epoch"] == epoch, "action"].value_counts()
+            actions = actions[actions["epoch"] == epoch]
+            counts = actions["action"].value_counts()
             self._actions.update(dict.fromkeys(counts.index))
             for action in self._actions:
                 _scalar(f"edits/{action}", float(counts.get(action, 0)))
@@ -77,6 +82,9 @@ class TensorBoardLog(keras.callbacks.Callback):
                     values = values[np.isfinite(values)]
                     if len(values):
                         _histogram(f"{adapt.watch.layer.name}/{statistic}", values)
+        for (step, action), count in actions.groupby(["step", "action"]).size().items():
+            with self.writer.as_default(step=int(step)):
+                _scalar(f"edits_by_step/{action}", float(count))
         self.writer.flush()
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

@@ -10,7 +10,9 @@ Example:
 
 Each epoch is one ``model.fit`` call on the training set in an order that depends only on
 (seed, epoch), followed by a checkpoint; so a job resumed from its last checkpoint sees exactly
-the batches, weights, optimizer state, gates and rule state of an uninterrupted run.
+the batches, weights, optimizer state (its step count included), gates, rule state and the
+statistics a step-clock rule has gathered since it last acted, of an uninterrupted run: a job
+killed in the middle of an epoch, rules acting in it or not, replays that epoch identically.
 """
 
 from __future__ import annotations

@@ -139,12 +139,14 @@ def unroll(rnn: keras.layers.Layer, x: tf.Tensor, mask: np.ndarray | None = None
     return hidden, out
 
 
-def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, through_time=False, masked=False):
+def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, through_time=False, masked=False, per_batch=False):
     """Train ``model`` batch by batch in order (as ``fit(shuffle=False)``) and return the
     reference statistics of ``rnn``'s output gradient; ``masked``: steps whose features are all
-    0 are masked (as ``keras.layers.Masking(0.0)`` does) and count for nothing."""
+    0 are masked (as ``keras.layers.Masking(0.0)`` does) and count for nothing; ``per_batch``: a
+    list of each batch's statistics instead of their sum (add them up with :func:`add_up`)."""
     loss_fn = keras.losses.MeanSquaredError()
     totals: dict[str, np.ndarray] = {}
+    each: list[dict[str, np.ndarray]] = []
     for _ in range(epochs):
         for start in range(0, len(x), batch_size):
             xb, yb = tf.constant(x[start : start + batch_size]), tf.constant(y[start : start + batch_size])
@@ -162,6 +164,9 @@ def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, thro
                     loss = loss_fn(yb, head(h))
             grads = tape.gradient(loss, hidden + model.trainable_variables)
             g, weight_grads = grads[: len(hidden)], grads[len(hidden) :]
+            if per_batch:
+                totals = {}
+                each.append(totals)
             own = [grad.numpy() for grad, v in zip(weight_grads, model.trainable_variables) if any(v is w for w in rnn.weights)]
             totals["weight_grad_sq_sum"] = totals.get("weight_grad_sq_sum", 0.0) + unit_norms_sq(own, int(hidden[0].shape[-1]))
             if through_time:
@@ -172,7 +177,12 @@ def reference_fit(model, rnn, head, x, y, *, batch_size, epochs, optimizer, thro
             else:
                 accumulate(totals, h.numpy(), g[0].numpy())
             optimizer.apply_gradients(zip(weight_grads, model.trainable_variables))
-    return totals
+    return each if per_batch else totals
+
+
+def add_up(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The sum of per-batch reference statistics (``reference_fit(..., per_batch=True)``)."""
+    return {key: sum(batch[key] for batch in batches) for key in batches[0]}
 
 
 def assert_stats_equal(stats, totals, rtol: float = 1e-5, fields=SUM_FIELDS) -> None:

@@ -286,3 +286,45 @@ def test_built_in_model_depth_stacks_layers_and_adapts_each(tmp_path):
     units = pd.read_parquet(tmp_path / "units.parquet")
     assert units.groupby("layer").unit.nunique().to_dict() == {"gru_1": 4, "gru_2": 4}
     assert pd.read_csv(tmp_path / "actions.csv").groupby("layer").size().to_dict() == {"gru_1": 2, "gru_2": 2}
+
+
+STEP_CLOCK = ["data=toy", "model.units=4", "trainer.epochs=4", "trainer.batch_size=1", "rule=drop_regrow", "rule.grace=0"]
+"""2 steps an epoch: a rule acting every 3 steps acts in the middle of epoch 1."""
+
+
+def test_a_rule_on_the_step_clock_from_the_command_line_and_in_a_sweep(tmp_path, adaptgrad_cli):
+    import tensorflow as tf
+
+    one = tmp_path / "one"
+    out = adaptgrad_cli(*STEP_CLOCK, "rule.every_steps=3", "rule.end_step=100", f"hydra.run.dir={one}")
+    assert out.code == 0, out.err[-2000:]
+    actions = pd.read_csv(one / "actions.csv")
+    assert actions.columns.tolist()[:2] == ["epoch", "step"]
+    assert actions.groupby("step").epoch.first().to_dict() == {3: 1, 6: 2}
+    assert set(actions.query("step == 6").action) == {"gate", "ungate", "zero_outgoing"}
+    assert pd.read_parquet(one / "units.parquet").groupby("epoch").step.first().tolist() == [2, 4, 6, 8]
+    edits: dict[str, dict[int, float]] = {}  # TensorBoard: step-level edits at their optimizer step
+    for events in (one / "tb").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag.startswith("edits_by_step/"):
+                    edits.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    assert edits["edits_by_step/gate"] == {3: 1.0, 6: 1.0} and edits["edits_by_step/ungate"] == {6: 1.0}
+
+    sweep = tmp_path / "sweep"
+    out = adaptgrad_cli("-m", *STEP_CLOCK, "rule.every_steps=3,4", "rule.end_step=100", f"hydra.sweep.dir={sweep}")
+    assert out.code == 0, out.err[-2000:]
+    results = collect(sweep)
+    assert results.runs["rule.every_steps"].tolist() == [3, 4]
+    steps = results.actions.groupby("run_id").step.unique().map(sorted).to_dict()
+    assert steps == {"0": [3, 6], "1": [4, 8]}
+
+
+def test_a_step_clock_without_its_end_is_refused_before_training(tmp_path, adaptgrad_cli):
+    out = adaptgrad_cli(*STEP_CLOCK, "rule.every_steps=3", f"hydra.run.dir={tmp_path / 'job'}")
+    assert out.code != 0 and "the cosine decay needs end_step" in out.err
+    assert not (tmp_path / "job" / "history.csv").exists()
+    out = adaptgrad_cli(
+        *STEP_CLOCK, "rule.every_steps=3", "rule.end_step=9", "trainer.steps_per_execution=4", f"hydra.run.dir={tmp_path / 'job'}"
+    )
+    assert out.code != 0 and "rule.every_steps=3 is below trainer.steps_per_execution=4" in out.err

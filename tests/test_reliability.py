@@ -6,6 +6,7 @@ import filecmp
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -83,6 +84,77 @@ def test_sigkilled_job_resumes_to_identical_files(tmp_path):
     result = json.loads((killed_dir / "result.json").read_text())
     assert result["status"] == "ok" and result["resumed_from"] >= 2
     assert same_tables(tmp_path / "whole", killed_dir)
+
+
+# the same job with the rule on the step clock: 7 steps an epoch (224 training sequences), a reset
+# judged every 3 steps
+STEP_JOB = [*JOB, "rule.every_steps=3"]
+
+
+def checkpointed(path: Path) -> dict:
+    """The state a checkpoint file holds (weights, optimizer variables, the Adapts' state, rows)."""
+    return pickle.loads(path.read_bytes()[32:])["state"]
+
+
+def test_a_job_resumed_within_an_epoch_where_a_step_rule_acted_gives_identical_files_and_weights(tmp_path):
+    """What a kill during epoch 2 leaves: the checkpoints up to epoch 1 (the tables on disk are
+    rewritten from them). The subprocess version: test_sigkilled_step_clock_job_resumes_to_identical_files."""
+    args = [*STEP_JOB, "trainer.epochs=3"]
+    assert run(compose(args), tmp_path / "whole")["status"] == "ok"
+    actions = pd.read_csv(tmp_path / "whole" / "actions.csv")
+    mid_epoch = actions.query("epoch == 2 and action == 'reinit' and step % 7 != 0")
+    assert len(mid_epoch) > 0 and set(actions.step) <= set(range(3, 22, 3)), actions
+    window = checkpointed(tmp_path / "whole" / "checkpoints" / "epoch-0001.ckpt")["adapt"][0]["windows"][0]
+    assert window["batches"] == 2  # steps 13 and 14 wait in the checkpoint for the reset judged at step 15
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "whole", partial)
+    result = json.loads((partial / "result.json").read_text())
+    (partial / "result.json").write_text(json.dumps({**result, "status": "running"}))
+    for leftover in ("checkpoints/epoch-0002.ckpt", "model.keras"):
+        (partial / leftover).unlink()
+    again = run(compose(args), partial)
+    assert again["status"] == "ok" and again["resumed_from"] == 2
+    assert same_tables(tmp_path / "whole", partial)
+    whole, resumed = (checkpointed(d / "checkpoints" / "epoch-0002.ckpt") for d in (tmp_path / "whole", partial))
+    for key in ("weights", "optimizer"):
+        assert len(whole[key]) == len(resumed[key])
+        for a, b in zip(whole[key], resumed[key]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkilled_step_clock_job_resumes_to_identical_files(tmp_path):
+    args = [*STEP_JOB, "trainer.epochs=6"]
+    reference = cli(*args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptgrad", *args, f"hydra.run.dir={killed_dir}"],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    seen = {}
+    while "epoch-0002.ckpt" not in seen:  # an epoch's time, from the checkpoints' appearance
+        assert proc.poll() is None and time.monotonic() < deadline, "job ended before it could be killed"
+        for name in ("epoch-0001.ckpt", "epoch-0002.ckpt"):
+            if name not in seen and (killed_dir / "checkpoints" / name).exists():
+                seen[name] = time.monotonic()
+        time.sleep(0.005)
+    time.sleep((seen["epoch-0002.ckpt"] - seen["epoch-0001.ckpt"]) / 2)  # into epoch 3, whose steps 24 and 27 act
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((killed_dir / "result.json").read_text())["status"] == "running"
+    resumed = cli(*args, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result = json.loads((killed_dir / "result.json").read_text())
+    assert result["status"] == "ok" and result["resumed_from"] >= 3
+    assert same_tables(tmp_path / "whole", killed_dir)
+    whole, again = (checkpointed(d / "checkpoints" / "epoch-0005.ckpt")["weights"] for d in (tmp_path / "whole", killed_dir))
+    for a, b in zip(whole, again, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_corrupt_checkpoint_is_ignored_with_a_warning(tmp_path):

@@ -66,7 +66,7 @@ def units(epochs: int) -> pd.DataFrame:
     for e in range(epochs):
         for u in range(4):
             row = {c: float(e + u) for c, t in UNITS_COLUMNS.items() if t == "float64"}
-            row.update(epoch=e, unit=u, active=u < 3, batches=10, count=320)
+            row.update(epoch=e, step=10 * (e + 1), unit=u, active=u < 3, batches=10, count=320)
             rows.append(row)
     return pd.DataFrame(rows)[[c for c in UNITS_COLUMNS if c != "run_id"]]
 
@@ -192,8 +192,11 @@ def test_history_units_actions(sweep: Path) -> None:
     assert units_["active"].dtype == bool
     assert units_.groupby("run_id", sort=False).size().tolist() == [20, 20, 20, 8]
 
-    actions = results.actions
-    assert actions.columns.tolist() == ["run_id", "epoch", "rule", "action", "unit", "value"]
+    assert units_["step"].dtype == "Int64" and units_.query("epoch == 1")["step"].eq(20).all()
+
+    actions = results.actions  # written before actions.csv recorded the step: <NA> there
+    assert actions.columns.tolist() == ["run_id", "epoch", "step", "rule", "action", "unit", "value"]
+    assert actions["step"].dtype == "Int64" and actions["step"].isna().all()
     assert actions["run_id"].tolist() == [IDS[2]] * 3 + [IDS[3]] * 3
     assert actions["unit"].dtype == "Int64"
     assert actions["unit"].isna().tolist() == [False, True, False] * 2
@@ -207,7 +210,7 @@ def test_single_job_dir_and_running_only_give_empty_frames(sweep: Path) -> None:
     for frame, columns in [
         (running.history, ["run_id", "epoch", "metric", "value"]),
         (running.units, list(UNITS_COLUMNS)),
-        (running.actions, ["run_id", "epoch", "rule", "action", "unit", "value"]),
+        (running.actions, ["run_id", "epoch", "step", "rule", "action", "unit", "value"]),
     ]:
         assert frame.empty and frame.columns.tolist() == columns
     assert running.units["active"].dtype == bool
@@ -655,6 +658,8 @@ def test_tensorboard_events_read_back(real_job: Path) -> None:
     for metric in ("loss", "val_loss", "mae", "active_units"):
         assert scalars[metric] == pytest.approx(dict(enumerate(history[metric])), rel=1e-6), metric
     assert scalars["edits/gate"] == {0: 1.0, 1: 1.0}
+    actions = pd.read_csv(real_job / "0" / "actions.csv")  # epoch rules act at their epoch's last step
+    assert scalars["edits_by_step/gate"] == {step: 1.0 for step in actions.step} and len(actions) == 2
     units = pd.read_parquet(real_job / "0" / "units.parquet")
     for statistic in ("act_grad_sum",):  # what the job's rule (taylor_prune) reads, so all the watch captures
         for epoch in (0, 1):

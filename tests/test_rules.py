@@ -260,9 +260,9 @@ def test_dormant_reset_reinitialises_units_below_tau_of_the_active_mean():
 @pytest.mark.parametrize("epoch", [0, 1, 3, 5, 9, 10, 14])
 def test_drop_regrow_cosine_schedule(epoch):
     expected = 0.3 / 2 * (1 + math.cos(math.pi * epoch / 10)) if epoch < 10 else 0.0
-    assert DropRegrow.drop_fraction(epoch, fraction=0.3, end_epoch=10) == pytest.approx(expected, abs=1e-15)
-    assert DropRegrow.drop_fraction(0, fraction=0.3, end_epoch=10) == pytest.approx(0.3)
-    assert DropRegrow.drop_fraction(5, fraction=0.3, end_epoch=10) == pytest.approx(0.15)
+    assert DropRegrow.drop_fraction(epoch, fraction=0.3, end=10) == pytest.approx(expected, abs=1e-15)
+    assert DropRegrow.drop_fraction(0, fraction=0.3, end=10) == pytest.approx(0.3)
+    assert DropRegrow.drop_fraction(5, fraction=0.3, end=10) == pytest.approx(0.15)
 
 
 def test_drop_regrow_drops_lowest_taylor_and_regrows_highest_rms_among_previously_gated():
@@ -577,9 +577,9 @@ def test_adapt_ticks_ages_before_rules_and_records_layer_and_age():
     adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [DormantReset(tau=0.99, grace=0)])
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[adapt])
     units, actions = adapt.units_frame(), adapt.actions_frame()
-    assert list(units.columns[:6]) == ["epoch", "layer", "unit", "active", "age", "scale"]
+    assert list(units.columns[:7]) == ["epoch", "step", "layer", "unit", "active", "age", "scale"]
     assert set(units.layer) == {"rnn"} and set(actions.layer) == {"rnn"}
-    assert list(actions.columns) == ["epoch", "layer", "rule", "action", "unit", "value"]
+    assert list(actions.columns) == ["epoch", "step", "layer", "rule", "action", "unit", "value"]
     reset = actions.query("action == 'reinit'")
     assert len(reset) > 0
     for epoch in range(3):  # a unit reset at epoch t has age 0 after it, every other unit one more than before

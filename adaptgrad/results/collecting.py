@@ -76,6 +76,7 @@ HISTORY_COLUMNS: dict[str, str] = {
 UNITS_COLUMNS: dict[str, str] = {
     "run_id": "string",
     "epoch": "int64",
+    "step": "Int64",
     "unit": "int64",
     "active": "bool",
     "scale": "float64",
@@ -84,17 +85,20 @@ UNITS_COLUMNS: dict[str, str] = {
     **{name: "float64" for name in (*SUM_FIELDS, *DERIVED_FIELDS)},
 }
 """Columns and dtypes of :attr:`Results.units` when no job wrote ``units.parquet``
-(jobs that record several layers add ``layer``, and ``age``)."""
+(jobs that record several layers add ``layer``, and ``age``). ``step``, the optimizer steps at
+the epoch's end, is missing (``<NA>``) for jobs written before adaptgrad recorded it."""
 
 ACTIONS_COLUMNS: dict[str, str] = {
     "run_id": "string",
     "epoch": "Int64",
+    "step": "Int64",
     "rule": "string",
     "action": "string",
     "unit": "Int64",
     "value": "float64",
 }
-"""Columns and dtypes of :attr:`Results.actions` (plus ``layer`` when the jobs wrote it)."""
+"""Columns and dtypes of :attr:`Results.actions` (plus ``layer`` when the jobs wrote it); ``step``
+is the optimizer step at which the rule acted (``<NA>`` for jobs written before it was recorded)."""
 
 
 ORACLE_COLUMNS: dict[str, str] = {
@@ -257,8 +261,8 @@ def collect(path: str | os.PathLike[str]) -> Results:
     return Results(
         runs=_runs_table(rows, list(config_columns)),
         history=_concat(histories, HISTORY_COLUMNS),
-        units=_concat(units, UNITS_COLUMNS),
-        actions=_concat(actions, ACTIONS_COLUMNS),
+        units=_concat(units, UNITS_COLUMNS, ("step",)),
+        actions=_concat(actions, ACTIONS_COLUMNS, ("step",)),
         config_columns=tuple(config_columns),
         oracle=_concat(oracles, ORACLE_COLUMNS),
     )
@@ -483,9 +487,16 @@ def _read_table(path: Path, run_id: str, reader: Callable[[Path], pd.DataFrame])
     return table.reset_index(drop=True)
 
 
-def _concat(tables: list[pd.DataFrame | None], schema: Mapping[str, str]) -> pd.DataFrame:
-    """The non-empty ``tables`` one under the other, or an empty frame with ``schema``."""
+def _concat(tables: list[pd.DataFrame | None], schema: Mapping[str, str], keep: Sequence[str] = ()) -> pd.DataFrame:
+    """The non-empty ``tables`` one under the other, or an empty frame with ``schema``; the
+    ``keep`` columns of the schema are present, after ``epoch``, with its dtype even when some or
+    all tables lack them (files of older jobs)."""
     present = [table for table in tables if table is not None and len(table)]
     if not present:
         return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in schema.items()})
-    return pd.concat(present, ignore_index=True)
+    table = pd.concat(present, ignore_index=True)
+    for column in keep:
+        if column not in table:
+            table.insert(table.columns.get_loc("epoch") + 1, column, pd.NA)
+        table[column] = table[column].astype(schema[column])
+    return table

@@ -5,7 +5,8 @@ Example:
     >>> sorted(rules.REGISTRY)[:2]
     ['dormant_reset', 'drop_regrow']
     >>> rules.get("taylor_prune", fraction=0.2)
-    TaylorPrune(start_epoch=0, every=1, stop_epoch=None, min_active=1, fraction=0.2, max_sparsity=0.5, criterion='taylor_example_abs')
+    TaylorPrune(start_epoch=0, every=1, stop_epoch=None, every_steps=None, start_step=0, stop_step=None, min_active=1, \
+fraction=0.2, max_sparsity=0.5, criterion='taylor_example_abs')
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from adaptgrad.rules.dormant_reset import DormantReset
 from adaptgrad.rules.drop_regrow import DropRegrow
 from adaptgrad.rules.gain_rescale import GainRescale
 from adaptgrad.rules.none import NoOp
+from adaptgrad.rules.schedule import Moment, Schedule
 from adaptgrad.rules.taylor_gate_ema import TaylorGateEMA
 from adaptgrad.rules.taylor_prune import RandomGate, TaylorPrune
 from adaptgrad.rules.trust_ratio import TrustRatio
@@ -27,8 +29,10 @@ __all__ = [
     "DormantReset",
     "DropRegrow",
     "GainRescale",
+    "Moment",
     "NoOp",
     "RandomGate",
+    "Schedule",
     "TaylorGateEMA",
     "TaylorPrune",
     "TrustRatio",

@@ -11,11 +11,15 @@ Example:
     >>> HalveNoisiest(every=2).applies_at(3)
     False
     >>> HalveNoisiest(every=2)
-    HalveNoisiest(start_epoch=0, every=2, stop_epoch=None, min_active=1)
+    HalveNoisiest(start_epoch=0, every=2, stop_epoch=None, every_steps=None, start_step=0, stop_step=None, min_active=1)
+    >>> HalveNoisiest(every_steps=100).schedule              # on the step clock instead
+    Schedule(unit='step', every=100, start=0, stop=None)
 
-A rule reads the epoch's :class:`~adaptgrad.OutputGradientStats` and edits the layer through a
-:class:`~adaptgrad.UnitView`. It is a keyword-only dataclass: its fields are its configuration
-(so its signature documents them and Hydra's ``_target_`` can build it), validated in
+A rule reads the :class:`~adaptgrad.OutputGradientStats` of the steps since it last acted (one
+period of its schedule: every ``every`` epochs, or every ``every_steps`` optimizer steps inside
+``fit``) and edits the layer through a :class:`~adaptgrad.UnitView`. It is a keyword-only
+dataclass: its fields are its configuration (so its signature documents them and Hydra's
+``_target_`` can build it), validated in
 ``__post_init__``; state across epochs goes through :meth:`get_state` / :meth:`set_state` so
 that a resumed run continues exactly. ``reads`` names the statistics it needs (the watch must
 capture them), and :meth:`check` refuses, when :class:`~adaptgrad.Adapt` is built, a model or
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from adaptgrad import criteria
+from adaptgrad.rules.schedule import Moment, Schedule
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 
 if TYPE_CHECKING:
@@ -96,10 +101,19 @@ class AdaptationRule:
     fields) and write :meth:`apply`; see the module docstring for an example.
 
     Args:
-        start_epoch: first epoch (0-based) at which the rule acts.
+        start_epoch: first epoch (0-based) at whose end the rule acts.
         every: act every ``every`` epochs from ``start_epoch`` on.
         stop_epoch: last epoch at which the rule may act (None: no end).
+        every_steps: act every ``every_steps`` optimizer steps instead, inside ``fit`` between
+            two batches (None: the epoch clock above, whose three keys must then keep their
+            defaults). The rule's own time parameters (a ``grace``, an end) are then in steps.
+        start_step: on the step clock, the first step count at which the rule acts (0: at step
+            ``every_steps``).
+        stop_step: on the step clock, the last step count at which it may act (None: no end).
         min_active: the rule never gates the layer below this many active units.
+
+    The clock is :attr:`schedule` (see :mod:`adaptgrad.rules.schedule`: a step rule acts at the
+    first boundary between two train-step executions at or after each scheduled step).
     """
 
     name: ClassVar[str] = ""
@@ -114,6 +128,9 @@ class AdaptationRule:
     start_epoch: int = 0
     every: int = 1
     stop_epoch: int | None = None
+    every_steps: int | None = None
+    start_step: int = 0
+    stop_step: int | None = None
     min_active: int = 1
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
@@ -134,6 +151,23 @@ class AdaptationRule:
         self.every = check_int(label, "every", self.every, 1)
         if self.stop_epoch is not None:
             self.stop_epoch = check_int(label, "stop_epoch", self.stop_epoch, self.start_epoch)
+        self.start_step = check_int(label, "start_step", self.start_step, 0)
+        if self.every_steps is None:
+            if self.start_step != 0 or self.stop_step is not None:
+                raise ValueError(
+                    f"{label}: start_step={self.start_step!r}, stop_step={self.stop_step!r} need every_steps "
+                    f"(the step clock); give every_steps=N, or use start_epoch/every/stop_epoch"
+                )
+        else:
+            self.every_steps = check_int(label, "every_steps", self.every_steps, 1)
+            if (self.start_epoch, self.every, self.stop_epoch) != (0, 1, None):
+                raise ValueError(
+                    f"{label}: every_steps={self.every_steps} puts the rule on the step clock, but start_epoch="
+                    f"{self.start_epoch}, every={self.every}, stop_epoch={self.stop_epoch} set an epoch schedule; "
+                    f"use start_step/stop_step (in steps) with every_steps, or leave every_steps=None"
+                )
+            if self.stop_step is not None:
+                self.stop_step = check_int(label, "stop_step", self.stop_step, self.start_step)
         self.min_active = check_int(label, "min_active", self.min_active, 1)
 
     @property
@@ -141,11 +175,18 @@ class AdaptationRule:
         """The name recorded in action tables: the registered name, else the class name."""
         return self.name or type(self).__name__
 
+    @property
+    def schedule(self) -> Schedule:
+        """When the rule acts: every ``every_steps`` optimizer steps if set, else every ``every`` epochs."""
+        if self.every_steps is not None:
+            return Schedule("step", self.every_steps, self.start_step, self.stop_step)
+        return Schedule("epoch", self.every, self.start_epoch, self.stop_epoch)
+
     def applies_at(self, epoch: int) -> bool:
-        """True if the schedule lets the rule act at the end of ``epoch`` (0-based)."""
-        if epoch < self.start_epoch or (self.stop_epoch is not None and epoch > self.stop_epoch):
-            return False
-        return (epoch - self.start_epoch) % self.every == 0
+        """True if the schedule lets the rule act at the end of ``epoch`` (0-based); always False
+        on the step clock."""
+        schedule = self.schedule
+        return schedule.unit == "epoch" and schedule.fires(epoch - 1, epoch)
 
     def floor(self, size: int) -> int:
         """The fewest active units the rule may leave in a layer of ``size`` units (the view's
@@ -209,8 +250,14 @@ class AdaptationRule:
                 f"pass next_layer=<its name> to adaptgrad.Adapt (or unit_view)"
             )
 
-    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
-        """Read ``stats`` and edit ``units`` (a :class:`~adaptgrad.UnitView`). Override this."""
+    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int, *, when: Moment | None = None) -> None:
+        """Read ``stats`` and edit ``units`` (a :class:`~adaptgrad.UnitView`). Override this.
+
+        ``stats`` cover the steps since the rule's previous scheduled time; ``epoch`` is the
+        epoch in progress. :class:`~adaptgrad.Adapt` passes ``when`` (a
+        :class:`~adaptgrad.rules.schedule.Moment`: the step, and unit ages on the rule's clock)
+        only to an ``apply`` that declares that keyword (or ``**kwargs``), so a rule written as
+        ``apply(self, stats, units, epoch)`` keeps working; outside ``fit`` it may be None."""
         raise NotImplementedError(f"{type(self).__qualname__} must implement apply(stats, units, epoch)")
 
     def get_config(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from adaptgrad.criteria import CRITERIA, check_criterion
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
+from adaptgrad.rules.schedule import Moment
 from adaptgrad.rules.scoring import relative_to_active
 from adaptgrad.stats import OutputGradientStats
 
@@ -61,6 +62,12 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
     either score from resetting a unit twice within ``grace`` epochs. Units of a layer just
     built also have age 0, so the first reset can happen at the end of epoch ``grace``.
 
+    **ReDo's clock**: ReDo recycles every F = 1000 gradient steps with tau = 0.1, judging the
+    activity of a batch; here ``every_steps=1000`` (``rule.every_steps=1000`` on the command
+    line) judges the mean activity over those 1000 steps, and ``grace`` is then in steps (its
+    default of 2 steps protects nothing a period later; ReDo has none). The epoch defaults stay
+    those the studies use.
+
     Args:
         tau: dormancy threshold on the ratio, in [0, 1) (0: only units with exactly zero score).
         criterion: the score r_j divides: ``"activation"`` (mean |a|, ReDo), ``"grad_abs"``
@@ -68,8 +75,10 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
             (default: ``"taylor_example_abs"``, the reset's first-order loss change per example).
         zero_outgoing: also zero the dormant units' outgoing weights (next layer's input rows
             and, for recurrent layers, their recurrent rows); needs the next layer.
-        grace: units whose incoming weights are at most this many epochs old are not reset, >= 0.
-        start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
+        grace: units whose incoming weights are at most this many epochs (on the step clock:
+            steps) old are not reset, >= 0.
+        start_epoch, every, stop_epoch, every_steps, start_step, stop_step, min_active: see
+            :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
     edit: ClassVar[str] = "reinit"
@@ -106,6 +115,7 @@ class DormantReset(AdaptationRule, name="dormant_reset"):
         judged = np.asarray(active, dtype=bool) if eligible is None else np.asarray(active, dtype=bool) & eligible
         return np.flatnonzero(judged & (ratios <= tau)).tolist()
 
-    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
-        dormant = self.dormant(self.score(stats, units), units.active, self.tau, units.age > self.grace)
+    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int, *, when: Moment | None = None) -> None:
+        age = units.age if when is None else when.age
+        dormant = self.dormant(self.score(stats, units), units.active, self.tau, age > self.grace)
         units.reinit(dormant, zero_outgoing=self.zero_outgoing)

@@ -10,6 +10,7 @@ import numpy as np
 
 from adaptgrad.criteria import CRITERIA, check_criterion
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
+from adaptgrad.rules.schedule import Moment
 from adaptgrad.rules.scoring import highest, lowest_active
 from adaptgrad.stats import OutputGradientStats
 
@@ -24,21 +25,26 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
 
     Example:
         >>> from adaptgrad.rules import DropRegrow
-        >>> [round(DropRegrow.drop_fraction(t, fraction=0.3, end_epoch=4), 4) for t in range(6)]
+        >>> [round(DropRegrow.drop_fraction(t, fraction=0.3, end=4), 4) for t in range(6)]
         [0.3, 0.2561, 0.15, 0.0439, 0.0, 0.0]
+        >>> DropRegrow(every_steps=100, end_step=3000, grace=300)   # RigL's clock: ΔT = 100 steps
+        DropRegrow(start_epoch=0, every=1, stop_epoch=None, every_steps=100, start_step=0, stop_step=None, min_active=1, \
+fraction=0.3, end_epoch=10, grace=300, end_step=3000)
 
     RigL (Evci, Gale, Menick, Castro, Elsen: "Rigging the Lottery: Making All Tickets
     Winners", ICML 2020) drops the weakest weights and regrows as many where the gradient is
-    largest, with a cosine-decaying drop fraction. Here at unit level, at epoch ``t``::
+    largest, every ΔT = 100 optimizer steps, with a drop fraction decayed over steps by a cosine
+    (alpha = 0.3, T_end = 75 % of training). Here at unit level, at time ``t`` on the rule's clock
+    (the epoch, or with ``every_steps`` the optimizer step) with ``T = end_epoch`` (or ``end_step``)::
 
-        f_t = (fraction / 2) * (1 + cos(pi * t / end_epoch))   for t < end_epoch, else 0
-        n   = round(f_t * n_active)                             (no action if n == 0)
+        f_t = (fraction / 2) * (1 + cos(pi * t / T))   for t < T, else 0
+        n   = round(f_t * n_active)                     (no action if n == 0)
 
     - drop: up to ``n`` active units with the lowest ``criterion`` score (default: the
       per-example first-order Taylor score ``taylor_example_abs``, the best predictor of the
       gating oracle in the oracle study; see :data:`adaptgrad.criteria.CRITERIA`) among those
-      whose incoming weights are more than ``grace`` epochs old (:attr:`~adaptgrad.UnitView.age`)
-      are gated;
+      whose incoming weights are more than ``grace`` epochs old (:attr:`~adaptgrad.UnitView.age`;
+      on the step clock, steps) are gated;
     - regrow: as many of the previously gated units as were dropped (fewer if fewer are gated),
       those with the highest ``rms_grad`` (``sqrt(mean g**2)``, RigL's dense-gradient
       criterion), ties going to the unit gated longest ago (highest ``age``: gating resets a
@@ -51,7 +57,15 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
     So the number of active units stays constant once some units are gated; on a layer with no
     gated unit (the first step) the rule only drops, and it drops fewer than ``n`` if that would
     leave fewer than ``min_active`` units. The regrowth is done before the drop so that the
-    floor limits only the net shrink. ``t`` is the epoch number Keras passes (0-based).
+    floor limits only the net shrink. ``t`` is the epoch number Keras passes (0-based), or on
+    the step clock the optimizer steps applied.
+
+    **RigL's clock**: ``every_steps=100, end_step=<75 % of the run's steps>`` (on the command
+    line ``rule=drop_regrow rule.every_steps=100 rule.end_step=3000``): ``grace`` and ``end_step``
+    are then in steps, and the statistics are those of the 100 steps since the last swap (RigL
+    reads one batch's dense gradient). ``grace`` keeps its default of 3, which in steps is less
+    than one period (no protection); ``grace=300`` gives regrown units three periods, as the
+    default gives three epochs. The epoch defaults stay those the studies use.
 
     Why ``grace``: a regrown unit starts with zero outgoing weights, so its output gradient and
     Taylor score are near 0 for the next epoch and it would be the first dropped. Measured on
@@ -73,11 +87,14 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
     f = 0.24).
 
     Args:
-        fraction: f0, the drop fraction at epoch 0, in (0, 1).
-        end_epoch: T_end, the epoch from which the rule stops swapping, >= 1.
-        grace: units whose incoming weights are at most this many epochs old are not dropped, >= 0.
+        fraction: f0, the drop fraction at time 0, in (0, 1).
+        end_epoch: T_end, the epoch from which the rule stops swapping, >= 1 (epoch clock).
+        grace: units whose incoming weights are at most this many epochs (on the step clock:
+            steps) old are not dropped, >= 0.
+        end_step: T_end in optimizer steps, >= 1; required with ``every_steps``, refused without.
         criterion: the drop score, a name in :data:`adaptgrad.criteria.CRITERIA`.
-        start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
+        start_epoch, every, stop_epoch, every_steps, start_step, stop_step, min_active: the
+            schedule and floor of :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
     edit: ClassVar[str] = "gate"
@@ -85,6 +102,7 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
     fraction: float = 0.3
     end_epoch: int = 10
     grace: int = 3
+    end_step: int | None = None
     criterion: str = "taylor_example_abs"
 
     def __post_init__(self) -> None:
@@ -92,6 +110,15 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         self.fraction = check_range(self.label, "fraction", self.fraction, 0.0, 1.0)
         self.end_epoch = check_int(self.label, "end_epoch", self.end_epoch, 1)
         self.grace = check_int(self.label, "grace", self.grace, 0)
+        if self.every_steps is None and self.end_step is not None:
+            raise ValueError(f"{self.label}: end_step={self.end_step!r} needs every_steps (the step clock); use end_epoch")
+        if self.every_steps is not None:
+            if self.end_step is None:
+                raise ValueError(
+                    f"{self.label}: on the step clock (every_steps={self.every_steps}) the cosine decay needs end_step, "
+                    f"T_end in optimizer steps (RigL: 75 % of the run's steps), e.g. end_step=3000"
+                )
+            self.end_step = check_int(self.label, "end_step", self.end_step, 1)
         self.criterion = check_criterion(self.label, self.criterion)
 
     @property
@@ -103,11 +130,11 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         self.require_next_layer(units, "starts regrown units with zero outgoing weights")
 
     @staticmethod
-    def drop_fraction(epoch: int, *, fraction: float, end_epoch: int) -> float:
-        """f_t = (fraction/2)(1 + cos(pi t / end_epoch)) for t < end_epoch, else 0."""
-        if epoch >= end_epoch:
+    def drop_fraction(t: int, *, fraction: float, end: int) -> float:
+        """f_t = (fraction/2)(1 + cos(pi t / end)) for t < end, else 0 (t and end in one unit)."""
+        if t >= end:
             return 0.0
-        return fraction / 2.0 * (1.0 + math.cos(math.pi * epoch / end_epoch))
+        return fraction / 2.0 * (1.0 + math.cos(math.pi * t / end))
 
     @staticmethod
     def plan(
@@ -127,13 +154,15 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         regrow = highest(rms_grad, np.flatnonzero(~active), len(drop), ties=age)
         return drop, regrow
 
-    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
+    def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int, *, when: Moment | None = None) -> None:
+        when = when or Moment.epoch_end(epoch, units.age)
         active = units.active
-        f_t = self.drop_fraction(epoch, fraction=self.fraction, end_epoch=self.end_epoch)
+        end = self.end_step if when.unit == "step" else self.end_epoch
+        f_t = self.drop_fraction(when.time, fraction=self.fraction, end=end)
         count = int(round(f_t * int(active.sum())))
         if count == 0 or stats.batches == 0:
             return
-        age = units.age
+        age = when.age
         drop, regrow = self.plan(self.score(stats, units), stats.rms_grad, active, count, age > self.grace, age)
         units.ungate(regrow, zero_outgoing=True)
         units.gate(drop)

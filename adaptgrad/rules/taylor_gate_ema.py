@@ -55,12 +55,19 @@ class TaylorGateEMA(AdaptationRule, name="taylor_gate_ema"):
     other epochs are not seen). It is state: :meth:`get_state` / :meth:`set_state` carry it
     across a resume. With no batch accumulated the rule does nothing.
 
+    **The paper's clock**: Molchanov et al. 2019 accumulate the squared per-batch term over 30
+    minibatches, prune, and smooth with momentum 0.9 (NVlabs' Taylor_pruning configs):
+    ``every_steps=30`` (``rule.every_steps=30``) gives exactly that: each action reads the mean
+    over the 30 batches since the previous one, then updates the EMA. The epoch default (one
+    action per epoch, over the epoch's batches) stays the one the studies use.
+
     Args:
         fraction: share of the active units gated each time the rule acts, in (0, 1).
         momentum: EMA momentum, in [0, 1) (0: no smoothing).
         max_sparsity: the largest share of the layer's units the rule may gate, in (0, 1].
         criterion: the score units are ranked by, a name in :data:`adaptgrad.criteria.CRITERIA`.
-        start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
+        start_epoch, every, stop_epoch, every_steps, start_step, stop_step, min_active: see
+            :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
     edit: ClassVar[str] = "gate"
