@@ -115,7 +115,7 @@ def test_only_an_adapt_with_a_step_rule_has_a_per_batch_hook():
     """Keras keeps its asynchronous callback dispatch (on the backends that have it) unless a
     callback's per-batch hook is not the default one; ``is_default`` is the test Keras applies."""
     model, _ = twin("functional", "gru", 4)
-    watch = adaptgrad.watch(model, "rnn")
+    watch = adaptgrad.watch(model, "rnn", through_time=True)
     epochs_only = adaptgrad.Adapt(watch, [TaylorPrune(), Recorder(every=2)])
     assert all(is_default(getattr(epochs_only, hook)) for hook in ("on_batch_end", "on_train_batch_end", "on_train_batch_begin"))
     stepped = adaptgrad.Adapt(watch, [TaylorPrune(), Recorder(every_steps=10)], epochs_only.units)

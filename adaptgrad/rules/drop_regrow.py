@@ -29,7 +29,7 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         [0.3, 0.2561, 0.15, 0.0439, 0.0, 0.0]
         >>> DropRegrow(every_steps=100, end_step=3000, grace=300)   # RigL's clock: ΔT = 100 steps
         DropRegrow(start_epoch=0, every=1, stop_epoch=None, every_steps=100, start_step=0, stop_step=None, min_active=1, \
-fraction=0.3, end_epoch=10, grace=300, end_step=3000)
+fraction=0.3, end_epoch=10, grace=300, end_step=3000, criterion='taylor_example_abs')
 
     RigL (Evci, Gale, Menick, Castro, Elsen: "Rigging the Lottery: Making All Tickets
     Winners", ICML 2020) drops the weakest weights and regrows as many where the gradient is
