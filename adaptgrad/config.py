@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -103,7 +104,7 @@ class Trainer:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
             _integer(f"trainer.{name}", getattr(self, name))
-        for name in ("jit_compile", "shuffle", "mixed_precision", "checkpoint"):
+        for name in ("jit_compile", "deterministic", "shuffle", "mixed_precision", "checkpoint"):
             _boolean(f"trainer.{name}", getattr(self, name))
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"trainer.distribution={self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
@@ -178,6 +179,10 @@ def register_rules(modules: Sequence[str] = ()) -> None:
             importlib.import_module(module)
         except ImportError as error:
             raise ValueError(f"rules_module={module!r} cannot be imported ({error}); give a module on PYTHONPATH") from error
+        except Exception as error:  # noqa: BLE001 - the user's module is broken: say where, without a traceback
+            raise ValueError(
+                f"rules_module={module!r} raised {type(error).__name__} on import: {error}; fix the module"
+            ) from error
     store = ConfigStore.instance()
     for name, cls in REGISTRY.items():  # only the named modules' rules: others imported by chance may shadow a config file
         named = any(cls.__module__ == module or cls.__module__.startswith(f"{module}.") for module in modules)
@@ -203,7 +208,7 @@ def rule_name(rule_cfg: DictConfig, preset: str | None, overrides: Sequence[str]
     overridden = any(o.lstrip("+~").partition("=")[0] == "rule._target_" for o in overrides)
     try:
         cls = _import_class(target)
-    except (ImportError, AttributeError, ValueError):
+    except Exception:  # noqa: BLE001 - not importable: the job fails in prepare, with the reason
         cls = None
     if preset and not overridden and REGISTRY.get(preset) in (None, cls):
         return preset
@@ -226,7 +231,26 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     register_experiments()
     register_rules(rules_modules(overrides or []))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+        return own_model(hydra_compose(config_name="config", overrides=list(overrides or [])), overrides or [])
+
+
+def own_model(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``cfg`` as the job runs it: with ``model._target_=...`` among the command-line
+    ``overrides``, the model config is that ``_target_`` and the ``model.KEY=...`` keys the
+    command line gives; the selected built-in preset's keys are dropped (the function's own
+    defaults apply, and ``config.yaml``, summaries and tables name no cell it does not build).
+
+    Example:
+        >>> cfg = compose(["model._target_=my_models.build", "model.units=8"])
+        >>> dict(cfg.model)
+        {'_target_': 'my_models.build', 'units': 8}
+    """
+    given = {o.lstrip("+~").partition("=")[0] for o in overrides}
+    if "model._target_" not in given:
+        return cfg
+    cfg = cfg.copy()
+    cfg.model = {k: v for k, v in cfg.model.items() if k == "_target_" or f"model.{k}" in given}
+    return cfg
 
 
 def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
@@ -388,6 +412,7 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     from adaptgrad import _keras, runtime
 
     runtime.configure(spec.trainer.threads, spec.trainer.cpu_devices)  # before TensorFlow's first op here
+    _import_modules(spec.model.get("_target_"), cfg.data.get("_target_"))
     keras.backend.clear_session()  # joblib reuses worker processes: no state from a previous job
     keras.utils.set_random_seed(spec.seed)
     trainer = spec.trainer
@@ -403,6 +428,17 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     return Job(
         **{f.name: getattr(spec, f.name) for f in dataclasses.fields(Spec)}, dataset=dataset, make_optimizer=make_optimizer
     )
+
+
+def _import_modules(*targets: Any) -> None:
+    """Import the modules of the user's ``module.function`` targets before the job seeds: one
+    that does work at import (builds a model, draws numbers) then changes no job's numbers,
+    whether it is the first job of a worker process to import it or a later one. A module that
+    fails here fails again, with the reason, where the job uses it."""
+    for target in targets:
+        if target:
+            with contextlib.suppress(Exception):
+                importlib.import_module(str(target).rpartition(".")[0])
 
 
 def _cause(error: BaseException) -> str:

@@ -32,7 +32,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from adaptgrad.config import CONF_DIR, check, did_you_mean, load_data, register_experiments
+from adaptgrad.config import CONF_DIR, check, did_you_mean, load_data, own_model, register_experiments
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 VALUE_KEYS = ("seed", "layer", "through_time", "rules_module", "rule_settings")
@@ -52,6 +52,8 @@ class Point:
     root: Path | None = None
     config_text: str | None = None
     error: str | None = None
+    records: Path | None = None
+    """Where Hydra writes the job's records (``.hydra``), if it does."""
 
 
 @contextlib.contextmanager
@@ -183,9 +185,12 @@ def _point(number: int, overrides: list[str], composer: _Composer, multirun: boo
             point.directory = point.root / str(cfg.hydra.sweep.subdir)
         else:
             point.root = point.directory = Path(str(cfg.hydra.run.dir))
+        if cfg.hydra.output_subdir is not None:
+            point.records = point.directory / str(cfg.hydra.output_subdir)
         task = copy.deepcopy(cfg)
         with open_dict(task):
             del task["hydra"]
+        task = own_model(task, overrides)
         point.config_text = OmegaConf.to_yaml(task, resolve=True)
         check(task, cfg.hydra.runtime.choices.get("rule"))
         point.error = _data_error(task.data, data)
