@@ -105,7 +105,8 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
         kind = type(error).__name__
         message = str(error) if not isinstance(error, SystemExit) else f"the job called sys.exit({error.code!r})"
         log.error("job failed: %s: %s", kind, message)
-        result = {"status": "failed", "epochs": epochs, "error": {"type": kind, "message": message, "epoch": epochs}}
+        epoch = getattr(error, "adaptgrad_epoch", epochs)  # set by train: the epoch whose fit or rules failed
+        result = {"status": "failed", "epochs": epochs, "error": {"type": kind, "message": message, "epoch": epoch}}
     earlier = result.pop("resumed_wall_time", 0.0)  # spent by the attempts before this one
     result = {**base, **result, "wall_time": earlier + time.perf_counter() - started}
     outcome = "resumed" if result.get("resumed_from") else "ran"

@@ -138,8 +138,9 @@ def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path, tb_
                 callbacks=[files.logs, *adapts, files, events],
                 verbose=0,
             )
-        except Exception:
+        except Exception as error:
             files.record_failed_epoch(epoch)  # a rule raised: the epoch it trained and its failed action
+            error.adaptgrad_epoch = epoch  # type: ignore[attr-defined] - the runner records where the job failed
             raise
         if files.diverged_at is not None:
             break

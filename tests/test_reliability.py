@@ -171,7 +171,7 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
     runs = collect(sweep).runs.set_index("rule._target_")
     assert runs.status.value_counts().to_dict() == {"ok": 4, "failed": 1, "diverged": 1}
     assert runs.loc["my_rules.Broken", "error.type"] == "RuntimeError" and runs.loc["my_rules.Broken", "error.epoch"] == 1
-    assert runs.loc["my_rules.Broken", "epochs"] == 1  # the history up to the failure is kept
+    assert runs.loc["my_rules.Broken", "epochs"] == 2  # the history up to the failure is kept, the epoch it trained included
     ok_files = {
         p: p.read_bytes() for p in sweep.rglob("*.csv") if json.loads((p.parent / "result.json").read_text())["status"] == "ok"
     }
