@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import tensorflow as tf
+from conftest import tensorboard_steps
 
 from adaptgrad.tensorboard import NAME_BYTES, keep_before, run_name
-
-
-def steps(directory) -> list[tuple[str, int]]:
-    """``(tag, step)`` of every summary in the event files of ``directory``."""
-    return sorted(
-        (value.tag, event.step)
-        for path in directory.glob("events.out.tfevents.*")
-        for event in tf.compat.v1.train.summary_iterator(str(path))
-        for value in event.summary.value
-    )
 
 
 def test_a_long_command_line_gives_a_run_name_that_fits_a_dir_name(tmp_path):
@@ -33,5 +24,5 @@ def test_keep_before_drops_the_epochs_a_resumed_job_trains_again(tmp_path):
             tf.summary.write("loss", tf.constant(float(step)), step=step)
     writer.flush()
     keep_before(tmp_path, 2)
-    assert steps(tmp_path) == [("loss", 0), ("loss", 1)]
+    assert tensorboard_steps(tmp_path) == [("loss", 0), ("loss", 1)]
     keep_before(tmp_path / "absent", 0)  # a job that wrote no events yet

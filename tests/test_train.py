@@ -8,14 +8,12 @@ import textwrap
 import time
 
 import pandas as pd
-from conftest import TINY
+from conftest import TINY, tensorboard_steps
 
 from adaptgrad.checkpoint import Checkpoints, config_digest
 from adaptgrad.config import compose
 from adaptgrad.run import run
 from adaptgrad.tensorboard import run_name
-
-from test_tensorboard import steps
 
 FAILING_RULE = """
 import dataclasses
@@ -36,7 +34,9 @@ def interrupted(directory, epoch: int) -> None:
     """``directory`` as a job killed while writing the checkpoint of ``epoch`` leaves it."""
     (directory / "checkpoints" / f"epoch-{epoch:04d}.ckpt").unlink(missing_ok=True)
     result = json.loads((directory / "result.json").read_text())
-    (directory / "result.json").write_text(json.dumps({k: result[k] for k in ("run_id", "rule", "overrides")} | {"status": "running"}))
+    (directory / "result.json").write_text(
+        json.dumps({k: result[k] for k in ("run_id", "rule", "overrides")} | {"status": "running"})
+    )
 
 
 def test_a_rule_that_raises_leaves_its_failed_action_and_the_epoch_it_trained(tmp_path, monkeypatch):
@@ -64,7 +64,7 @@ def test_a_resumed_job_writes_each_epoch_once_to_tensorboard_and_counts_all_its_
     resumed = run(compose(overrides), tmp_path, overrides=overrides)
     this_attempt = time.perf_counter() - started
     assert resumed["status"] == "ok" and resumed["resumed_from"] == 2
-    assert [step for tag, step in steps(tmp_path / "tb" / run_name(overrides)) if tag == "loss"] == [0, 1, 2]
+    assert [step for tag, step in tensorboard_steps(tmp_path / "tb" / run_name(overrides)) if tag == "loss"] == [0, 1, 2]
     assert state["wall_time"] < resumed["wall_time"] <= state["wall_time"] + this_attempt
 
 
