@@ -188,23 +188,37 @@ _watching: list[threading.Thread] = []
 
 
 def stop_with_parent(poll: float = 1.0) -> None:
-    """In a worker process that the ``adaptgrad`` command started (joblib's loky workers,
-    ``submitit_local``'s jobs), exit as soon as that command's process is gone (killed), instead
-    of training on unsupervised. The job is left as a killed job is: ``running``, with its
-    checkpoints, and resumes when the sweep is rerun. Elsewhere (the command's own process, Slurm
-    or Ray workers) nothing happens."""
+    """In a worker process that the ``adaptgrad`` command started, directly (joblib's loky
+    workers) or through a process of the launcher (``submitit_local``'s controller), exit as soon
+    as that command's process is gone (killed), instead of training on unsupervised. The job is
+    left as a killed job is: ``running``, with its checkpoints, and resumes when the sweep is
+    rerun. Elsewhere (the command's own process, Slurm or Ray workers) nothing happens."""
     parent = int(os.environ.get(MAIN_PID_ENV, "0"))
-    if _watching or not parent or os.getpid() == parent or os.getppid() != parent:
+    if _watching or not parent or os.getpid() == parent or parent not in _ancestors():
         return
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while parent in _ancestors():
             time.sleep(poll)
         log.error("the adaptgrad process %d that started this worker is gone; stopping (rerun the sweep to resume)", parent)
         os._exit(1)
 
     _watching.append(threading.Thread(target=watch, name="adaptgrad-stop-with-parent", daemon=True))
     _watching[0].start()
+
+
+def _ancestors() -> list[int]:
+    """The pids of this process's parent, its parent's parent... (only the parent where there is
+    no ``/proc``). A process whose parent dies is adopted by another: the dead one leaves the list."""
+    found, pid = [], os.getppid()
+    while pid > 1 and pid not in found:
+        found.append(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rpartition(")")[2].split()[1])  # after "pid (command)": state, then the parent's pid
+    return found
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -378,3 +380,24 @@ def test_a_killed_joblib_worker_ends_the_sweep_with_its_report_and_no_traceback(
     assert "error: the sweep stopped: TerminatedWorkerError:" in proc.stderr
     assert f"sweep {sweep}: 0 ran, 0 resumed, 0 skipped (completed earlier), 0 did not complete" in proc.stdout
     assert "rerun the same command to resume the jobs that did not complete" in proc.stderr
+
+
+def test_a_worker_started_through_a_launcher_process_stops_when_adaptgrad_is_killed(tmp_path):
+    # adaptgrad (a stand-in) -> a launcher's process (submitit_local's controller) -> the worker
+    worker = "from adaptgrad.app import stop_with_parent\nstop_with_parent(0.05)\nprint('watching', flush=True)\nimport time\ntime.sleep(120)\n"
+    controller = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {worker!r}])\n"
+    main = (
+        "import os, signal, subprocess, sys\n"
+        "os.environ['ADAPTGRAD_MAIN_PID'] = str(os.getpid())\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {controller!r}], stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline().strip() == 'watching'\n"
+        "print(child.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", main], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    controller_status = Path(f"/proc/{int(proc.stdout.strip())}/status")  # it ends when its worker does
+    deadline = time.monotonic() + 30
+    while controller_status.exists() and "zombie" not in controller_status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not controller_status.exists() or "zombie" in controller_status.read_text(), "the worker trains on without adaptgrad"
