@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from adaptgrad.checkpoint import config_digest
 from adaptgrad.data import Dataset
@@ -234,6 +234,60 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         return own_model(hydra_compose(config_name="config", overrides=list(overrides or [])), overrides or [])
 
 
+def rule_settings(value: Any) -> dict[str, dict[str, Any]]:
+    """``rule_settings`` checked: ``{rule name: {key: value}}``, each name a rule (registered, or a
+    ``conf/rule`` preset) and each key one its class takes. ``rule_settings.NAME.KEY=VALUE`` sets
+    ``KEY`` for the jobs whose rule is ``NAME`` only, so a sweep over rules can vary one rule's
+    parameter (``-m rule=none,taylor_prune rule_settings.taylor_prune.fraction=0.1,0.2``).
+
+    Example:
+        >>> rule_settings({"taylor_prune": {"fraction": 0.2}})
+        {'taylor_prune': {'fraction': 0.2}}
+        >>> rule_settings({"taylor_prune": {"fractoin": 0.2}})
+        Traceback (most recent call last):
+        ...
+        ValueError: rule_settings.taylor_prune.fractoin: fractoin is not a parameter of rule taylor_prune; valid: ...; did you mean 'fraction'?
+    """
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"rule_settings={value!r} must be a mapping rule name -> {{key: value}}")
+    names = sorted({*REGISTRY, *(p.stem for p in (CONF_DIR / "rule").glob("*.yaml"))})
+    for name, keys in value.items():
+        if name not in names:
+            raise ValueError(f"rule_settings.{name} names no rule; valid: {', '.join(names)}{did_you_mean(str(name), names)}")
+        if not isinstance(keys, dict):
+            raise ValueError(f"rule_settings.{name}={keys!r} must be a mapping key -> value (rule_settings.{name}.KEY=VALUE)")
+        accepted = _keyword_names(REGISTRY[name]) if name in REGISTRY else None
+        for key in keys:
+            if accepted is not None and key not in accepted:
+                valid = sorted(accepted)
+                raise ValueError(
+                    f"rule_settings.{name}.{key}: {key} is not a parameter of rule {name}; valid: {', '.join(valid)}"
+                    f"{did_you_mean(str(key), valid)}"
+                )
+    return value
+
+
+def job_config(cfg: DictConfig, overrides: Sequence[str], rule_preset: str | None) -> DictConfig:
+    """``cfg`` as the job runs it and records it in ``config.yaml``: the user's model as given
+    (:func:`own_model`) and the rule's keys from ``rule_settings`` for its name applied, so that
+    the ``rule`` section holds what the rule gets. Bad settings are left for :func:`check`."""
+    cfg = own_model(cfg, overrides)
+    settings = cfg.get("rule_settings") or {}
+    try:
+        name = rule_name(cfg.rule, rule_preset, overrides)
+    except Exception:  # noqa: BLE001 - a bad rule config is reported by check
+        return cfg
+    keys = settings.get(name) if isinstance(settings, DictConfig) else None
+    if not isinstance(keys, DictConfig) or not keys:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.rule = OmegaConf.merge(cfg.rule, keys)
+    return cfg
+
+
 def own_model(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """``cfg`` as the job runs it: with ``model._target_=...`` among the command-line
     ``overrides``, the model config is that ``_target_`` and the ``model.KEY=...`` keys the
@@ -253,10 +307,11 @@ def own_model(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
-    """Instantiate the rule; keys of a preset that a ``rule._target_`` override cannot take are
-    dropped with a warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is
-    selected), and anything else wrong gets a clear error."""
+def build_rule(rule_cfg: DictConfig, preset: str | None, settings: dict[str, dict[str, Any]] | None = None) -> AdaptationRule:
+    """Instantiate the rule, with the keys ``settings`` (checked ``rule_settings``) gives for
+    its name; keys of a preset that a ``rule._target_`` override cannot take are dropped with a
+    warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is selected), and
+    anything else wrong gets a clear error."""
     target = str(rule_cfg.get("_target_"))
     try:
         cls = _import_class(target)
@@ -267,6 +322,7 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
     if not (isinstance(cls, type) and issubclass(cls, AdaptationRule)):
         raise ValueError(f"rule._target_={target!r} is not an adaptgrad.AdaptationRule subclass")
     kwargs = {k: v for k, v in OmegaConf.to_container(rule_cfg, resolve=True).items() if k != "_target_"}
+    kwargs.update((settings or {}).get(rule_name(rule_cfg, preset), {}))
     accepted = _keyword_names(cls)
     preset_cls = REGISTRY.get(preset or "")
     if preset_cls is not None and preset_cls is not cls:
@@ -275,7 +331,12 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
             log.warning("rule %s does not take %s from preset rule=%s; ignored", cls.__name__, dropped, preset)
             kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     if accepted is not None:
-        _unknown_keys("rule.", kwargs, sorted(accepted))
+        try:
+            _unknown_keys("rule.", kwargs, sorted(accepted))
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (in a sweep over rules, rule_settings.RULE.KEY=VALUE sets a key of one rule only)"
+            ) from None
     try:
         return cls(**kwargs)
     except TypeError as error:
@@ -364,7 +425,7 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
         layers=_layers(plain.get("layer")),
         through_time=_boolean("through_time", plain["through_time"]),
         model=check_model(dict(plain["model"])),
-        rule=build_rule(cfg.rule, rule_preset),
+        rule=build_rule(cfg.rule, rule_preset, rule_settings(plain.get("rule_settings"))),
         optimizer=check_optimizer(dict(plain["optimizer"])),
         trainer=Trainer(**trainer),
         digest=config_digest(OmegaConf.to_yaml(cfg, resolve=True)),

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from adaptgrad import jobdir
 from adaptgrad.atomic import write_json, write_text
 from adaptgrad.checkpoint import Checkpoints, config_digest
-from adaptgrad.config import own_model, rule_name
+from adaptgrad.config import job_config, rule_name
 from adaptgrad.results.markdown import markdown_table
 
 log = logging.getLogger("adaptgrad")
@@ -54,7 +54,7 @@ def run(
     result is returned.
     """
     directory = Path(output_dir)
-    cfg = own_model(cfg, overrides or [])
+    cfg = job_config(cfg, overrides or [], rule_preset)
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
     try:
         with jobdir.lock(directory):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from adaptgrad.config import check, compose, register_rules
+from adaptgrad.config import check, compose, job_config, register_rules
 
 
 @pytest.mark.parametrize("value", ["'false'", "maybe", "0", "1"])
@@ -32,3 +34,28 @@ def test_a_rules_module_that_fails_at_import_is_one_line(tmp_path, monkeypatch, 
     with pytest.raises(ValueError, match="rules_module='bad_rules' raised ") as caught:
         register_rules(["bad_rules"])
     assert raised in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_rule_settings_set_a_key_for_one_rule_of_a_sweep_only():
+    settings = ["+rule_settings.taylor_prune.fraction=0.3", "+rule_settings.dormant_reset.grace=5"]
+    pruned = check(compose(["rule=taylor_prune", *settings]), "taylor_prune").rule
+    assert pruned.fraction == 0.3 and check(compose(["rule=dormant_reset", *settings]), "dormant_reset").rule.grace == 5
+    assert check(compose(["rule=none", *settings]), "none").rule.name == "none"  # the none arm ignores them
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("+rule_settings.taylor_prun.fraction=0.1", "rule_settings.taylor_prun names no rule; valid: "),
+        ("+rule_settings.taylor_prune.fractoin=0.1", "fractoin is not a parameter of rule taylor_prune; valid: every, fraction"),
+        ("+rule_settings.taylor_prune=0.1", "rule_settings.taylor_prune=0.1 must be a mapping key -> value"),
+    ],
+)
+def test_bad_rule_settings_are_refused_whatever_the_rule(setting, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check(compose(["rule=none", setting]), "none")
+
+
+def test_the_job_config_records_the_rule_settings_its_rule_gets():
+    cfg = job_config(compose(["rule=taylor_prune", "+rule_settings.taylor_prune.fraction=0.3"]), [], "taylor_prune")
+    assert cfg.rule.fraction == 0.3
