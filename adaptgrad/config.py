@@ -385,16 +385,55 @@ def check_model(model: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
+OPTIMIZER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "learning_rate": (0.0, math.inf, False),
+    "momentum": (0.0, 1.0, True),
+    "beta_1": (0.0, 1.0, False),
+    "beta_2": (0.0, 1.0, False),
+    "rho": (0.0, 1.0, True),
+    "epsilon": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, True),
+    "clipnorm": (0.0, math.inf, False),
+    "clipvalue": (0.0, math.inf, False),
+    "global_clipnorm": (0.0, math.inf, False),
+    "ema_momentum": (0.0, 1.0, True),
+}
+"""Numeric arguments of Keras's optimizers: (low, high, low allowed); checked up front, without
+TensorFlow, so a bad value stops a sweep before any job trains (Keras would refuse it in the job)."""
+
+
 def check_optimizer(optimizer: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer config with ``learning_rate`` as a float, checked finite and > 0."""
+    """The optimizer config with the numeric arguments of :data:`OPTIMIZER_RANGES` as floats,
+    checked finite and in range (``learning_rate`` > 0, ``momentum`` in [0, 1], ...); null
+    stands for Keras's default.
+
+    Example:
+        >>> check_optimizer({"_target_": "keras.optimizers.SGD", "learning_rate": 1, "momentum": 0})
+        {'_target_': 'keras.optimizers.SGD', 'learning_rate': 1.0, 'momentum': 0.0}
+        >>> check_optimizer({"_target_": "keras.optimizers.SGD", "momentum": -3})
+        Traceback (most recent call last):
+        ...
+        ValueError: optimizer.momentum=-3 must be a number in [0, 1]
+    """
     if "_target_" not in optimizer:
         raise ValueError("optimizer has no _target_; give e.g. optimizer=adam or optimizer._target_=keras.optimizers.SGD")
-    rate = optimizer.get("learning_rate")
-    if rate is None:
-        return optimizer
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-        raise ValueError(f"optimizer.learning_rate={rate!r} must be a finite number > 0")
-    return {**optimizer, "learning_rate": float(rate)}
+    checked = dict(optimizer)
+    for key, (low, high, closed) in OPTIMIZER_RANGES.items():
+        value = optimizer.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or not (low <= value if closed else low < value) or value > high:
+            shown = (
+                f"> {low:g}"
+                if high == math.inf and not closed
+                else f">= {low:g}"
+                if high == math.inf
+                else f"in [{low:g}, {high:g}]"
+            )
+            raise ValueError(f"optimizer.{key}={value!r} must be a {'finite ' if high == math.inf else ''}number {shown}")
+        checked[key] = float(value)
+    return checked
 
 
 def _layers(value: Any) -> tuple[str, ...]:
@@ -483,9 +522,14 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     dataset = load_data(cfg.data)
     try:
         make_optimizer = instantiate(spec.optimizer, _partial_=True)  # built inside the strategy scope
-        make_optimizer().get_config()  # bad arguments fail here, before training
+        made = make_optimizer()  # bad arguments fail here, before training
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"optimizer {spec.optimizer['_target_']!r}: {_cause(error)}") from error
+    if not isinstance(made, keras.optimizers.Optimizer):
+        raise ValueError(
+            f"optimizer._target_={spec.optimizer['_target_']!r} made a {type(made).__name__}, not a keras.optimizers.Optimizer; "
+            f"give e.g. optimizer=sgd or optimizer._target_=keras.optimizers.RMSprop"
+        )
     return Job(
         **{f.name: getattr(spec, f.name) for f in dataclasses.fields(Spec)}, dataset=dataset, make_optimizer=make_optimizer
     )

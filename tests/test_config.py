@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from adaptgrad.config import check, compose, job_config, register_rules
+from adaptgrad.config import check, compose, job_config, prepare, register_rules
 
 
 @pytest.mark.parametrize("value", ["'false'", "maybe", "0", "1"])
@@ -59,3 +59,24 @@ def test_bad_rule_settings_are_refused_whatever_the_rule(setting, message):
 def test_the_job_config_records_the_rule_settings_its_rule_gets():
     cfg = job_config(compose(["rule=taylor_prune", "+rule_settings.taylor_prune.fraction=0.3"]), [], "taylor_prune")
     assert cfg.rule.fraction == 0.3
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.momentum=-3", "optimizer.momentum=-3 must be a number in [0, 1]"),
+        ("+optimizer.epsilon=0", "optimizer.epsilon=0 must be a finite number > 0"),
+        ("+optimizer.clipnorm=inf", "optimizer.clipnorm=inf must be a finite number > 0"),
+        ("optimizer.momentum='high'", "optimizer.momentum='high' must be a number in [0, 1]"),
+    ],
+)
+def test_optimizer_arguments_are_checked_without_tensorflow(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check(compose(["optimizer=sgd", override]))
+
+
+def test_an_optimizer_target_that_is_no_optimizer_is_named():
+    with pytest.raises(
+        ValueError, match=re.escape("optimizer._target_='collections.OrderedDict' made a OrderedDict, not a keras")
+    ):
+        prepare(compose(["data=toy", "optimizer._target_=collections.OrderedDict", "~optimizer.learning_rate"]))

@@ -19,3 +19,8 @@ def test_a_rule_key_swept_across_rules_names_rule_settings():
     assert none_arm.error.endswith(
         "to set it only for the rules that take it (a sweep over rules): +rule_settings.RULE.fraction=..."
     )
+
+
+def test_a_bad_optimizer_argument_anywhere_in_a_sweep_stops_it_before_any_job():
+    points = check_invocation([*TINY, "optimizer=sgd", "optimizer.momentum=0.9,-3"], multirun=True)
+    assert [p.error for p in points] == [None, "optimizer.momentum=-3 must be a number in [0, 1]"]
