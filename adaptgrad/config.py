@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -31,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from adaptgrad.checkpoint import config_digest
+from adaptgrad.checks import boolean, did_you_mean, integer
 from adaptgrad.data import Dataset
 from adaptgrad.models import CELLS, MODEL_KEYS
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
@@ -56,17 +56,6 @@ EXPERIMENTS_DIR = _shipped("experiments")
 """The ``experiment=NAME`` presets."""
 
 
-def did_you_mean(name: str, options: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``options`` to ``name``, or ``""``.
-
-    Example:
-        >>> did_you_mean("epoch", ["epochs", "batch_size"])
-        "; did you mean 'epochs'?"
-    """
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _unknown_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
     """Raise a ValueError naming the first key of ``given`` not in ``valid``, with the valid ones."""
     valid = list(valid)
@@ -75,14 +64,6 @@ def _unknown_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> Non
             raise ValueError(
                 f"{where}{key} is not a key of {where.rstrip('.') or 'the config'}; valid: {', '.join(valid)}{did_you_mean(key, valid)}"
             )
-
-
-def _integer(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be {'null or ' if optional else ''}an integer >= {minimum}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +84,13 @@ class Trainer:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
-            _integer(f"trainer.{name}", getattr(self, name))
+            integer(f"trainer.{name}", getattr(self, name))
         for name in ("jit_compile", "deterministic", "shuffle", "mixed_precision", "checkpoint"):
-            _boolean(f"trainer.{name}", getattr(self, name))
+            boolean(f"trainer.{name}", getattr(self, name))
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"trainer.distribution={self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
         for name in ("cpu_devices", "threads"):
-            _integer(f"trainer.{name}", getattr(self, name), optional=True)
+            integer(f"trainer.{name}", getattr(self, name), optional=True)
         if self.distribution == "mirrored" and self.cpu_devices and self.batch_size % self.cpu_devices:
             raise ValueError(
                 f"trainer.batch_size={self.batch_size} does not split evenly over trainer.cpu_devices={self.cpu_devices} "
@@ -118,12 +99,6 @@ class Trainer:
 
 
 DISTRIBUTIONS = ("none", "mirrored")
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be true or false")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,10 +353,10 @@ def check_model(model: dict[str, Any]) -> dict[str, Any]:
     _unknown_keys("model.", model, MODEL_KEYS)
     if model.get("cell") not in CELLS:
         raise ValueError(f"model.cell={model.get('cell')!r}; valid: {', '.join(CELLS)}, or give model._target_")
-    _integer("model.units", model.get("units"))
-    _integer("model.depth", model.get("depth", 1))
-    _boolean("model.return_sequences", model.get("return_sequences", False))
-    _integer("model.head_units", model.get("head_units"), optional=True)
+    integer("model.units", model.get("units"))
+    integer("model.depth", model.get("depth", 1))
+    boolean("model.return_sequences", model.get("return_sequences", False))
+    integer("model.head_units", model.get("head_units"), optional=True)
     return model
 
 
@@ -460,9 +435,9 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
     trainer = dict(plain["trainer"])
     _unknown_keys("trainer.", trainer, [f.name for f in dataclasses.fields(Trainer)])
     return Spec(
-        seed=_integer("seed", plain["seed"], 0),
+        seed=integer("seed", plain["seed"], 0),
         layers=_layers(plain.get("layer")),
-        through_time=_boolean("through_time", plain["through_time"]),
+        through_time=boolean("through_time", plain["through_time"]),
         model=check_model(dict(plain["model"])),
         rule=build_rule(cfg.rule, rule_preset, rule_settings(plain.get("rule_settings"))),
         optimizer=check_optimizer(dict(plain["optimizer"])),

@@ -19,6 +19,8 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from adaptgrad.checks import did_you_mean, integer
+
 if TYPE_CHECKING:
     import keras
 
@@ -72,9 +74,9 @@ def build_model(
         raise ValueError(f"unknown model cell {cell!r}; valid: {', '.join(CELLS)}")
     if task not in ("regression", "classification"):
         raise ValueError(f"unknown task {task!r}; valid: regression, classification")
-    for name, value in (("units", units), ("depth", depth), ("outputs", outputs), ("head_units", head_units or 1)):
-        if int(value) < 1:
-            raise ValueError(f"model {name}={value!r} must be >= 1")
+    for name, value in (("units", units), ("depth", depth), ("outputs", outputs)):
+        integer(f"model.{name}", value)
+    integer("model.head_units", head_units, optional=True)
     inputs = keras.Input(tuple(input_shape), name="inputs")
     hidden = inputs
     for i in range(1, int(depth) + 1):
@@ -126,8 +128,6 @@ def _accepted(function: Any, target: str, kwargs: dict[str, Any]) -> dict[str, A
     dropped with a warning (``model._target_=my.fn`` works whatever ``model=`` preset is selected),
     any other key it does not take is an error."""
     import inspect
-
-    from adaptgrad.config import did_you_mean
 
     parameters = inspect.signature(function).parameters
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):

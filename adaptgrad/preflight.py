@@ -32,7 +32,8 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from adaptgrad.config import CONF_DIR, check, did_you_mean, job_config, load_data, register_experiments
+from adaptgrad.checks import did_you_mean
+from adaptgrad.config import CONF_DIR, check, job_config, load_data, register_experiments
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 VALUE_KEYS = ("seed", "layer", "through_time", "rules_module", "rule_settings")
