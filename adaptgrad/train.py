@@ -78,14 +78,27 @@ def train(job: Job, directory: Path, *, tb_name: str = "default") -> dict[str, A
                 steps_per_execution=job.trainer.steps_per_execution,
                 jit_compile=job.trainer.jit_compile,
             )
-            adapts = [
-                Adapt(_watch(model, layer, job), [copy.deepcopy(job.rule)], seed=job.seed + 1000 * i)
-                for i, layer in enumerate(layers)
-            ]
+            adapts = [_adapt(model, layer, job, seed=job.seed + 1000 * i) for i, layer in enumerate(layers)]
         result = {**_fit(job, model, adapts, directory, tb_name, started), "layers": [adapt.watch.layer.name for adapt in adapts]}
         return {**result, "model_saved": _save_model(model, adapts, directory)}
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _adapt(model: keras.Model, layer: keras.layers.Layer, job: Job, *, seed: int) -> Adapt:
+    """The layer's Adapt with its own instance of the rule. A rule that needs the layer's consumer
+    where the model has none that adaptgrad finds gets a message for the command line, which
+    cannot pass ``next_layer=``."""
+    try:
+        return Adapt(_watch(model, layer, job), [copy.deepcopy(job.rule)], seed=seed)
+    except ValueError as error:
+        cause, hint, _ = str(error).partition("; pass next_layer=")
+        if not hint:
+            raise
+        raise ValueError(
+            f"{cause}: no layer of the model that adaptgrad finds takes {layer.name!r}'s output (the output layer has none); "
+            f"adapt another layer (layer=NAME) or choose a rule that edits no outgoing weights (e.g. rule=taylor_prune)"
+        ) from error
 
 
 def _watch(model: keras.Model, layer: keras.layers.Layer, job: Job) -> GradientWatch:

@@ -737,3 +737,23 @@ def test_plots_of_jobs_on_several_layers_show_each_layers_active_units(tmp_path:
 def test_plot_title_says_a_key_with_one_value_is_fixed(sweep: Path) -> None:
     ok = collect(sweep).runs.query("status == 'ok'")
     assert _title(ok, ["rule", "model.units"]) == "varies: rule\nfixed: model.units=4, data=Sine, layer=rnn"
+
+
+def test_an_all_running_sweep_and_a_one_seed_comparison_say_why_cells_are_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_running_job(tmp_path / "0", "none", 0)
+    write_running_job(tmp_path / "1", "taylor_prune", 0)
+    assert main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err[0] == "adaptgrad-results: no job ended ok (2 running): the table has no row; rerun when the running jobs have ended"
+    )
+    shutil.rmtree(tmp_path / "0")
+    shutil.rmtree(tmp_path / "1")
+    write_job(tmp_path / "0", "none", 0, final={"val_loss": 0.5})
+    write_job(tmp_path / "1", "taylor_prune", 0, final={"val_loss": 0.4})
+    assert main([str(tmp_path), "--compare", "rule=none"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "adaptgrad-results: blank ci and p: the arm or its control has fewer than 2 seeds (n, n_baseline)"
+    ]

@@ -111,3 +111,14 @@ def test_a_user_model_module_that_works_at_import_changes_no_job(tmp_path, monke
     for name in ("first", "second"):  # the first job of the process imports the module, the second does not
         assert run(compose(overrides), tmp_path / name, overrides=overrides)["status"] == "ok"
     assert (tmp_path / "first" / "history.csv").read_bytes() == (tmp_path / "second" / "history.csv").read_bytes()
+
+
+def test_a_rule_that_needs_the_output_layers_consumer_says_what_to_do_on_the_command_line(tmp_path):
+    result = run(
+        compose([*TINY, "layer=head", "through_time=false", "rule=dormant_reset"]), tmp_path, rule_preset="dormant_reset"
+    )
+    message = result["error"]["message"]
+    assert result["status"] == "failed" and result["epochs"] == 0 and "next_layer" not in message
+    assert message.endswith(
+        "adapt another layer (layer=NAME) or choose a rule that edits no outgoing weights (e.g. rule=taylor_prune)"
+    )
