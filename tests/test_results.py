@@ -757,3 +757,11 @@ def test_an_all_running_sweep_and_a_one_seed_comparison_say_why_cells_are_missin
     assert capsys.readouterr().err.splitlines() == [
         "adaptgrad-results: blank ci and p: the arm or its control has fewer than 2 seeds (n, n_baseline)"
     ]
+
+
+def test_a_dir_with_job_tables_but_no_result_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    write_job(tmp_path / "0", "none", 0, final={"val_loss": 0.5})
+    (tmp_path / "old").mkdir()
+    shutil.copy(tmp_path / "0" / "history.csv", tmp_path / "old" / "history.csv")  # an old-format job: tables only
+    with pytest.warns(UserWarning, match=r"old: holds history.csv but no result.json nor .hydra/ .*; skipped"):
+        assert collect(tmp_path).runs.run_id.tolist() == ["0"]

@@ -292,12 +292,17 @@ def _find_job_dirs(root: Path) -> list[Path]:
     if _is_job_dir(root):
         return [root]
     found = []
-    for directory, subdirs, _ in os.walk(root):
+    for directory, subdirs, files in os.walk(root):
         if _is_job_dir(Path(directory)):
             found.append(Path(directory))
             subdirs.clear()
-        else:
-            subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+            continue
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        tables = sorted(set(files) & set(jobdir.TABLES))
+        if tables:
+            _warn(
+                f"{directory}: holds {', '.join(tables)} but no result.json nor .hydra/ (a job of another tool or version?); skipped"
+            )
     return sorted(found, key=lambda job_dir: _natural_key(job_dir.relative_to(root).as_posix()))
 
 
