@@ -31,6 +31,7 @@ from adaptgrad import jobdir
 from adaptgrad.atomic import write_json, write_text
 from adaptgrad.checkpoint import Checkpoints, config_digest
 from adaptgrad.config import job_config, rule_name
+from adaptgrad.models import ANSI
 from adaptgrad.results.markdown import markdown_table
 
 log = logging.getLogger("adaptgrad")
@@ -103,7 +104,7 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the job fails, the sweep goes on
         epochs = _epochs_written(directory)
         kind = type(error).__name__
-        message = str(error) if not isinstance(error, SystemExit) else f"the job called sys.exit({error.code!r})"
+        message = ANSI.sub("", str(error)) if not isinstance(error, SystemExit) else f"the job called sys.exit({error.code!r})"
         log.error("job failed: %s: %s", kind, message)
         epoch = getattr(error, "adaptgrad_epoch", epochs)  # set by train: the epoch whose fit or rules failed
         result = {"status": "failed", "epochs": epochs, "error": {"type": kind, "message": message, "epoch": epoch}}
