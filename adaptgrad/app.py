@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -295,7 +296,14 @@ def preflight(argv: list[str]) -> int:
         pin = pinned_dir(args.overrides, multirun=multirun)
         points = check_invocation(args.overrides, multirun=multirun, pin=pin)
     except OverrideParseException:
-        return 0  # Hydra reports it with the grammar's hint
+        unquoted = next((o for o in args.overrides if not o.isascii() and not re.search(r"=\s*(['\"]).*\1\s*$", o)), None)
+        if unquoted is None:
+            return 0  # Hydra reports it with the grammar's hint
+        key, _, value = unquoted.partition("=")
+        print(
+            f"error: {unquoted}: Hydra takes a value with non-ASCII characters only in quotes: {key}='{value}'", file=sys.stderr
+        )
+        return 2
     bad = [p for p in points if p.error]
     for point in bad[:10]:
         shown = " ".join(o for o in point.overrides if not o.startswith("hydra"))

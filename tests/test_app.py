@@ -401,3 +401,12 @@ def test_a_worker_started_through_a_launcher_process_stops_when_adaptgrad_is_kil
     while controller_status.exists() and "zombie" not in controller_status.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not controller_status.exists() or "zombie" in controller_status.read_text(), "the worker trains on without adaptgrad"
+
+
+def test_an_unquoted_non_ascii_value_says_to_quote_it(adaptgrad_cli, tmp_path):
+    done = adaptgrad_cli(*TINY, f"hydra.run.dir={tmp_path}/résultats")
+    assert done.code == 2 and not (tmp_path / "résultats").exists()
+    assert done.err == (
+        f"error: hydra.run.dir={tmp_path}/résultats: Hydra takes a value with non-ASCII characters only in quotes: "
+        f"hydra.run.dir='{tmp_path}/résultats'\n"
+    )
