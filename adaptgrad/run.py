@@ -17,9 +17,14 @@ imported only when the job trains: a completed job is skipped without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +89,7 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
     found = jobdir.previous(directory)
     if found is not None and found[1].get("status") in ("failed", "diverged"):
         Checkpoints(directory / jobdir.CHECKPOINTS, digest=config_digest(config_text)).clear()  # from scratch
+    start_tensorflow()
     from adaptgrad.config import prepare  # TensorFlow loads from here on
     from adaptgrad.recorder import git_commit, versions
     from adaptgrad.tensorboard import run_name
@@ -121,6 +127,43 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
             "error": {"type": type(error).__name__, "message": str(error), "epoch": result.get("epochs", 0)},
         }
     return {**result, "outcome": outcome}
+
+
+NATIVE_NOISE = re.compile(
+    r"absl::InitializeLog|cudart_stub|cuInit|cuda_(platform|dnn|fft|blas)|Unable to register cu|computation_placer|"
+    r"oneDNN custom operations|TF_ENABLE_ONEDNN_OPTS|This TensorFlow binary is optimized|To enable the following instructions"
+)
+"""TensorFlow's native start-up lines on a machine without a GPU (printed whatever TF_CPP_MIN_LOG_LEVEL says)."""
+
+
+def start_tensorflow() -> None:
+    """Import TensorFlow and find the devices, without its native start-up lines (:data:`NATIVE_NOISE`);
+    any other line it prints passes through. Does nothing when TensorFlow runs already."""
+    if "tensorflow" in sys.modules:
+        return
+    with native_lines_filtered(NATIVE_NOISE):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # where the CUDA probe prints
+
+
+@contextlib.contextmanager
+def native_lines_filtered(noise: re.Pattern[str]) -> Iterator[None]:
+    """Hold back what native code writes to the process's stderr (file descriptor 2) in the block,
+    then write the lines that do not match ``noise``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True) if not noise.search(line)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
 
 
 def _epochs_written(directory: Path) -> int:
