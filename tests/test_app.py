@@ -338,7 +338,7 @@ def model(input_shape, outputs, task):
 """
 
 
-def test_ctrl_c_says_how_to_resume_in_two_lines(adaptgrad_cli, tmp_path, monkeypatch):
+def test_ctrl_c_says_how_to_resume_in_one_line(adaptgrad_cli, tmp_path, monkeypatch):
     (tmp_path / "interrupting.py").write_text(INTERRUPTING)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)  # the default, time-stamped output dir goes here
