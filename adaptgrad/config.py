@@ -15,8 +15,8 @@ fraction=0.5, max_sparsity=0.5, criterion='taylor_example_abs'), 20, ())
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from adaptgrad.checkpoint import config_digest
+from adaptgrad.checks import boolean, did_you_mean, integer
 from adaptgrad.data import Dataset
 from adaptgrad.models import CELLS, MODEL_KEYS
 from adaptgrad.rules.base import REGISTRY, AdaptationRule, LayerKind
@@ -70,17 +71,6 @@ EXPERIMENTS_DIR = _shipped("experiments")
 """The ``experiment=NAME`` presets."""
 
 
-def did_you_mean(name: str, options: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``options`` to ``name``, or ``""``.
-
-    Example:
-        >>> did_you_mean("epoch", ["epochs", "batch_size"])
-        "; did you mean 'epochs'?"
-    """
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _unknown_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
     """Raise a ValueError naming the first key of ``given`` not in ``valid``, with the valid ones."""
     valid = list(valid)
@@ -89,14 +79,6 @@ def _unknown_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> Non
             raise ValueError(
                 f"{where}{key} is not a key of {where.rstrip('.') or 'the config'}; valid: {', '.join(valid)}{did_you_mean(key, valid)}"
             )
-
-
-def _integer(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be {'null or ' if optional else ''}an integer >= {minimum}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,13 +99,13 @@ class Trainer:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
-            _integer(f"trainer.{name}", getattr(self, name))
-        for name in ("jit_compile", "shuffle", "mixed_precision", "checkpoint"):
-            _boolean(f"trainer.{name}", getattr(self, name))
+            integer(f"trainer.{name}", getattr(self, name))
+        for name in ("jit_compile", "deterministic", "shuffle", "mixed_precision", "checkpoint"):
+            boolean(f"trainer.{name}", getattr(self, name))
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"trainer.distribution={self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
         for name in ("cpu_devices", "threads"):
-            _integer(f"trainer.{name}", getattr(self, name), optional=True)
+            integer(f"trainer.{name}", getattr(self, name), optional=True)
         if self.distribution == "mirrored" and self.cpu_devices and self.batch_size % self.cpu_devices:
             raise ValueError(
                 f"trainer.batch_size={self.batch_size} does not split evenly over trainer.cpu_devices={self.cpu_devices} "
@@ -132,12 +114,6 @@ class Trainer:
 
 
 DISTRIBUTIONS = ("none", "mirrored")
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be true or false")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +174,10 @@ def register_rules(modules: Sequence[str] = ()) -> None:
             importlib.import_module(module)
         except ImportError as error:
             raise ValueError(f"rules_module={module!r} cannot be imported ({error}); give a module on PYTHONPATH") from error
+        except Exception as error:  # noqa: BLE001 - the user's module is broken: say where, without a traceback
+            raise ValueError(
+                f"rules_module={module!r} raised {type(error).__name__} on import: {error}; fix the module"
+            ) from error
     store = ConfigStore.instance()
     for name, cls in REGISTRY.items():  # only the named modules' rules: others imported by chance may shadow a config file
         named = any(cls.__module__ == module or cls.__module__.startswith(f"{module}.") for module in modules)
@@ -223,7 +203,7 @@ def rule_name(rule_cfg: DictConfig, preset: str | None, overrides: Sequence[str]
     overridden = any(o.lstrip("+~").partition("=")[0] == "rule._target_" for o in overrides)
     try:
         cls = _import_class(target)
-    except (ImportError, AttributeError, ValueError):
+    except Exception:  # noqa: BLE001 - not importable: the job fails in prepare, with the reason
         cls = None
     if preset and not overridden and REGISTRY.get(preset) in (None, cls):
         return preset
@@ -246,13 +226,87 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     register_experiments()
     register_rules(rules_modules(overrides or []))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+        return own_model(hydra_compose(config_name="config", overrides=list(overrides or [])), overrides or [])
 
 
-def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
-    """Instantiate the rule; keys of a preset that a ``rule._target_`` override cannot take are
-    dropped with a warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is
-    selected), and anything else wrong gets a clear error."""
+def rule_settings(value: Any) -> dict[str, dict[str, Any]]:
+    """``rule_settings`` checked: ``{rule name: {key: value}}``, each name a rule (registered, or a
+    ``conf/rule`` preset) and each key one its class takes. ``rule_settings.NAME.KEY=VALUE`` sets
+    ``KEY`` for the jobs whose rule is ``NAME`` only, so a sweep over rules can vary one rule's
+    parameter (``-m rule=none,taylor_prune rule_settings.taylor_prune.fraction=0.1,0.2``).
+
+    Example:
+        >>> rule_settings({"taylor_prune": {"fraction": 0.2}})
+        {'taylor_prune': {'fraction': 0.2}}
+        >>> rule_settings({"taylor_prune": {"fractoin": 0.2}})
+        Traceback (most recent call last):
+        ...
+        ValueError: rule_settings.taylor_prune.fractoin: fractoin is not a parameter of rule taylor_prune; valid: ...; did you mean 'fraction'?
+    """
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"rule_settings={value!r} must be a mapping rule name -> {{key: value}}")
+    names = sorted({*REGISTRY, *(p.stem for p in (CONF_DIR / "rule").glob("*.yaml"))})
+    for name, keys in value.items():
+        if name not in names:
+            raise ValueError(f"rule_settings.{name} names no rule; valid: {', '.join(names)}{did_you_mean(str(name), names)}")
+        if not isinstance(keys, dict):
+            raise ValueError(f"rule_settings.{name}={keys!r} must be a mapping key -> value (rule_settings.{name}.KEY=VALUE)")
+        accepted = _keyword_names(REGISTRY[name]) if name in REGISTRY else None
+        for key in keys:
+            if accepted is not None and key not in accepted:
+                valid = sorted(accepted)
+                raise ValueError(
+                    f"rule_settings.{name}.{key}: {key} is not a parameter of rule {name}; valid: {', '.join(valid)}"
+                    f"{did_you_mean(str(key), valid)}"
+                )
+    return value
+
+
+def job_config(cfg: DictConfig, overrides: Sequence[str], rule_preset: str | None) -> DictConfig:
+    """``cfg`` as the job runs it and records it in ``config.yaml``: the user's model as given
+    (:func:`own_model`) and the rule's keys from ``rule_settings`` for its name applied, so that
+    the ``rule`` section holds what the rule gets. Bad settings are left for :func:`check`."""
+    cfg = own_model(cfg, overrides)
+    settings = cfg.get("rule_settings") or {}
+    try:
+        name = rule_name(cfg.rule, rule_preset, overrides)
+    except Exception:  # noqa: BLE001 - a bad rule config is reported by check
+        return cfg
+    keys = settings.get(name) if isinstance(settings, DictConfig) else None
+    if not isinstance(keys, DictConfig) or not keys:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.rule = OmegaConf.merge(cfg.rule, keys)
+    return cfg
+
+
+def own_model(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``cfg`` as the job runs it: with ``model._target_=...`` among the command-line
+    ``overrides``, the model config is that ``_target_`` and the ``model.KEY=...`` keys the
+    command line gives; the selected built-in preset's keys are dropped (the function's own
+    defaults apply, and ``config.yaml``, summaries and tables name no cell it does not build).
+
+    Example:
+        >>> cfg = compose(["model._target_=my_models.build", "model.units=8"])
+        >>> dict(cfg.model)
+        {'_target_': 'my_models.build', 'units': 8}
+    """
+    given = {o.lstrip("+~").partition("=")[0] for o in overrides}
+    if "model._target_" not in given:
+        return cfg
+    cfg = cfg.copy()
+    cfg.model = {k: v for k, v in cfg.model.items() if k == "_target_" or f"model.{k}" in given}
+    return cfg
+
+
+def build_rule(rule_cfg: DictConfig, preset: str | None, settings: dict[str, dict[str, Any]] | None = None) -> AdaptationRule:
+    """Instantiate the rule, with the keys ``settings`` (checked ``rule_settings``) gives for
+    its name; keys of a preset that a ``rule._target_`` override cannot take are dropped with a
+    warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is selected), and
+    anything else wrong gets a clear error."""
     target = str(rule_cfg.get("_target_"))
     try:
         cls = _import_class(target)
@@ -263,6 +317,7 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
     if not (isinstance(cls, type) and issubclass(cls, AdaptationRule)):
         raise ValueError(f"rule._target_={target!r} is not an adaptgrad.AdaptationRule subclass")
     kwargs = {k: v for k, v in OmegaConf.to_container(rule_cfg, resolve=True).items() if k != "_target_"}
+    kwargs.update((settings or {}).get(rule_name(rule_cfg, preset), {}))
     accepted = _keyword_names(cls)
     preset_cls = REGISTRY.get(preset or "")
     if preset_cls is not None and preset_cls is not cls:
@@ -271,7 +326,12 @@ def build_rule(rule_cfg: DictConfig, preset: str | None) -> AdaptationRule:
             log.warning("rule %s does not take %s from preset rule=%s; ignored", cls.__name__, dropped, preset)
             kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     if accepted is not None:
-        _unknown_keys("rule.", kwargs, sorted(accepted))
+        try:
+            _unknown_keys("rule.", kwargs, sorted(accepted))
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (in a sweep over rules, rule_settings.RULE.KEY=VALUE sets a key of one rule only)"
+            ) from None
     try:
         return cls(**kwargs)
     except TypeError as error:
@@ -313,23 +373,62 @@ def check_model(model: dict[str, Any]) -> dict[str, Any]:
     _unknown_keys("model.", model, MODEL_KEYS)
     if model.get("cell") not in CELLS:
         raise ValueError(f"model.cell={model.get('cell')!r}; valid: {', '.join(CELLS)}, or give model._target_")
-    _integer("model.units", model.get("units"))
-    _integer("model.depth", model.get("depth", 1))
-    _boolean("model.return_sequences", model.get("return_sequences", False))
-    _integer("model.head_units", model.get("head_units"), optional=True)
+    integer("model.units", model.get("units"))
+    integer("model.depth", model.get("depth", 1))
+    boolean("model.return_sequences", model.get("return_sequences", False))
+    integer("model.head_units", model.get("head_units"), optional=True)
     return model
 
 
+OPTIMIZER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "learning_rate": (0.0, math.inf, False),
+    "momentum": (0.0, 1.0, True),
+    "beta_1": (0.0, 1.0, False),
+    "beta_2": (0.0, 1.0, False),
+    "rho": (0.0, 1.0, True),
+    "epsilon": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, True),
+    "clipnorm": (0.0, math.inf, False),
+    "clipvalue": (0.0, math.inf, False),
+    "global_clipnorm": (0.0, math.inf, False),
+    "ema_momentum": (0.0, 1.0, True),
+}
+"""Numeric arguments of Keras's optimizers: (low, high, low allowed); checked up front, without
+TensorFlow, so a bad value stops a sweep before any job trains (Keras would refuse it in the job)."""
+
+
 def check_optimizer(optimizer: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer config with ``learning_rate`` as a float, checked finite and > 0."""
+    """The optimizer config with the numeric arguments of :data:`OPTIMIZER_RANGES` as floats,
+    checked finite and in range (``learning_rate`` > 0, ``momentum`` in [0, 1], ...); null
+    stands for Keras's default.
+
+    Example:
+        >>> check_optimizer({"_target_": "keras.optimizers.SGD", "learning_rate": 1, "momentum": 0})
+        {'_target_': 'keras.optimizers.SGD', 'learning_rate': 1.0, 'momentum': 0.0}
+        >>> check_optimizer({"_target_": "keras.optimizers.SGD", "momentum": -3})
+        Traceback (most recent call last):
+        ...
+        ValueError: optimizer.momentum=-3 must be a number in [0, 1]
+    """
     if "_target_" not in optimizer:
         raise ValueError("optimizer has no _target_; give e.g. optimizer=adam or optimizer._target_=keras.optimizers.SGD")
-    rate = optimizer.get("learning_rate")
-    if rate is None:
-        return optimizer
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-        raise ValueError(f"optimizer.learning_rate={rate!r} must be a finite number > 0")
-    return {**optimizer, "learning_rate": float(rate)}
+    checked = dict(optimizer)
+    for key, (low, high, closed) in OPTIMIZER_RANGES.items():
+        value = optimizer.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or not (low <= value if closed else low < value) or value > high:
+            shown = (
+                f"> {low:g}"
+                if high == math.inf and not closed
+                else f">= {low:g}"
+                if high == math.inf
+                else f"in [{low:g}, {high:g}]"
+            )
+            raise ValueError(f"optimizer.{key}={value!r} must be a {'finite ' if high == math.inf else ''}number {shown}")
+        checked[key] = float(value)
+    return checked
 
 
 def _layers(value: Any) -> tuple[str, ...]:
@@ -374,13 +473,13 @@ def check(cfg: DictConfig, rule_preset: str | None = None) -> Spec:
     trainer = dict(plain["trainer"])
     _unknown_keys("trainer.", trainer, [f.name for f in dataclasses.fields(Trainer)])
     spec = Spec(
-        seed=_integer("seed", plain["seed"], 0),
+        seed=integer("seed", plain["seed"], 0),
         layers=_layers(plain.get("layer")),
         through_time=_through_time(plain["through_time"]),
         stats=_stats(plain["stats"]),
-        oracle=_integer("oracle", plain["oracle"], 0),
+        oracle=integer("oracle", plain["oracle"], 0),
         model=check_model(dict(plain["model"])),
-        rule=build_rule(cfg.rule, rule_preset),
+        rule=build_rule(cfg.rule, rule_preset, rule_settings(plain.get("rule_settings"))),
         optimizer=check_optimizer(dict(plain["optimizer"])),
         trainer=Trainer(**trainer),
         digest=config_digest(OmegaConf.to_yaml(cfg, resolve=True)),
@@ -451,6 +550,7 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     from adaptgrad import _keras, runtime
 
     runtime.configure(spec.trainer.threads, spec.trainer.cpu_devices)  # before TensorFlow's first op here
+    _import_modules(spec.model.get("_target_"), cfg.data.get("_target_"))
     keras.backend.clear_session()  # joblib reuses worker processes: no state from a previous job
     keras.utils.set_random_seed(spec.seed)
     trainer = spec.trainer
@@ -460,12 +560,28 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
     dataset = load_data(cfg.data)
     try:
         make_optimizer = instantiate(spec.optimizer, _partial_=True)  # built inside the strategy scope
-        make_optimizer().get_config()  # bad arguments fail here, before training
+        made = make_optimizer()  # bad arguments fail here, before training
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"optimizer {spec.optimizer['_target_']!r}: {_cause(error)}") from error
+    if not isinstance(made, keras.optimizers.Optimizer):
+        raise ValueError(
+            f"optimizer._target_={spec.optimizer['_target_']!r} made a {type(made).__name__}, not a keras.optimizers.Optimizer; "
+            f"give e.g. optimizer=sgd or optimizer._target_=keras.optimizers.RMSprop"
+        )
     return Job(
         **{f.name: getattr(spec, f.name) for f in dataclasses.fields(Spec)}, dataset=dataset, make_optimizer=make_optimizer
     )
+
+
+def _import_modules(*targets: Any) -> None:
+    """Import the modules of the user's ``module.function`` targets before the job seeds: one
+    that does work at import (builds a model, draws numbers) then changes no job's numbers,
+    whether it is the first job of a worker process to import it or a later one. A module that
+    fails here fails again, with the reason, where the job uses it."""
+    for target in targets:
+        if target:
+            with contextlib.suppress(Exception):
+                importlib.import_module(str(target).rpartition(".")[0])
 
 
 def _cause(error: BaseException) -> str:

@@ -27,6 +27,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from adaptgrad.checks import integer
+
 TASKS: tuple[str, ...] = ("regression", "classification")
 """Values :attr:`Dataset.task` may take."""
 
@@ -74,7 +76,7 @@ class Dataset:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is invalid; valid: {', '.join(TASKS)}")
-        _check_int("outputs", self.outputs, 1)
+        integer("outputs", self.outputs, 1)
         object.__setattr__(self, "outputs", int(self.outputs))
         for split in ("train", "val"):
             x = self._frozen(f"x_{split}", np.float32)
@@ -116,12 +118,6 @@ class Dataset:
     def input_shape(self) -> tuple[int, int]:
         """``(T, F)``: steps per sequence and features per step, as Keras' ``Input`` wants."""
         return int(self.x_train.shape[1]), int(self.x_train.shape[2])
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    """Raise ValueError unless ``value`` is an integer (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid; it must be an integer >= {minimum}")
 
 
 def _validation_size(n: int, val_fraction: float) -> int:
@@ -214,8 +210,8 @@ def adding(*, length: int = 50, samples: int = 2000, val_fraction: float = 0.2, 
     Raises:
         ValueError: If an argument is out of range.
     """
-    _check_int("length", length, 2)
-    _check_int("samples", samples, 2)
+    integer("length", length, 2)
+    integer("samples", samples, 2)
     _validation_size(samples, val_fraction)
     rng = np.random.default_rng(seed)
     values = rng.random((samples, length), dtype=np.float32)
@@ -264,15 +260,15 @@ def copy_memory(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _check_int("symbols", symbols, 2)
-    _check_int("copy", copy, 1)
-    _check_int("length", length, 1)
+    integer("symbols", symbols, 2)
+    integer("copy", copy, 1)
+    integer("length", length, 1)
     if length <= copy + 1:
         raise ValueError(
             f"length={length} is invalid with copy={copy}; length must be > copy + 1 = {copy + 1} "
             "to leave room for a blank and the delimiter"
         )
-    _check_int("samples", samples, 2)
+    integer("samples", samples, 2)
     _validation_size(samples, val_fraction)
     rng = np.random.default_rng(seed)
     tokens = np.full((samples, length), symbols, np.int64)  # blank
@@ -310,8 +306,8 @@ def sunspots(*, window: int = 20, horizon: int = 1, val_fraction: float = 0.2, s
         ValueError: If an argument is out of range or leaves fewer than 2 windows.
     """
     del seed  # Chronological split; see the docstring.
-    _check_int("window", window, 1)
-    _check_int("horizon", horizon, 1)
+    integer("window", window, 1)
+    integer("horizon", horizon, 1)
     from statsmodels.datasets import sunspots as sunspot_data  # = statsmodels.api.datasets.sunspots
 
     series = sunspot_data.load_pandas().data["SUNACTIVITY"].to_numpy(np.float64)

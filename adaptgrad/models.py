@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from typing import TYPE_CHECKING, Any
+
+from adaptgrad.checks import did_you_mean, integer
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("adaptgrad")
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+"""Terminal colour codes (Keras colours some of its error messages)."""
 
 CELLS = ("minimal_rnn", "simple_rnn", "gru", "lstm")
 LAYER_NAMES = {"minimal_rnn": "minimalrnn", "simple_rnn": "simple_rnn", "gru": "gru", "lstm": "lstm"}
@@ -72,9 +78,9 @@ def build_model(
         raise ValueError(f"unknown model cell {cell!r}; valid: {', '.join(CELLS)}")
     if task not in ("regression", "classification"):
         raise ValueError(f"unknown task {task!r}; valid: regression, classification")
-    for name, value in (("units", units), ("depth", depth), ("outputs", outputs), ("head_units", head_units or 1)):
-        if int(value) < 1:
-            raise ValueError(f"model {name}={value!r} must be >= 1")
+    for name, value in (("units", units), ("depth", depth), ("outputs", outputs)):
+        integer(f"model.{name}", value)
+    integer("model.head_units", head_units, optional=True)
     inputs = keras.Input(tuple(input_shape), name="inputs")
     hidden = inputs
     for i in range(1, int(depth) + 1):
@@ -116,8 +122,20 @@ def make_model(config: dict[str, Any], *, input_shape: tuple[int, ...], outputs:
     model = function(**sizes, **kwargs)
     if not isinstance(model, keras.Model):
         raise ValueError(f"model._target_={target!r} returned {type(model).__name__}, not a keras.Model")
-    if not model.built:
-        model(np.zeros((1, *input_shape), np.float32))
+    try:  # builds a model the function did not build
+        output = model(np.zeros((1, *input_shape), np.float32))
+    except Exception as error:  # noqa: BLE001 - Keras's and TensorFlow's many kinds, each many lines long
+        first = ANSI.sub("", str(error)).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"model._target_={target!r} cannot take the data's sequences of shape {tuple(input_shape)} (steps, features): "
+            f"{type(error).__name__}: {first}; build its input from the input_shape argument"
+        ) from error
+    shape = tuple(getattr(output, "shape", ()))
+    if shape != (1, int(outputs)):
+        raise ValueError(
+            f"model._target_={target!r} gives outputs of shape {shape[1:]} per example; the data needs ({outputs},) "
+            f"({task}): end the model with a layer of the outputs argument's width"
+        )
     return model
 
 
@@ -126,8 +144,6 @@ def _accepted(function: Any, target: str, kwargs: dict[str, Any]) -> dict[str, A
     dropped with a warning (``model._target_=my.fn`` works whatever ``model=`` preset is selected),
     any other key it does not take is an error."""
     import inspect
-
-    from adaptgrad.config import did_you_mean
 
     parameters = inspect.signature(function).parameters
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):

@@ -32,7 +32,8 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from adaptgrad.config import CONF_DIR, check, did_you_mean, load_data, register_experiments
+from adaptgrad.checks import did_you_mean
+from adaptgrad.config import CONF_DIR, check, job_config, load_data, register_experiments
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 VALUE_KEYS = ("seed", "layer", "through_time", "stats", "oracle", "rules_module", "rule_settings")
@@ -52,6 +53,8 @@ class Point:
     root: Path | None = None
     config_text: str | None = None
     error: str | None = None
+    records: Path | None = None
+    """Where Hydra writes the job's records (``.hydra``), if it does."""
 
 
 @contextlib.contextmanager
@@ -183,9 +186,12 @@ def _point(number: int, overrides: list[str], composer: _Composer, multirun: boo
             point.directory = point.root / str(cfg.hydra.sweep.subdir)
         else:
             point.root = point.directory = Path(str(cfg.hydra.run.dir))
+        if cfg.hydra.output_subdir is not None:
+            point.records = point.directory / str(cfg.hydra.output_subdir)
         task = copy.deepcopy(cfg)
         with open_dict(task):
             del task["hydra"]
+        task = job_config(task, overrides, cfg.hydra.runtime.choices.get("rule"))
         point.config_text = OmegaConf.to_yaml(task, resolve=True)
         check(task, cfg.hydra.runtime.choices.get("rule"))
         point.error = _data_error(task.data, data)
@@ -225,7 +231,10 @@ def _explain(error: Exception, overrides: list[str]) -> str:
             keys = _dotted(compose("config", others))
         except Exception:  # noqa: BLE001
             keys = []
-        return f"{key} is not a key of the config{did_you_mean(key, keys)} (to add a new key: +{key}=...)"
+        hint = ""
+        if key.startswith("rule."):
+            hint = f"; to set it only for the rules that take it (a sweep over rules): +rule_settings.RULE.{key[5:]}=..."
+        return f"{key} is not a key of the config{did_you_mean(key, keys)} (to add a new key: +{key}=...){hint}"
     return _line(error)
 
 

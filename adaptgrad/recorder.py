@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import pandas as pd
 
+from adaptgrad import jobdir
 from adaptgrad.atomic import write_atomic, write_frame, write_json, write_text  # noqa: F401 - also importable from here
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class JobFiles(keras.callbacks.Callback):
     Epochs are numbered from 0, as in Keras's callbacks, the rules' ``start_epoch`` and every file;
     the console line ``epoch 3 of 0..19`` says so. ``adapt`` is the job's :class:`~adaptgrad.Adapt`
     (or one per adapted layer: the tables are then their frames one under the other).
+
+    Put :attr:`logs` first in ``fit``'s callbacks and this after the ``Adapt`` callbacks: when a
+    rule raises (and ``fit`` stops before this callback sees the epoch),
+    :meth:`record_failed_epoch` still writes the epoch's row and the rule's ``failed`` action.
     """
 
     def __init__(self, directory: Path, adapt: Adapt | Sequence[Adapt], epochs: int) -> None:
@@ -86,6 +91,7 @@ class JobFiles(keras.callbacks.Callback):
         self.diverged_at: int | None = None
         self.nonfinite: list[str] = []
         self._started = time.perf_counter()
+        self.logs = _EpochLogs()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._started = time.perf_counter()
@@ -118,6 +124,17 @@ class JobFiles(keras.callbacks.Callback):
             self.diverged_at = epoch
             self.model.stop_training = True
 
+    def record_failed_epoch(self, epoch: int) -> None:
+        """Write the tables after ``fit`` raised in ``epoch``: with the epoch's row when it trained
+        to the end (the metrics that :attr:`logs` saw and the units active after the rules' undo)."""
+        trained = self.logs.epoch == epoch and not any(row["epoch"] == epoch for row in self.rows)
+        if trained:
+            active = {f"active_units/{a.watch.layer.name}": float(a.units.active.sum()) for a in self.adapts}
+            if len(self.adapts) == 1:  # as the Adapt adds them to the logs
+                active["active_units"] = float(self.adapts[0].units.active.sum())
+            self.rows.append({"epoch": epoch, **self.logs.values, **active})
+        self.flush()
+
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
@@ -128,9 +145,21 @@ class JobFiles(keras.callbacks.Callback):
         return pd.concat([a.actions_frame() for a in self.adapts], ignore_index=True)
 
     def flush(self) -> None:
-        write_frame(self.directory / "history.csv", self.history())
-        write_frame(self.directory / "units.parquet", self.units_frame())
-        write_frame(self.directory / "actions.csv", self.actions_frame())
+        write_frame(self.directory / jobdir.HISTORY, self.history())
+        write_frame(self.directory / jobdir.UNITS, self.units_frame())
+        write_frame(self.directory / jobdir.ACTIONS, self.actions_frame())
         oracle = pd.concat([a.oracle_frame() for a in self.adapts], ignore_index=True)
         if len(oracle):
-            write_frame(self.directory / "oracle.parquet", oracle)
+            write_frame(self.directory / jobdir.ORACLE, oracle)
+
+
+class _EpochLogs(keras.callbacks.Callback):
+    """The logs of the last epoch end it saw (first among ``fit``'s callbacks: before any can raise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch: int | None = None
+        self.values: dict[str, float] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch, self.values = epoch, {k: float(v) for k, v in (logs or {}).items()}

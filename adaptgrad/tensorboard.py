@@ -4,6 +4,9 @@ Example:
     >>> from adaptgrad.tensorboard import run_name
     >>> run_name(["rule=taylor_prune", "seed=1"]), run_name([])
     ('rule=taylor_prune,seed=1', 'default')
+    >>> long = run_name([f"+data.key_{i}=a_value_{i}" for i in range(18)])
+    >>> len(long.encode()), long[-25:]
+    (200, ',+data.key_8=a_val~df1387')
 
 Written with TensorFlow's own ``tf.summary.write`` in TensorBoard's formats (no ``tensorboard``
 package needed to write; install it to view). The runner adds a :class:`TensorBoardLog` to every job; it writes into
@@ -14,6 +17,7 @@ for the ``edits_by_step/`` tags, whose steps are optimizer steps.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +27,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from adaptgrad.atomic import write_atomic
 from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
 
 if TYPE_CHECKING:
@@ -36,9 +41,38 @@ BINS = 30
 """Buckets of a histogram (TensorBoard's default)."""
 
 
+NAME_BYTES = 200
+"""The longest run name (a dir name: file systems allow 255 bytes)."""
+
+
 def run_name(overrides: Sequence[str]) -> str:
-    """The name of a job's TensorBoard run: its overrides joined by commas (``/`` becomes ``_``)."""
-    return ",".join(overrides).replace("/", "_") or "default"
+    """The name of a job's TensorBoard run: its overrides joined by commas (``/`` becomes ``_``);
+    a name longer than :data:`NAME_BYTES` is cut to fit, ending with ``~`` and 6 hex digits of
+    its full text's hash (so that two long names still differ)."""
+    name = ",".join(overrides).replace("/", "_") or "default"
+    if len(name.encode()) <= NAME_BYTES:
+        return name
+    tail = "~" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    return name.encode()[: NAME_BYTES - len(tail)].decode(errors="ignore") + tail
+
+
+def keep_before(directory: Path, epoch: int) -> None:
+    """Drop the events of epoch ``epoch`` and later from the event files in ``directory`` (a
+    resumed job trains them again: TensorBoard would show each of those steps twice)."""
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        events = [tf.compat.v1.Event.FromString(record.numpy()) for record in tf.data.TFRecordDataset(str(path))]
+        kept = [event for event in events if not event.HasField("summary") or event.step < epoch]
+        if len(kept) == len(events):
+            continue
+
+        def write(temp: Path, kept: list[tf.compat.v1.Event] = kept) -> None:
+            with tf.io.TFRecordWriter(str(temp)) as writer:
+                for event in kept:
+                    writer.write(event.SerializeToString())
+
+        write_atomic(path, write)
 
 
 class TensorBoardLog(keras.callbacks.Callback):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ from adaptgrad.atomic import write_atomic
 from adaptgrad.capture import GradientWatch, watch
 from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import Job
+from adaptgrad.jobdir import CHECKPOINTS, MODEL, TENSORBOARD
 from adaptgrad.layers import find_layer
 from adaptgrad.models import make_model, recurrent_layers
 from adaptgrad.recorder import JobFiles
 from adaptgrad.rules.base import AdaptationRule, LayerKind
 from adaptgrad.runtime import strategy_for
-from adaptgrad.tensorboard import TensorBoardLog
+from adaptgrad.tensorboard import TensorBoardLog, keep_before
 
 log = logging.getLogger("adaptgrad")
 
@@ -45,7 +47,15 @@ def train(job: Job, directory: Path, *, tb_name: str = "default") -> dict[str, A
     """Build the model, attach a watch and an Adapt (with its own instance of the rule) to each
     adapted layer, train epoch by epoch with a checkpoint after each, resuming from the newest
     checkpoint of the same config in ``directory``; write the final model as ``model.keras``;
-    returns the result. TensorBoard events go to ``directory/tb/<tb_name>``."""
+    returns the result. TensorBoard events go to ``directory/tb/<tb_name>``.
+
+    ``result["resumed_wall_time"]``: the seconds earlier attempts spent up to the checkpoint this
+    one resumed from (0 for a fresh start), which the runner adds to this attempt's wall time.
+
+    Raises:
+        OSError: ``model.keras`` cannot be written (disk full...): the job has not completed.
+    """
+    started = time.perf_counter()
     data = job.dataset
     strategy = strategy_for(job.trainer.distribution, job.trainer.cpu_devices)
     previous_policy = keras.mixed_precision.global_policy()
@@ -71,22 +81,30 @@ def train(job: Job, directory: Path, *, tb_name: str = "default") -> dict[str, A
                 steps_per_execution=job.trainer.steps_per_execution,
                 jit_compile=job.trainer.jit_compile,
             )
-            measured = (job.dataset.x_train, job.dataset.y_train) if job.oracle else None
-            adapts = [
-                Adapt(
-                    _watch(model, layer, job),
-                    [copy.deepcopy(job.rule)],
-                    seed=job.seed + 1000 * i,
-                    oracle=measured,
-                    oracle_every=job.oracle or 1,
-                )
-                for i, layer in enumerate(layers)
-            ]
-        result = {**_fit(job, model, adapts, directory, tb_name), "layers": [adapt.watch.layer.name for adapt in adapts]}
-        _save_model(model, adapts, directory)
-        return result
+            adapts = [_adapt(model, layer, job, seed=job.seed + 1000 * i) for i, layer in enumerate(layers)]
+        result = {**_fit(job, model, adapts, directory, tb_name, started), "layers": [adapt.watch.layer.name for adapt in adapts]}
+        return {**result, "model_saved": _save_model(model, adapts, directory)}
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _adapt(model: keras.Model, layer: keras.layers.Layer, job: Job, *, seed: int) -> Adapt:
+    """The layer's Adapt with its own instance of the rule. A rule that needs the layer's consumer
+    where the model has none that adaptgrad finds gets a message for the command line, which
+    cannot pass ``next_layer=``."""
+    try:
+        measured = (job.dataset.x_train, job.dataset.y_train) if job.oracle else None
+        return Adapt(
+            _watch(model, layer, job), [copy.deepcopy(job.rule)], seed=seed, oracle=measured, oracle_every=job.oracle or 1
+        )
+    except ValueError as error:
+        cause, hint, _ = str(error).partition("; pass next_layer=")
+        if not hint:
+            raise
+        raise ValueError(
+            f"{cause}: no layer of the model that adaptgrad finds takes {layer.name!r}'s output (the output layer has none); "
+            f"adapt another layer (layer=NAME) or choose a rule that edits no outgoing weights (e.g. rule=taylor_prune)"
+        ) from error
 
 
 def _watch(model: keras.Model, layer: keras.layers.Layer, job: Job) -> GradientWatch:
@@ -107,44 +125,56 @@ def capture_mode(rule: AdaptationRule, layer: keras.layers.Layer, through_time: 
     return kind.recurrent if wanted is None else wanted
 
 
-def _save_model(model: keras.Model, adapts: list[Adapt], directory: Path) -> None:
-    """``model.keras``: the adapted model without the watches, written atomically. A model Keras
-    cannot save is logged, not a failure of the job (its tables are complete)."""
+def _save_model(model: keras.Model, adapts: list[Adapt], directory: Path) -> bool:
+    """``model.keras``: the adapted model without the watches, written atomically; whether it was.
+    A model Keras cannot save is logged, not a failure of the job (its tables are complete); a
+    file that cannot be written (disk full) is: a rerun resumes and writes it."""
     for adapt in adapts:
         adapt.watch.remove()
     try:
-        write_atomic(directory / "model.keras", lambda temp: model.save(temp))
+        write_atomic(directory / MODEL, lambda temp: model.save(temp))
+    except OSError as error:
+        raise OSError(f"cannot write {directory / MODEL}: {error}; rerun the same command to write it") from error
     except Exception as error:  # noqa: BLE001
-        log.warning("model.keras not written: %s: %s", type(error).__name__, error)
+        log.warning("%s not written: %s: %s", MODEL, type(error).__name__, error)
+        return False
+    return True
 
 
-def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path, tb_name: str) -> dict[str, Any]:
+def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path, tb_name: str, started: float) -> dict[str, Any]:
     data, trainer = job.dataset, job.trainer
     files = JobFiles(directory, adapts, trainer.epochs)
-    events = TensorBoardLog(directory / "tb" / tb_name, adapts)
-    checkpoints = Checkpoints(directory / "checkpoints", digest=job.digest)
-    start = 0
+    checkpoints = Checkpoints(directory / CHECKPOINTS, digest=job.digest)
+    start, earlier = 0, 0.0
     saved = checkpoints.latest() if trainer.checkpoint else None
     if saved is not None:
-        start = saved[0] + 1
+        start, earlier = saved[0] + 1, saved[1].get("wall_time", 0.0)
         _restore(saved[1], model, adapts, files)
+        files.flush()  # the tables as of the checkpoint, also when no epoch is left to train
         log.info("resuming at epoch %d from %s", start, checkpoints.directory)
+    keep_before(directory / TENSORBOARD / tb_name, start)  # an earlier attempt's later epochs are trained again
+    events = TensorBoardLog(directory / TENSORBOARD / tb_name, adapts)
     validation = batches(data.x_val, data.y_val, trainer.batch_size)
     for epoch in range(start, trainer.epochs):
         order = epoch_order(job.seed, epoch, len(data.x_train), trainer.shuffle)
-        model.fit(
-            batches(data.x_train[order], data.y_train[order], trainer.batch_size),
-            validation_data=validation,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            shuffle=False,  # the order is epoch_order's
-            callbacks=[*adapts, files, events],
-            verbose=0,
-        )
+        try:
+            model.fit(
+                batches(data.x_train[order], data.y_train[order], trainer.batch_size),
+                validation_data=validation,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                shuffle=False,  # the order is epoch_order's
+                callbacks=[files.logs, *adapts, files, events],
+                verbose=0,
+            )
+        except Exception as error:
+            files.record_failed_epoch(epoch)  # a rule raised: the epoch it trained and its failed action
+            error.adaptgrad_epoch = epoch  # type: ignore[attr-defined] - the runner records where the job failed
+            raise
         if files.diverged_at is not None:
             break
         if trainer.checkpoint:
-            checkpoints.save(epoch, _state(model, adapts, files))
+            checkpoints.save(epoch, {**_state(model, adapts, files), "wall_time": earlier + time.perf_counter() - started})
     history = files.history()
     final = {k: float(v) for k, v in history.iloc[-1].items() if k != "epoch"} if len(history) else {}
     result: dict[str, Any] = {
@@ -152,6 +182,7 @@ def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path, tb_
         "final": final,
         "epochs": len(history),
         "resumed_from": start or None,
+        "resumed_wall_time": earlier,
         "replicas": model.distribute_strategy.num_replicas_in_sync,
     }
     if files.diverged_at is not None:

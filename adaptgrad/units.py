@@ -702,7 +702,10 @@ class UnitView:
         return [(position, out) for position, out in outgoing if id(out.variable) not in own]
 
     def _check(self, units: Iterable[int]) -> list[int]:
-        units = np.asarray(units if np.isscalar(units) else list(units), dtype=np.int64).ravel().tolist()
+        given = np.asarray(units if np.isscalar(units) else list(units)).ravel()
+        if given.size and (given.dtype.kind not in "iuf" or (given.dtype.kind == "f" and not np.all(given == np.round(given)))):
+            raise ValueError(f"unit indices must be integers, got {given.tolist()} for layer {self.layer.name!r}")
+        units = given.astype(np.int64).tolist()
         bad = [u for u in units if not 0 <= u < self.size]
         if bad:
             raise ValueError(f"unit indices {bad} out of range for layer {self.layer.name!r} with {self.size} units")

@@ -8,6 +8,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -82,3 +83,14 @@ def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
     yield invoke
     REGISTRY.clear()
     REGISTRY.update(registered)
+
+
+def tensorboard_steps(directory: Path) -> list[tuple[str, int]]:
+    """``(tag, step)`` of every summary in the TensorBoard event files of ``directory``, sorted."""
+    return sorted(
+        (value.tag, event.step)
+        for path in directory.glob("events.out.tfevents.*")
+        for record in tf.data.TFRecordDataset(str(path))
+        for event in [tf.compat.v1.Event.FromString(record.numpy())]
+        for value in event.summary.value
+    )

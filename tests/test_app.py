@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -328,3 +330,125 @@ def test_a_step_clock_without_its_end_is_refused_before_training(tmp_path, adapt
         *STEP_CLOCK, "rule.every_steps=3", "rule.end_step=9", "trainer.steps_per_execution=4", f"hydra.run.dir={tmp_path / 'job'}"
     )
     assert out.code != 0 and "rule.every_steps=3 is below trainer.steps_per_execution=4" in out.err
+
+
+def hydra_records(directory: Path) -> dict[Path, bytes]:
+    """Hydra's records under ``directory``: every job's ``.hydra/*.yaml`` and ``multirun.yaml``."""
+    return {p: p.read_bytes() for p in directory.rglob("*.yaml") if ".hydra" in p.parts or p.name == "multirun.yaml"}
+
+
+def test_a_skipped_rerun_keeps_the_hydra_records_of_the_run_that_completed(adaptgrad_cli, tmp_path):
+    sweep, single = tmp_path / "sweep", tmp_path / "single"
+    assert adaptgrad_cli("-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}").code == 0
+    assert adaptgrad_cli(*TINY, f"hydra.run.dir={single}").code == 0
+    records = {**hydra_records(sweep), **hydra_records(single)}
+    assert len(records) == 2 * 3 + 1 + 3
+    # the same jobs, the overrides in another order: every job is skipped, no record rewritten
+    again = adaptgrad_cli("-m", "seed=0,1", *reversed(TINY), f"hydra.sweep.dir={sweep}")
+    assert again.code == 0 and "0 ran, 0 resumed, 2 skipped (completed earlier), 0 did not complete" in again.out
+    assert adaptgrad_cli(*reversed(TINY), f"hydra.run.dir={single}").code == 0
+    assert {p: p.read_bytes() for p in records} == records
+
+
+def test_a_sweep_job_whose_dir_another_run_holds_did_not_complete(adaptgrad_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from adaptgrad.jobdir import lock\nwith lock({str(sweep / '1')!r}):\n    print('held', flush=True)\n    input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = adaptgrad_cli("-m", *TINY, "rule=none", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert done.code == 1
+    assert (
+        "1 ran, 0 resumed, 0 skipped (completed earlier), 1 did not complete (1 refused: another run holds their dir)" in done.out
+    )
+    assert f"{sweep / '1'}: failed: another adaptgrad run is writing to {sweep / '1'}" in done.err
+
+
+INTERRUPTING = """
+def model(input_shape, outputs, task):
+    raise KeyboardInterrupt  # as Ctrl-C while the job builds its model
+"""
+
+
+def test_ctrl_c_says_how_to_resume_in_one_line(adaptgrad_cli, tmp_path, monkeypatch):
+    (tmp_path / "interrupting.py").write_text(INTERRUPTING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the default, time-stamped output dir goes here
+    done = adaptgrad_cli(*TINY, "model._target_=interrupting.model")
+    assert done.code == 130 and "Traceback" not in done.err
+    (out,) = (tmp_path / "outputs").glob("*/*")
+    assert done.err.strip() == (
+        f"interrupted: jobs that did not complete keep their checkpoints; rerun the same command with hydra.run.dir={out.relative_to(tmp_path)} to resume"
+    )
+    assert json.loads((out / "result.json").read_text())["status"] == "running"  # a rerun resumes it
+
+
+KILLING = """
+import os, signal
+from adaptgrad.models import build_model
+
+def model(input_shape, outputs, task, units=4):
+    if os.environ.get("ADAPTGRAD_MAIN_PID") != str(os.getpid()):  # in a joblib worker: it dies
+        os.kill(os.getpid(), signal.SIGKILL)
+    return build_model("gru", units=units, input_shape=input_shape, outputs=outputs, task=task)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_joblib_worker_ends_the_sweep_with_its_report_and_no_traceback(tmp_path):
+    (tmp_path / "killing.py").write_text(KILLING)
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        *TINY,
+        "rule=none",
+        "model._target_=killing.model",
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
+    proc = cli(*args, f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=on_path(tmp_path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: the sweep stopped: TerminatedWorkerError:" in proc.stderr
+    assert f"sweep {sweep}: 0 ran, 0 resumed, 0 skipped (completed earlier), 0 did not complete" in proc.stdout
+    assert "rerun the same command to resume the jobs that did not complete" in proc.stderr
+
+
+def test_a_worker_started_through_a_launcher_process_stops_when_adaptgrad_is_killed(tmp_path):
+    # adaptgrad (a stand-in) -> a launcher's process (submitit_local's controller) -> the worker
+    worker = "from adaptgrad.app import stop_with_parent\nstop_with_parent(0.05)\nprint('watching', flush=True)\nimport time\ntime.sleep(120)\n"
+    controller = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {worker!r}])\n"
+    main = (
+        "import os, signal, subprocess, sys\n"
+        "os.environ['ADAPTGRAD_MAIN_PID'] = str(os.getpid())\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {controller!r}], stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline().strip() == 'watching'\n"
+        "print(child.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", main], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    controller_status = Path(f"/proc/{int(proc.stdout.strip())}/status")  # it ends when its worker does
+    deadline = time.monotonic() + 30
+    while controller_status.exists() and "zombie" not in controller_status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not controller_status.exists() or "zombie" in controller_status.read_text(), "the worker trains on without adaptgrad"
+
+
+def test_an_unquoted_non_ascii_value_says_to_quote_it(adaptgrad_cli, tmp_path):
+    done = adaptgrad_cli(*TINY, f"hydra.run.dir={tmp_path}/résultats")
+    assert done.code == 2 and not (tmp_path / "résultats").exists()
+    assert done.err == (
+        f"error: hydra.run.dir={tmp_path}/résultats: Hydra takes a value with non-ASCII characters only in quotes: "
+        f"hydra.run.dir='{tmp_path}/résultats'\n"
+    )

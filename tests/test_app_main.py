@@ -64,7 +64,9 @@ def test_sweep_with_a_failing_arm_reports_and_resumes(adaptgrad_cli, tiny, tmp_p
     assert "failed: this rule is broken on purpose" in first.err
     runs = collect(sweep).runs.set_index("rule._target_")
     assert runs.status.value_counts().to_dict() == {"ok": 1, "failed": 1}
-    assert runs.loc["sweep_rules.Broken", "error.epoch"] == 1 and runs.loc["sweep_rules.Broken", "epochs"] == 1
+    assert (
+        runs.loc["sweep_rules.Broken", "error.epoch"] == 1 and runs.loc["sweep_rules.Broken", "epochs"] == 2
+    )  # it trained epoch 1
     ok_files = {
         p: p.read_bytes() for p in sweep.rglob("*.csv") if json.loads((p.parent / "result.json").read_text())["status"] == "ok"
     }

@@ -27,7 +27,7 @@ BEFORE_TRAINING = {
         "taylor_prune: fraction=1.5 is out of range; valid: (0.0, 1.0)",
     ),
     "negative_epochs": (["trainer.epochs=-1"], "trainer.epochs=-1 must be an integer >= 1"),
-    "negative_start_epoch": (["rule=none", "rule.start_epoch=-2"], "none: start_epoch=-2 must be >= 0"),
+    "negative_start_epoch": (["rule=none", "rule.start_epoch=-2"], "none: start_epoch=-2 must be an integer >= 0"),
     "min_active_above_units": (
         ["rule=taylor_prune", "rule.min_active=9"],
         "taylor_prune: min_active=9 exceeds the 4 units of layer 'minimalrnn'; valid: 1..4",

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY
+from omegaconf import OmegaConf
 
 from adaptgrad.checkpoint import Checkpoints
 from adaptgrad.config import compose
@@ -243,7 +244,7 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
     runs = collect(sweep).runs.set_index("rule._target_")
     assert runs.status.value_counts().to_dict() == {"ok": 4, "failed": 1, "diverged": 1}
     assert runs.loc["my_rules.Broken", "error.type"] == "RuntimeError" and runs.loc["my_rules.Broken", "error.epoch"] == 1
-    assert runs.loc["my_rules.Broken", "epochs"] == 1  # the history up to the failure is kept
+    assert runs.loc["my_rules.Broken", "epochs"] == 2  # the history up to the failure is kept, the epoch it trained included
     ok_files = {
         p: p.read_bytes() for p in sweep.rglob("*.csv") if json.loads((p.parent / "result.json").read_text())["status"] == "ok"
     }
@@ -363,10 +364,11 @@ def test_checkpoint_of_another_config_is_never_resumed(tmp_path):
 @pytest.mark.slow
 def test_a_job_dir_holding_another_configs_checkpoints_starts_afresh(tmp_path):
     """Three jobs; the check that refuses the checkpoints: test_checkpoint_of_another_config_is_never_resumed."""
-    # a job dir whose config.yaml is gone holds another config's checkpoints: the job starts afresh
+    # b's job dir holds a's checkpoints (copied in): the job starts afresh
     a, b = [*TINY, "trainer.epochs=3", "seed=1"], [*TINY, "trainer.epochs=3", "seed=2"]
-    assert run(compose(a), tmp_path / "mixed")["status"] == "ok"
-    (tmp_path / "mixed" / "config.yaml").unlink()
+    assert run(compose(a), tmp_path / "a")["status"] == "ok"
+    shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "mixed" / "checkpoints")
+    (tmp_path / "mixed" / "config.yaml").write_text(OmegaConf.to_yaml(compose(b), resolve=True))
     with pytest.warns(RuntimeWarning, match="written by another config"):
         result = run(compose(b), tmp_path / "mixed")
     assert result["status"] == "ok" and result["resumed_from"] is None
@@ -430,8 +432,10 @@ def test_a_job_that_calls_sys_exit_ends_failed(tmp_path, monkeypatch):
 
 
 def test_a_job_that_cannot_write_its_files_ends_failed_without_raising(tmp_path):
+    cfg = compose(TINY)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # the job's own dir (else: refused)
     (tmp_path / "result.json").mkdir()  # any write of result.json fails (a read-only dir does not stop root)
-    result = run(compose(TINY), tmp_path)
+    result = run(cfg, tmp_path)
     assert result["status"] == "failed" and result["error"]["type"] == "IsADirectoryError"
 
 

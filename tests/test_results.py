@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from adaptgrad.results import UNITS_COLUMNS, collect, main
 from adaptgrad.results.comparing import STAT_COLUMNS
 from adaptgrad.results.markdown import format_mean_std
+from adaptgrad.results.plotting import _title, plot
 
 SWEEP = Path("multirun") / "2026-11-27" / "10-00-00"
 METRICS = ["loss", "val_loss", "mae", "val_mae", "active_units", "epoch_time"]
@@ -100,7 +101,9 @@ def write_job(
                 "value": [0.0, None, 0.0],
             }
         )
-        actions.to_csv(job / "actions.csv", index=False)
+    else:
+        actions = pd.DataFrame(columns=["epoch", "rule", "action", "unit", "value"])  # no edit: the header only
+    actions.to_csv(job / "actions.csv", index=False)
     result = {
         "status": status,
         "run_id": "ignored",
@@ -725,3 +728,62 @@ def test_registered_rule_is_selectable_by_name(tmp_path: Path, monkeypatch: pyte
     assert rule_name(compose(["rule=taylor_prune"]).rule, "taylor_prune") == "taylor_prune"
     with pytest.raises(ValueError, match="rules_module='no_such_module'"):
         compose(["rules_module=no_such_module"])
+
+
+def test_garbage_or_missing_tables_of_an_ok_job_warn(tmp_path: Path) -> None:
+    for seed in (0, 1, 2):
+        write_job(tmp_path / str(seed), "taylor_prune", seed, final={"val_loss": 0.5})
+    (tmp_path / "0" / "actions.csv").write_text("hello,world\n1,2\n")
+    (tmp_path / "1" / "units.parquet").unlink()
+    (tmp_path / "2" / "history.csv").unlink()
+    with pytest.warns(UserWarning) as caught:
+        results = collect(tmp_path)
+    messages = [str(w.message) for w in caught]
+    assert any("actions.csv: unreadable, skipped (no 'epoch', 'rule', 'action', 'unit', 'value' column" in m for m in messages)
+    assert any(m.endswith("1: status ok but units.parquet missing; its part of the tables is empty") for m in messages)
+    assert any(m.endswith("2: status ok but history.csv missing; its part of the tables is empty") for m in messages)
+    assert results.actions.run_id.unique().tolist() == ["1", "2"]
+
+
+def test_plots_of_jobs_on_several_layers_show_each_layers_active_units(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    for seed in (0, 1):
+        write_job(tmp_path / str(seed), "taylor_prune", seed, final={"val_loss": 0.5})
+        table = pd.read_csv(tmp_path / str(seed) / "history.csv")
+        table = table.rename(columns={"active_units": "active_units/gru_1"}).assign(**{"active_units/gru_2": 3})
+        table.to_csv(tmp_path / str(seed) / "history.csv", index=False)
+    written = plot(collect(tmp_path), ["rule"], tmp_path / "plots")
+    assert [p.name for p in written] == ["val_loss.png", "active_units_gru_1.png", "active_units_gru_2.png"]
+
+
+def test_plot_title_says_a_key_with_one_value_is_fixed(sweep: Path) -> None:
+    ok = collect(sweep).runs.query("status == 'ok'")
+    assert _title(ok, ["rule", "model.units"]) == "varies: rule\nfixed: model.units=4, data=Sine, layer=rnn"
+
+
+def test_an_all_running_sweep_and_a_one_seed_comparison_say_why_cells_are_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_running_job(tmp_path / "0", "none", 0)
+    write_running_job(tmp_path / "1", "taylor_prune", 0)
+    assert main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err[0] == "adaptgrad-results: no job ended ok (2 running): the table has no row; rerun when the running jobs have ended"
+    )
+    shutil.rmtree(tmp_path / "0")
+    shutil.rmtree(tmp_path / "1")
+    write_job(tmp_path / "0", "none", 0, final={"val_loss": 0.5})
+    write_job(tmp_path / "1", "taylor_prune", 0, final={"val_loss": 0.4})
+    assert main([str(tmp_path), "--compare", "rule=none"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "adaptgrad-results: blank ci and p: the arm or its control has fewer than 2 seeds (n, n_baseline)"
+    ]
+
+
+def test_a_dir_with_job_tables_but_no_result_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    write_job(tmp_path / "0", "none", 0, final={"val_loss": 0.5})
+    (tmp_path / "old").mkdir()
+    shutil.copy(tmp_path / "0" / "history.csv", tmp_path / "old" / "history.csv")  # an old-format job: tables only
+    with pytest.warns(UserWarning, match=r"old: holds history.csv but no result.json nor .hydra/ .*; skipped"):
+        assert collect(tmp_path).runs.run_id.tolist() == ["0"]

@@ -444,10 +444,10 @@ BAD_ARGS = [
     (TrustRatio, {"max_factor": 1.0}, "max_factor=1.0"),
     (TaylorPrune, {"max_sparsity": 0.0}, r"max_sparsity=0\.0.*\(0\.0, 1\.0\]"),
     (TaylorGateEMA, {"max_sparsity": 1.5}, "max_sparsity=1.5"),
-    (DormantReset, {"grace": -1}, r"grace=-1 must be >= 0 \(an integer\)"),
+    (DormantReset, {"grace": -1}, "grace=-1 must be an integer >= 0"),
     (DropRegrow, {"grace": 1.5}, "grace=1.5"),
     (TaylorPrune, {"start_epoch": -1}, "start_epoch=-1"),
-    (TaylorPrune, {"stop_epoch": 0, "start_epoch": 2}, "stop_epoch=0 must be >= 2"),
+    (TaylorPrune, {"stop_epoch": 0, "start_epoch": 2}, "stop_epoch=0 must be an integer >= 2"),
 ]
 
 

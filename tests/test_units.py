@@ -132,6 +132,11 @@ def test_min_active_floor_and_bad_unit_index():
     assert units.active.sum() == 2
     with pytest.raises(ValueError, match=r"unit indices \[7\] out of range.*5 units"):
         units.gate([7])
+    for fractional in ([1.7], [0.5, 2.0], 1.2, [True]):
+        with pytest.raises(ValueError, match="unit indices must be integers"):
+            units.gate(fractional)
+    assert units.active.tolist() == [False, False, False, True, True]  # none of those gated anything
+    assert units.ungate(np.array([1.0])) == [1]  # a whole number held as a float is that unit
 
 
 def test_unsupported_layer_type_is_named():

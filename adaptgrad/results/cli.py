@@ -186,8 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         return _error(f"cannot write {args.output}: {error}")
 
+    for note in _notes(results, comparison):
+        print(f"{PROG}: {note}", file=sys.stderr)
     for _, run in results.runs[results.runs["status"] != "ok"].iterrows():
         message = run.get("error.message")
         message = "" if pd.isna(message) else " ".join(str(message).split())
         print(f"{run['run_id']} {run['status']} {message}".rstrip(), file=sys.stderr)
     return 0
+
+
+def _notes(results: Results, comparison: pd.DataFrame | None) -> list[str]:
+    """What a reader of an empty table or of blank cells needs to know."""
+    notes = []
+    statuses = results.runs["status"].value_counts()
+    if "ok" not in statuses:
+        counts = ", ".join(f"{n} {status}" for status, n in statuses.items())
+        wait = "; rerun when the running jobs have ended" if "running" in statuses else ""
+        notes.append(f"no job ended ok ({counts}): the table has no row{wait}")
+    if comparison is not None and ((comparison["n"] < 2) | (comparison["n_baseline"] < 2)).any():
+        notes.append("blank ci and p: the arm or its control has fewer than 2 seeds (n, n_baseline)")
+    return notes

@@ -52,6 +52,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from adaptgrad import jobdir
 from adaptgrad.results import comparing, judging, summarising
 from adaptgrad.stats import DERIVED_FIELDS, SUM_FIELDS
 
@@ -253,10 +254,14 @@ def collect(path: str | os.PathLike[str]) -> Results:
             fields["rule"] = rule_name_of_target(config.get("rule._target_"))
         config_columns.update(dict.fromkeys(key for key in config if key not in fields))
         rows.append({**config, **fields})
-        histories.append(_read_table(job_dir / "history.csv", run_id, _history_table))
-        units.append(_read_table(job_dir / "units.parquet", run_id, pd.read_parquet))
-        actions.append(_read_table(job_dir / "actions.csv", run_id, _actions_table))
-        oracles.append(_read_table(job_dir / "oracle.parquet", run_id, pd.read_parquet))
+        if fields["status"] == "ok":
+            missing = [name for name in jobdir.TABLES if not (job_dir / name).is_file()]
+            if missing:
+                _warn(f"{job_dir}: status ok but {', '.join(missing)} missing; its part of the tables is empty")
+        histories.append(_read_table(job_dir / jobdir.HISTORY, run_id, _history_table))
+        units.append(_read_table(job_dir / jobdir.UNITS, run_id, _units_table))
+        actions.append(_read_table(job_dir / jobdir.ACTIONS, run_id, _actions_table))
+        oracles.append(_read_table(job_dir / jobdir.ORACLE, run_id, pd.read_parquet))
 
     return Results(
         runs=_runs_table(rows, list(config_columns)),
@@ -304,7 +309,7 @@ def _is_replicate_key(column: str) -> bool:
 
 def _is_job_dir(directory: Path) -> bool:
     """Whether ``directory`` is the output dir of one job."""
-    return (directory / "result.json").is_file() or (directory / ".hydra").is_dir()
+    return (directory / jobdir.RESULT).is_file() or (directory / ".hydra").is_dir()
 
 
 def _natural_key(run_id: str) -> tuple[tuple[tuple[int | str, ...], ...], str]:
@@ -325,12 +330,17 @@ def _find_job_dirs(root: Path) -> list[Path]:
     if _is_job_dir(root):
         return [root]
     found = []
-    for directory, subdirs, _ in os.walk(root):
+    for directory, subdirs, files in os.walk(root):
         if _is_job_dir(Path(directory)):
             found.append(Path(directory))
             subdirs.clear()
-        else:
-            subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+            continue
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        tables = sorted(set(files) & set(jobdir.TABLES))
+        if tables:
+            _warn(
+                f"{directory}: holds {', '.join(tables)} but no result.json nor .hydra/ (a job of another tool or version?); skipped"
+            )
     return sorted(found, key=lambda job_dir: _natural_key(job_dir.relative_to(root).as_posix()))
 
 
@@ -374,7 +384,7 @@ def _plain(node: Any) -> Any:
 
 def _read_config(job_dir: Path) -> dict[str, Any]:
     """The job's flattened config: ``config.yaml``, else ``.hydra/config.yaml``, else empty."""
-    for candidate in (job_dir / "config.yaml", job_dir / ".hydra" / "config.yaml"):
+    for candidate in (job_dir / jobdir.CONFIG, job_dir / ".hydra" / "config.yaml"):
         if not candidate.is_file():
             continue
         try:
@@ -390,7 +400,7 @@ def _read_config(job_dir: Path) -> dict[str, Any]:
 
 def _read_result(job_dir: Path) -> dict[str, Any]:
     """The ``runs`` fields from ``result.json``: status, final.*, epochs, wall_time, error.*, ..."""
-    path = job_dir / "result.json"
+    path = job_dir / jobdir.RESULT
     if not path.is_file():
         return {"status": "running"}
     try:
@@ -470,8 +480,21 @@ def _history_table(path: Path) -> pd.DataFrame:
 
 def _actions_table(path: Path) -> pd.DataFrame:
     """``actions.csv`` with the dtypes of :data:`ACTIONS_COLUMNS`."""
-    actions = pd.read_csv(path)
+    actions = _with_columns(pd.read_csv(path), ACTIONS_COLUMNS)
     return actions.astype({c: t for c, t in ACTIONS_COLUMNS.items() if c in actions.columns})
+
+
+def _units_table(path: Path) -> pd.DataFrame:
+    """``units.parquet``, checked to have the columns every job writes."""
+    return _with_columns(pd.read_parquet(path), {c: t for c, t in UNITS_COLUMNS.items() if c in ("epoch", "unit", "active")})
+
+
+def _with_columns(table: pd.DataFrame, schema: Mapping[str, str]) -> pd.DataFrame:
+    """``table`` if it has every column of ``schema`` but ``run_id`` (ValueError naming those it lacks)."""
+    missing = [column for column in schema if column != "run_id" and column not in table.columns]
+    if missing:
+        raise ValueError(f"no {', '.join(map(repr, missing))} column; is it a file of an adaptgrad job?")
+    return table
 
 
 def _read_table(path: Path, run_id: str, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame | None:

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from adaptgrad.results.collecting import Results
 
 DEFAULT_METRICS = ("val_loss", "active_units")
-"""What :func:`plot` draws when no metric is given (``loss`` stands in for a missing ``val_loss``)."""
+"""What :func:`plot` draws when no metric is given (``loss`` stands in for a missing ``val_loss``,
+and ``active_units/<layer>`` of each layer for the ``active_units`` of jobs that adapt several)."""
 
-DESCRIBING = ("data._target_", "model.cell", "model.units", "layer", "rule")
+DESCRIBING = ("data._target_", "model._target_", "model.cell", "model.units", "layer", "rule")
 """Config columns that say what the runs are; the title names those every run shares."""
 
 
@@ -85,6 +86,8 @@ def plot(
     wanted = list(metrics or DEFAULT_METRICS)
     if metrics is None and "val_loss" not in available:
         wanted[0] = "loss"
+    if metrics is None:  # several adapted layers: one plot of active units per layer
+        wanted[1:] = [wanted[1]] if wanted[1] in available else sorted(m for m in available if m.startswith("active_units/"))
     rows = sorted(set(row_of))
     labels = list(dict.fromkeys(label_of.sort_values()))
     colours = {name: f"C{i % 10}" for i, name in enumerate(label for label in labels if label != control)}
@@ -134,14 +137,16 @@ def plot(
 
 
 def _title(ok: pd.DataFrame, by: Sequence[str]) -> str:
-    """``varies: rule`` and ``fixed: data=toy, model.cell=gru`` (two lines) for the plotted runs."""
+    """``varies: rule`` and ``fixed: data=toy, model.cell=gru`` (two lines) for the plotted runs: a
+    key of ``by`` that has one value among them is fixed, not varying."""
+    varies = [key for key in by if ok[key].nunique(dropna=False) > 1]
     fixed = []
-    for column in DESCRIBING:
-        if column in by or column not in ok.columns or ok[column].isna().all():
+    for column in [*(key for key in by if key not in varies), *(c for c in DESCRIBING if c not in by)]:
+        if column not in ok.columns or ok[column].isna().all():
             continue
         values = ok[column].dropna().unique()
         if len(values) == 1:
             fixed.append(f"{column.removesuffix('._target_')}={short(values[0])}")
     return "\n".join(
-        part for part in (f"varies: {', '.join(by)}" if by else "", f"fixed: {', '.join(fixed)}" if fixed else "") if part
+        part for part in (f"varies: {', '.join(varies)}" if varies else "", f"fixed: {', '.join(fixed)}" if fixed else "") if part
     )

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from adaptgrad import criteria
+from adaptgrad.checks import integer, number_in
 from adaptgrad.rules.schedule import Moment, Schedule
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 
@@ -46,28 +47,15 @@ REGISTRY: dict[str, type[AdaptationRule]] = {}
 
 
 def check_range(rule: str, name: str, value: float, low: float, high: float, *, closed: str = "neither") -> float:
-    """Return ``value`` as float if it lies in the interval, else raise a ValueError naming it."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{rule}: {name}={value!r} is not a number") from None
-    left = value >= low if closed in ("left", "both") else value > low
-    right = value <= high if closed in ("right", "both") else value < high
-    if not (left and right):  # NaN fails both comparisons
-        brackets = {"neither": "()", "left": "[)", "right": "(]", "both": "[]"}[closed]
-        raise ValueError(f"{rule}: {name}={value!r} is out of range; valid: {brackets[0]}{low}, {high}{brackets[1]}")
-    return value
+    """Return ``value`` as float if it lies in the interval, else raise a ValueError naming it
+    (:func:`adaptgrad.checks.number_in`)."""
+    return number_in(f"{rule}: {name}", value, low, high, closed=closed)
 
 
 def check_int(rule: str, name: str, value: Any, low: int) -> int:
-    """Return ``value`` as int if it is a whole number >= ``low``, else raise a ValueError naming it."""
-    try:
-        whole = not isinstance(value, bool) and float(value) == int(value)
-    except (TypeError, ValueError, OverflowError):
-        whole = False
-    if not whole or int(value) < low:
-        raise ValueError(f"{rule}: {name}={value!r} must be >= {low} (an integer)")
-    return int(value)
+    """Return ``value`` as int if it is a whole number >= ``low``, else raise a ValueError naming it
+    (:func:`adaptgrad.checks.integer`)."""
+    return integer(f"{rule}: {name}", value, low)
 
 
 @dataclasses.dataclass(frozen=True)
