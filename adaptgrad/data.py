@@ -22,12 +22,13 @@ given ``seed``. Unless a loader says otherwise, the validation set is the last
 
 from __future__ import annotations
 
+import math
 import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 
-from adaptgrad.checks import integer
+from adaptgrad.checks import integer, number_in
 
 TASKS: tuple[str, ...] = ("regression", "classification")
 """Values :attr:`Dataset.task` may take."""
@@ -182,9 +183,8 @@ def toy(*, samples: int | None = None, noise: float = 0.1, val_fraction: float =
     if samples is None:
         x, y = np.tile(base, (2, 1, 1)), np.tile(target, (2, 1))
         return Dataset("toy", x, y, x, y, task="regression", outputs=4)
-    _check_int("samples", samples, 2)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-        raise ValueError(f"noise={noise!r} is invalid; it must be a number >= 0")
+    integer("samples", samples, 2)
+    noise = number_in("noise", noise, 0.0, math.inf, closed="left")
     rng = np.random.default_rng(seed)
     x = (base + rng.normal(0.0, noise, size=(samples, 5, 1))).astype(np.float32)
     return _shuffle_split("toy", x, np.tile(target, (samples, 1)), "regression", 4, val_fraction, rng)

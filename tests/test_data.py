@@ -292,5 +292,5 @@ def test_toy_copies_hold_out_validation_examples_the_model_never_trains_on():
     np.testing.assert_allclose(toy.x_train.mean(axis=0).ravel(), [3, 0, 1, 2, 3], atol=0.15)
     assert (toy.y_val == [0, 1, 2, 3]).all()
     np.testing.assert_array_equal(data.load("toy", samples=50, noise=0.2, seed=3).x_val, toy.x_val)
-    with pytest.raises(ValueError, match="noise=-1"):
+    with pytest.raises(ValueError, match=r"noise=-1 is out of range"):
         data.load("toy", samples=10, noise=-1)
