@@ -22,8 +22,8 @@ given ``seed``. Unless a loader says otherwise, the validation set is the last
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
