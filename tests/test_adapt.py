@@ -133,10 +133,10 @@ def test_a_period_shorter_than_an_execution_is_refused_when_fit_starts():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"every_steps": 0}, "every_steps=0 must be >= 1"),
+        ({"every_steps": 0}, "every_steps=0 must be an integer >= 1"),
         ({"every_steps": 10, "every": 2}, "every_steps=10 puts the rule on the step clock, but .*every=2"),
         ({"start_step": 5}, "start_step=5, stop_step=None need every_steps"),
-        ({"every_steps": 10, "start_step": 50, "stop_step": 20}, "stop_step=20 must be >= 50"),
+        ({"every_steps": 10, "start_step": 50, "stop_step": 20}, "stop_step=20 must be an integer >= 50"),
     ],
 )
 def test_bad_schedules_are_refused_naming_the_value(kwargs, message):

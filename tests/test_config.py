@@ -47,7 +47,7 @@ def test_rule_settings_set_a_key_for_one_rule_of_a_sweep_only():
     "setting,message",
     [
         ("+rule_settings.taylor_prun.fraction=0.1", "rule_settings.taylor_prun names no rule; valid: "),
-        ("+rule_settings.taylor_prune.fractoin=0.1", "fractoin is not a parameter of rule taylor_prune; valid: every, fraction"),
+        ("+rule_settings.taylor_prune.fractoin=0.1", "fractoin is not a parameter of rule taylor_prune; valid: criterion, every"),
         ("+rule_settings.taylor_prune=0.1", "rule_settings.taylor_prune=0.1 must be a mapping key -> value"),
     ],
 )

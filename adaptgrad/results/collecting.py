@@ -480,7 +480,7 @@ def _history_table(path: Path) -> pd.DataFrame:
 
 def _actions_table(path: Path) -> pd.DataFrame:
     """``actions.csv`` with the dtypes of :data:`ACTIONS_COLUMNS`."""
-    actions = _with_columns(pd.read_csv(path), ACTIONS_COLUMNS)
+    actions = _with_columns(pd.read_csv(path), {c: t for c, t in ACTIONS_COLUMNS.items() if c != "step"})  # step: newer files
     return actions.astype({c: t for c, t in ACTIONS_COLUMNS.items() if c in actions.columns})
 
 
