@@ -6,7 +6,12 @@ through which Keras runs the layer, and reads its slots *when the train step is 
 * ``layer.call``: the output passes through ``output_probe`` (output-mode capture);
 * ``layer.inner_loop`` of a recurrent layer: runs the time loop itself when ``time_probe`` is set
   (through-time capture, see :func:`through_time_loop`); otherwise the layer's own loop runs,
-  with its own kernel choice (cuDNN for GRU/LSTM where available).
+  with its own kernel choice (cuDNN for GRU/LSTM where available);
+* ``call_wrappers`` and ``loop_wrappers``: functions ``wrapper(run, *args, **kwargs)`` placed
+  around the layer's call and its time loop (the growth statistic, :mod:`adaptgrad.growth`),
+  the first one innermost. With a loop wrapper the loop is :func:`through_time_loop` or
+  ``keras.layers.RNN``'s generic loop, which carry every state the wrapper adds (GRU's and
+  LSTM's own loops keep only theirs).
 
 Because the slots are read at trace time, every change of a slot invalidates the model's
 compiled train/test/predict functions so that the next ``fit`` retraces them. (Unit gating needs
@@ -15,6 +20,7 @@ no hook: it lives in the layer's weights and constraints, see :mod:`adaptgrad.un
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,6 +30,8 @@ import tensorflow as tf
 from adaptgrad import _keras
 
 Probe = Callable[[tf.Tensor], tf.Tensor]
+Wrapper = Callable[..., Any]
+"""``wrapper(run, *args, **kwargs)``: calls ``run(*args, **kwargs)`` (possibly with other arguments) and returns its result."""
 
 
 class TimeProbe(Protocol):
@@ -52,6 +60,8 @@ class Hooks:
         self.layer = layer
         self.output_probe: Probe | None = None
         self.time_probe: TimeProbe | None = None
+        self.call_wrappers: list[Wrapper] = []
+        self.loop_wrappers: list[Wrapper] = []
         self._replaced: list[tuple[Any, str, Any]] = []
         self._original_call = self._replace(layer, "call", self._call)
         if is_recurrent(layer):
@@ -66,7 +76,7 @@ class Hooks:
 
     @property
     def in_use(self) -> bool:
-        return self.output_probe is not None or self.time_probe is not None
+        return self.output_probe is not None or self.time_probe is not None or bool(self.call_wrappers or self.loop_wrappers)
 
     def uninstall(self) -> None:
         """Restore the layer's own methods (only once no slot is in use)."""
@@ -80,7 +90,7 @@ class Hooks:
     # -- the wrappers -------------------------------------------------------------------------
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
-        outputs = self._original_call(*args, **kwargs)
+        outputs = _wrapped(self._original_call, self.call_wrappers)(*args, **kwargs)
         if self.output_probe is None:
             return outputs
         rest: list[Any] = []
@@ -90,9 +100,22 @@ class Hooks:
         return [outputs, *rest] if rest else outputs
 
     def _inner_loop(self, sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
-        if self.time_probe is None:
+        if self.time_probe is None and not self.loop_wrappers:
             return self._original_inner_loop(sequences, initial_state, mask, training=training)
-        return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training)
+
+        def loop(sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
+            if self.time_probe is None:
+                return keras.layers.RNN.inner_loop(self.layer, sequences, initial_state, mask=mask, training=training)
+            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training)
+
+        return _wrapped(loop, self.loop_wrappers)(sequences, initial_state, mask, training=training)
+
+
+def _wrapped(run: Callable[..., Any], wrappers: list[Wrapper]) -> Callable[..., Any]:
+    """``run`` inside every wrapper, the first innermost."""
+    for wrapper in wrappers:
+        run = functools.partial(wrapper, run)
+    return run
 
 
 def hooks_of(layer: keras.layers.Layer) -> Hooks:

@@ -167,3 +167,38 @@ def assert_stats_equal(stats, totals, rtol: float = 1e-5, fields=SUM_FIELDS) -> 
         got, want = getattr(stats, name), totals[name]
         scale = np.max(np.abs(want)) + 1e-30
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def incoming_gradient(model, layer, x, y, batch_size: int, unit: int) -> np.ndarray:
+    """The loss gradient w.r.t. every incoming weight of ``unit`` (its column in every gate block
+    of the kernel, recurrent kernel and bias), summed over the batches of ``x`` in order, by a
+    ``GradientTape`` on the model's MSE loss; float64, shape ``(blocks, entries)``."""
+    owner = getattr(layer, "cell", layer)
+    weights = [w for w in (owner.kernel, getattr(owner, "recurrent_kernel", None), getattr(owner, "bias", None)) if w is not None]
+    units = int(owner.units)
+    blocks = owner.kernel.shape[-1] // units
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.MeanSquaredError()(
+                y[start : start + batch_size], model(x[start : start + batch_size], training=True)
+            )
+        grads = tape.gradient(loss, weights)
+        columns = [
+            np.asarray(g, np.float64).reshape(-1, blocks, units)[:, :, unit].T for g in grads
+        ]  # each (blocks, rows of that weight)
+        total = total + np.concatenate(columns, axis=1)
+    return total
+
+
+def set_outgoing(layer, head, unit: int, outgoing: np.ndarray) -> None:
+    """Give ``unit`` the outgoing weights ``outgoing``: ``head``'s kernel row, then (recurrent) its
+    own recurrent-kernel row."""
+    kernel = head.kernel.numpy()
+    kernel[unit] = outgoing[: kernel.shape[1]]
+    head.kernel.assign(kernel)
+    owner = getattr(layer, "cell", layer)
+    if getattr(owner, "recurrent_kernel", None) is not None:
+        recurrent = owner.recurrent_kernel.numpy()
+        recurrent[unit] = outgoing[kernel.shape[1] :]
+        owner.recurrent_kernel.assign(recurrent)
