@@ -357,6 +357,16 @@ class GrowthWatch:
         for variable in (self._next, self._own, self._batches):
             variable.assign(np.zeros(variable.shape, np.float64))
 
+    def get_state(self) -> dict[str, Any]:
+        """The sums accumulated so far (see :meth:`set_state`)."""
+        return {"next": self._next.numpy().copy(), "own": self._own.numpy().copy(), "batches": float(self._batches.numpy())}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned."""
+        self._next.assign(state["next"])
+        self._own.assign(state["own"])
+        self._batches.assign(state["batches"])
+
     def remove(self) -> None:
         """Detach: the model then runs exactly as before :func:`watch_growth`."""
         if self._removed:
