@@ -84,7 +84,17 @@ from adaptgrad import _instrument
 from adaptgrad.layers import find_layer
 from adaptgrad.units import consumer_chain
 
-__all__ = ["GrowthStatistic", "GrowthWatch", "Linearisation", "incoming_slices", "linearisation", "watch_growth"]
+__all__ = [
+    "GrowthStatistic",
+    "GrowthWatch",
+    "Linearisation",
+    "feedable",
+    "incoming_slices",
+    "linearisation",
+    "revival_scores",
+    "saved_incoming",
+    "watch_growth",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +237,56 @@ class GrowthStatistic:
             [1.0, 0.0]
         """
         return self.linearisation.kappa * np.asarray(outgoing, dtype=np.float64) @ self.matrix
+
+
+def feedable(statistic: GrowthStatistic, active: np.ndarray) -> np.ndarray:
+    """The rows of M (outgoing coordinates) a unit grown or revived now may feed, as a mask: the
+    consumer's outputs and the recurrent-kernel columns of the active units (a gated unit's
+    columns are its incoming weights, which stay 0).
+
+    Example:
+        >>> import numpy as np
+        >>> from adaptgrad.growth import GrowthStatistic, Linearisation, feedable
+        >>> s = GrowthStatistic(np.zeros((2 + 3 * 2, 5)), 2, 1, Linearisation(2, 3, 0.5, 0.5, 0.5, (1.0, 0.5)))
+        >>> feedable(s, np.array([True, False])).astype(int).tolist()
+        [1, 1, 1, 0, 1, 0, 1, 0]
+    """
+    own = statistic.matrix.shape[0] - statistic.outputs
+    columns = np.tile(np.asarray(active, dtype=bool), statistic.linearisation.blocks) if own else np.zeros(0, dtype=bool)
+    return np.concatenate([np.ones(statistic.outputs, dtype=bool), columns])
+
+
+def revival_scores(statistic: GrowthStatistic, incoming: dict[int, np.ndarray], active: np.ndarray) -> np.ndarray:
+    """κ‖P M θ_j‖ per unit: the norm of the gradient of the loss w.r.t. the outgoing weights of
+    unit j revived with candidate-block incoming weights θ_j (``incoming[j]``, in M's column
+    order) and outgoing weights 0, to first order in θ_j (P: the :func:`feedable` rows); 0 for
+    units not in ``incoming``.
+
+    A revived unit with outgoing weights 0 changes nothing at first, so only its outgoing weights
+    get a gradient: Σ_s δ_s h_{j,s}, and h_{j,s} = κ θ_j·x̄_s to first order.
+
+    Example:
+        >>> import numpy as np
+        >>> from adaptgrad.growth import GrowthStatistic, Linearisation, revival_scores
+        >>> s = GrowthStatistic(np.array([[1.0, 0.0], [0.0, 2.0]]), 2, 1, Linearisation(0, 1, 0.5, 0.0, 1.0, ()))
+        >>> revival_scores(s, {1: np.array([0.0, 3.0])}, np.array([True, False])).tolist()
+        [0.0, 3.0]
+    """
+    rows = statistic.matrix[feedable(statistic, active)]
+    scores = np.zeros(np.asarray(active).size)
+    for unit, theta in incoming.items():
+        scores[unit] = abs(statistic.linearisation.kappa) * float(np.linalg.norm(rows @ np.asarray(theta, dtype=np.float64)))
+    return scores
+
+
+def saved_incoming(units: Any, unit: int) -> np.ndarray | None:
+    """The candidate-block incoming weights a gated unit of ``units`` (a
+    :class:`~adaptgrad.UnitView`) would be revived with, in M's column order; None if unknown."""
+    saved = units.saved(unit)
+    if saved is None:
+        return None
+    block = linearisation(units.layer).block
+    return np.concatenate([np.ravel(saved[i][..., block]) for i in range(len(units.weights))]).astype(np.float64)
 
 
 class GrowthWatch:

@@ -403,6 +403,13 @@ class UnitView:
         """Completed epochs since each unit's incoming weights were last made new (built, reinit, ungate)."""
         return self._age.copy()
 
+    def saved(self, unit: int) -> list[np.ndarray] | None:
+        """The weights :meth:`ungate` would restore for a gated unit: its incoming slices (one per
+        entry of :attr:`weights`, the unit's columns of every gate block on the last axis), then
+        its outgoing slices; None for an active unit or one whose weights are unknown (loaded gated)."""
+        saved = self._saved.get(int(unit))
+        return None if saved is None else [array.copy() for array in saved]
+
     def incoming_norms(self) -> np.ndarray:
         """L2 norm of each unit's incoming weights (all its slices of every incoming weight)."""
         squares = np.zeros(self.size)

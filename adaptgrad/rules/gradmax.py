@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from adaptgrad.growth import GrowthStatistic, GrowthWatch, watch_growth
+from adaptgrad.growth import GrowthStatistic, GrowthWatch, feedable, watch_growth
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
 from adaptgrad.stats import OutputGradientStats
 
@@ -111,7 +111,7 @@ class GradMax(AdaptationRule, name="gradmax"):
             return
         statistic = self._growth.statistic()
         self._growth.reset()
-        allowed, outgoing = self._coordinates(statistic, units.active)
+        allowed, outgoing = feedable(statistic, units.active), self._outgoing(statistic)
         scale = float(np.mean(np.linalg.norm(outgoing[units.active][:, allowed], axis=1)))
         if not scale > 0:
             return
@@ -137,21 +137,17 @@ class GradMax(AdaptationRule, name="gradmax"):
 
         units.grow(grown, values, norms)
 
-    def _coordinates(self, statistic: GrowthStatistic, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the rows of M a new unit may feed, as a mask; every unit's outgoing weights over M's
-        rows, a unit's own recurrent columns set to 0)."""
+    def _outgoing(self, statistic: GrowthStatistic) -> np.ndarray:
+        """Every unit's outgoing weights over M's rows (a unit's own recurrent columns set to 0)."""
         assert self._growth is not None
         outgoing = [np.asarray(self._growth.consumer.kernel.numpy(), dtype=np.float64)]
-        allowed = [np.ones(statistic.outputs, dtype=bool)]
         if self._growth.recurrent:
             recurrent = np.array(self._growth.layer.cell.recurrent_kernel.numpy(), dtype=np.float64)
-            blocks = statistic.linearisation.blocks
-            size = active.size
+            size = recurrent.shape[0]
             for unit in range(size):
-                recurrent[unit, unit + size * np.arange(blocks)] = 0.0
+                recurrent[unit, unit + size * np.arange(statistic.linearisation.blocks)] = 0.0
             outgoing.append(recurrent)
-            allowed.append(np.tile(active, blocks))
-        return np.concatenate(allowed), np.concatenate(outgoing, axis=1)
+        return np.concatenate(outgoing, axis=1)
 
     def get_state(self) -> dict[str, Any]:
         """M accumulated since the last growth step (a resumed run continues it)."""
