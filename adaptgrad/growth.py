@@ -52,14 +52,22 @@ b_rh), r = σ(0): the z and r blocks get 0 (their derivative multiplies h₋ −
 h₋ U_h + b_rh = 0). LSTM: c = f c₋ + i f(a_c), h = o f(c), with i = f = o = σ(0) (the new unit's
 forget bias is 0 too); the i, f, o blocks get 0 (they multiply f(a_c), c₋ and f(c), all 0).
 
-How it is captured. A zero matrix A (D × C) enters each consumer as an extra pre-activation
-``x̄ A`` (the consumer ``Dense``'s activation input; the cell's recurrent bias for a GRU, else an
-input kernel extended by A's rows and an input extended by x̄_{t−1}); the loss does not change
-(A = 0) and ∂L/∂A = Mᵀ, added into a float64 variable by A's gradient function inside the
-compiled train step (the pattern of :mod:`adaptgrad.capture`). x̄ is one more state of the
-layer's time loop. Cost per step and example: one D × C product forward and two backward (D =
-inputs + units + biases, C = k·units), about one more recurrent matmul; the loop is Keras's
-generic one (no cuDNN), as for through-time capture. ``scripts/bench_growth.py`` measures it.
+How it is captured, inside the compiled train step (the pattern of :mod:`adaptgrad.capture`):
+
+- the consumer: a zero matrix A (D × C) adds ``x̄ A`` to the consumer ``Dense``'s pre-activation
+  (its activation's input) at the step it reads; the loss does not change (A = 0) and A's
+  gradient function adds ∂L/∂A = Σ x̄ δᵀ into a float64 variable;
+- the layer's own gates: a zero sequence Z (B, T, k·n) runs through the time loop beside the
+  input sequence and is added at each step to the recurrent pre-activation (the cell's bias for that step: for a
+  GRU its recurrent bias, inside the reset gate; a cell without a bias gets an input kernel
+  extended by identity rows). Z's gradient is every δ_t at once, outside the loop, where one
+  product Σ_t x̄_{t−1}ᵀ δ_t adds into a second variable;
+- x̄: from the loop's outputs (the layer returns every step to the wrapper) and inputs, with
+  the decay as a T × T lower-triangular matrix, outside the loop.
+
+Cost: inside the loop, one addition to the bias per step (forward and backward) and Z's slice; outside it, O(B·T·D·(C + T)) per batch in two einsums, plus the outputs of every
+step kept. The loop is Keras's generic one (no cuDNN), as for through-time capture.
+``scripts/bench_growth.py`` measures it.
 
 Limits (each a clear error when attached): the consumer must be a ``Dense`` that reads the layer's
 output directly (a subclassed model: pass ``next_layer``); a recurrent layer must return its last
@@ -166,6 +174,8 @@ def linearisation(layer: keras.layers.Layer) -> Linearisation:
                 )
             result = Linearisation(2, 3, (1.0 - g0) * slope, g0, g0, (1.0, g0))
         elif isinstance(owner, keras.layers.LSTMCell):
+            if owner.implementation != 2:
+                raise ValueError(f"growth: LSTM {name} needs implementation=2 (Keras's default), got {owner.implementation}")
             result = Linearisation(2, 4, g0 * slope * g0 * slope, g0, 1.0, (1.0,) if has_bias else ())
         elif blocks == 1:
             if has_bias and len(bias.shape) != 1:
@@ -320,21 +330,15 @@ class GrowthWatch:
 
     # -- in the graph ---------------------------------------------------------------------------
 
-    def _probe(self, shape: tuple[int, int], anchor: Any, into: tf.Variable, count: bool) -> tf.Tensor:
-        """A zero (D, C) tensor whose gradient (∂L/∂A = Mᵀ of one batch) is added into ``into``."""
+    def _probe(self, shape: Any, anchor: Any, add: Callable[[tf.Tensor], Any]) -> tf.Tensor:
+        """A zero tensor whose gradient (one batch's, unscaled) goes to ``add`` inside the train step."""
         zero = tf.cast(tf.reshape(anchor, [-1])[0], self.layer.compute_dtype) * 0
 
         @tf.custom_gradient
         def identity(a: tf.Tensor) -> Any:
             def grad(g: tf.Tensor) -> None:
-                g = tf.cast(g, tf.float64)
                 scale = _loss_scale(self.model)
-                if scale is not None:
-                    g = g / tf.cast(scale, tf.float64)
-                ops = [into.assign_add(g)]
-                if count:
-                    ops.append(self._batches.assign_add(tf.constant(1.0, tf.float64)))
-                tf.group(*ops)
+                add(g if scale is None else g / tf.cast(scale, g.dtype))
                 return None
 
             return tf.identity(a), grad
@@ -351,46 +355,69 @@ class GrowthWatch:
         xbar, self._pending = self._pending, None
         if xbar is None:  # the consumer called without the layer before it (not a training step of the pair)
             return call(*args, **kwargs)
-        a = self._probe((self.width, self.outputs), self.consumer.kernel, self._next, count=True)
+
+        def add_rows(g: tf.Tensor) -> tf.Operation:  # ∂L/∂A = Σ x̄ δᵀ of one batch
+            return tf.group(self._next.assign_add(tf.cast(g, tf.float64)), self._batches.assign_add(tf.constant(1.0, tf.float64)))
+
+        a = self._probe((self.width, self.outputs), self.consumer.kernel, add_rows)
         delta = tf.tensordot(tf.cast(xbar, a.dtype), a, axes=[[len(xbar.shape) - 1], [0]])
         activation = self.consumer.activation or _identity
         with _shadowed(self.consumer, activation=lambda pre: activation(pre + tf.cast(delta, pre.dtype))):
             return call(*args, **kwargs)
 
     def _loop(self, loop: Callable[..., Any], sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
+        """The layer's time loop with a zero sequence Z added to the recurrent pre-activation at
+        every step (its gradient is δ_t); M's recurrent rows are Σ_t x̄_{t−1}ᵀ δ_t, one product
+        outside the loop, x̄ computed from the loop's outputs."""
         if mask is not None:
             raise ValueError(f"growth statistic of layer {self.layer.name!r}: masked sequences are not supported")
-        cell, lin = self._owner, self.linearisation
-        a = self._probe((self.width, self.recurrent_columns), cell.kernel, self._own, count=False)
-        original = cell.call
+        cell, layer = self._owner, self.layer
+        columns = self.recurrent_columns
+        seen: dict[str, tf.Tensor] = {}
+
+        def add_rows(g: tf.Tensor) -> tf.Operation:
+            g = tf.reverse(g, [1]) if layer.go_backwards else g  # processing order, as x̄
+            previous = tf.pad(seen["xbar"][:, :-1], [[0, 0], [1, 0], [0, 0]])
+            return self._own.assign_add(tf.cast(tf.einsum("btd,btc->dc", previous, tf.cast(g, previous.dtype)), tf.float64))
+
+        z = self._probe(tf.concat([tf.shape(sequences)[:2], [columns]], 0), cell.kernel, add_rows)
+        original, bias = cell.call, getattr(cell, "bias", None)
+        loop_swaps: dict[str, Any] = {}
+        if not isinstance(bias, keras.Variable):  # no bias: the input kernel gets identity rows, the input z_t
+            loop_swaps["kernel"] = tf.concat([cell.kernel, tf.eye(columns, dtype=cell.kernel.dtype)], axis=0)
         gru = isinstance(cell, keras.layers.GRUCell)
-        constants = [float(v) for v in lin.bias]
 
         def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
-            *states, xbar = states
-            h_prev = states[0]
-            if gru:  # inside the reset gate: the recurrent bias (row 1) gets x̄ A per example
-                delta = tf.matmul(xbar, a)
-                bias = cell.bias
-                swaps = {"bias": bias[:, None, :] + tf.stack([tf.zeros_like(delta), delta])}
-                step_inputs = inputs
-            else:  # additive cells: the input kernel gets A's rows, the input x̄
-                swaps = {"kernel": tf.concat([cell.kernel, a], axis=0)}
-                step_inputs = tf.concat([inputs, xbar], axis=-1)
-            with _shadowed(cell, **swaps):
-                output, new_states = original(step_inputs, states, **kwargs)
-            new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
-            batch = tf.shape(inputs)[0]
-            pieces = [inputs, lin.rho * h_prev] + [tf.fill([batch, 1], tf.cast(c, inputs.dtype)) for c in constants]
-            x_tilde = tf.stop_gradient(tf.concat(pieces, axis=-1))
-            return output, [*new_states, lin.decay * xbar + x_tilde]
+            if loop_swaps:
+                return original(tf.concat(inputs, axis=-1), states, **kwargs)
+            x_t, z_t = inputs
+            if gru:  # the recurrent bias (row 1), inside the reset gate
+                step_bias = tf.stack([tf.broadcast_to(bias[0], tf.shape(z_t)), bias[1] + z_t])
+            else:
+                step_bias = bias + z_t
+            with _shadowed(cell, bias=step_bias):
+                return original(x_t, states, **kwargs)
 
-        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
-        zero = tf.zeros([tf.shape(sequences)[0], self.width], sequences.dtype)
-        with _shadowed(cell, call=call):
-            last, outputs, new_states = loop(sequences, [*states, zero], mask, training=training)
-        *new_states, self._pending = new_states
+        with _shadowed(cell, call=call, **loop_swaps), _shadowed(layer, return_sequences=True):
+            last, outputs, new_states = loop((sequences, z), initial_state, mask, training=training)
+        seen["xbar"] = self._xbar(sequences, initial_state, outputs)
+        self._pending = seen["xbar"][:, -1]
         return last, outputs, new_states
+
+    def _xbar(self, sequences: tf.Tensor, initial_state: Any, outputs: tf.Tensor) -> tf.Tensor:
+        """x̄_t = Σ_{u≤t} λ^{t−u} x̃_u, x̃_u = [x_u ; ρ h_{u−1} ; bias entries], in processing order (B, T, D)."""
+        lin = self.linearisation
+        x = tf.reverse(sequences, [1]) if self.layer.go_backwards else sequences
+        states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
+        h = tf.stop_gradient(tf.concat([states[0][:, None], outputs[:, :-1]], axis=1))
+        ones = tf.ones_like(x[..., :1])
+        x_tilde = tf.stop_gradient(tf.concat([x, lin.rho * h, *[value * ones for value in lin.bias]], axis=-1))
+        if lin.decay == 0.0:
+            return x_tilde
+        steps = tf.range(tf.shape(x)[1])
+        lag = steps[:, None] - steps[None, :]
+        weights = tf.where(lag >= 0, tf.pow(tf.cast(lin.decay, x.dtype), tf.cast(tf.maximum(lag, 0), x.dtype)), 0.0)
+        return tf.einsum("tu,bud->btd", weights, x_tilde)
 
     # -- in Python ------------------------------------------------------------------------------
 
