@@ -11,7 +11,7 @@ import adaptgrad
 from adaptgrad.cells import MinimalRNNCell
 from adaptgrad.growth import linearisation, watch_growth
 
-from reference import HEAD, growth_model, incoming_gradient, set_outgoing
+from reference import HEAD, build, data, growth_model, incoming_gradient, set_outgoing
 
 CELLS = ["minimal", "simple", "gru", "lstm", "user", "dense"]
 KINDS = ["sequential", "functional", "subclassed"]
@@ -57,6 +57,20 @@ def test_new_unit_incoming_gradient_is_kappa_w_M_exactly(cell, kind):
         expected = reference[lin.block]
         np.testing.assert_allclose(statistic.gradient(outgoing), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
         assert np.abs(expected).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "cell, option", representative([("gru", "go_backwards"), ("minimal", "unroll")], ("gru", "go_backwards"))
+)
+def test_growth_statistic_is_exact_backwards_and_unrolled(cell, option):
+    model, layer, head = build("functional", cell, units=4, **{option: True})
+    x, y = data(8)
+    statistic = captured(model, layer, head, x, y, gated=[1])
+    outgoing = np.random.default_rng(7).normal(size=statistic.matrix.shape[0]).astype(np.float32)
+    outgoing[HEAD:].reshape(statistic.linearisation.blocks, 4)[:, 1] = 0.0
+    set_outgoing(layer, head, 1, outgoing)
+    expected = incoming_gradient(model, layer, x, y, 4)[1, statistic.linearisation.block]
+    np.testing.assert_allclose(statistic.gradient(outgoing), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("cell", representative(["minimal", "gru", "lstm"], "lstm"))
