@@ -330,15 +330,22 @@ class GrowthWatch:
 
     # -- in the graph ---------------------------------------------------------------------------
 
-    def _probe(self, shape: Any, anchor: Any, add: Callable[[tf.Tensor], Any]) -> tf.Tensor:
-        """A zero tensor whose gradient (one batch's, unscaled) goes to ``add`` inside the train step."""
+    def _probe(self, shape: Any, anchor: Any, add: Callable[[tf.Tensor, tf.Tensor], Any]) -> tf.Tensor:
+        """A zero tensor whose gradient (one batch's, unscaled, float32) goes to ``add(g, finite)``
+        inside the train step; under a loss scale, a batch whose gradient overflowed (Keras skips
+        its step) gives zeros and ``finite`` False."""
         zero = tf.cast(tf.reshape(anchor, [-1])[0], self.layer.compute_dtype) * 0
 
         @tf.custom_gradient
         def identity(a: tf.Tensor) -> Any:
             def grad(g: tf.Tensor) -> None:
+                g = tf.cast(g, tf.float32)
+                finite = tf.constant(True)
                 scale = _loss_scale(self.model)
-                add(g if scale is None else g / tf.cast(scale, g.dtype))
+                if scale is not None:
+                    finite = tf.reduce_all(tf.math.is_finite(g))
+                    g = tf.where(finite, g / tf.cast(scale, tf.float32), tf.zeros_like(g))
+                add(g, finite)
                 return None
 
             return tf.identity(a), grad
@@ -356,8 +363,8 @@ class GrowthWatch:
         if xbar is None:  # the consumer called without the layer before it (not a training step of the pair)
             return call(*args, **kwargs)
 
-        def add_rows(g: tf.Tensor) -> tf.Operation:  # ∂L/∂A = Σ x̄ δᵀ of one batch
-            return tf.group(self._next.assign_add(tf.cast(g, tf.float64)), self._batches.assign_add(tf.constant(1.0, tf.float64)))
+        def add_rows(g: tf.Tensor, finite: tf.Tensor) -> tf.Operation:  # ∂L/∂A = Σ x̄ δᵀ of one batch
+            return tf.group(self._next.assign_add(tf.cast(g, tf.float64)), self._batches.assign_add(tf.cast(finite, tf.float64)))
 
         a = self._probe((self.width, self.outputs), self.consumer.kernel, add_rows)
         delta = tf.tensordot(tf.cast(xbar, a.dtype), a, axes=[[len(xbar.shape) - 1], [0]])
@@ -375,26 +382,28 @@ class GrowthWatch:
         columns = self.recurrent_columns
         seen: dict[str, tf.Tensor] = {}
 
-        def add_rows(g: tf.Tensor) -> tf.Operation:
+        def add_rows(g: tf.Tensor, finite: tf.Tensor) -> tf.Operation:
             g = tf.reverse(g, [1]) if layer.go_backwards else g  # processing order, as x̄
-            previous = tf.pad(seen["xbar"][:, :-1], [[0, 0], [1, 0], [0, 0]])
-            return self._own.assign_add(tf.cast(tf.einsum("btd,btc->dc", previous, tf.cast(g, previous.dtype)), tf.float64))
+            previous = tf.pad(tf.cast(seen["xbar"][:, :-1], tf.float32), [[0, 0], [1, 0], [0, 0]])
+            return self._own.assign_add(tf.cast(tf.einsum("btd,btc->dc", previous, g), tf.float64))
 
         z = self._probe(tf.concat([tf.shape(sequences)[:2], [columns]], 0), cell.kernel, add_rows)
         original, bias = cell.call, getattr(cell, "bias", None)
         loop_swaps: dict[str, Any] = {}
         if not isinstance(bias, keras.Variable):  # no bias: the input kernel gets identity rows, the input z_t
-            loop_swaps["kernel"] = tf.concat([cell.kernel, tf.eye(columns, dtype=cell.kernel.dtype)], axis=0)
+            kernel = tf.cast(cell.kernel, layer.compute_dtype)  # a variable read outside the cell is not autocast
+            loop_swaps["kernel"] = tf.concat([kernel, tf.eye(columns, dtype=kernel.dtype)], axis=0)
         gru = isinstance(cell, keras.layers.GRUCell)
 
         def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
             if loop_swaps:
                 return original(tf.concat(inputs, axis=-1), states, **kwargs)
             x_t, z_t = inputs
+            own = tf.cast(bias, z_t.dtype)
             if gru:  # the recurrent bias (row 1), inside the reset gate
-                step_bias = tf.stack([tf.broadcast_to(bias[0], tf.shape(z_t)), bias[1] + z_t])
+                step_bias = tf.stack([tf.broadcast_to(own[0], tf.shape(z_t)), own[1] + z_t])
             else:
-                step_bias = bias + z_t
+                step_bias = own + z_t
             with _shadowed(cell, bias=step_bias):
                 return original(x_t, states, **kwargs)
 
@@ -421,6 +430,12 @@ class GrowthWatch:
 
     # -- in Python ------------------------------------------------------------------------------
 
+    @property
+    def batches(self) -> int:
+        """Training batches accumulated since the last :meth:`reset` (a step Keras skipped for an
+        overflowed loss-scaled gradient is not one)."""
+        return int(round(float(self._batches.read_value().numpy())))
+
     def statistic(self) -> GrowthStatistic:
         """M over the training batches since the last :meth:`reset`.
 
@@ -428,7 +443,7 @@ class GrowthWatch:
             RuntimeError: no training batch has reached the layer since then.
         """
         self._check_attached()
-        batches = int(round(float(self._batches.read_value().numpy())))
+        batches = self.batches
         if batches == 0:
             raise RuntimeError(
                 f"no training batch has reached layer {self.layer.name!r} since the growth watch was attached or reset"

@@ -17,9 +17,9 @@ CELLS = ["minimal", "simple", "gru", "lstm", "user", "dense"]
 KINDS = ["sequential", "functional", "subclassed"]
 
 
-def captured(model, layer, head, x, y, *, gated, through_time=None, jit_compile=False):
+def captured(model, layer, head, x, y, *, gated, through_time=None, jit_compile=False, optimizer=None):
     """M after one epoch of 2 batches with SGD(0) (the weights stay put), ``gated`` units gated."""
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse", jit_compile=jit_compile)
+    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.0), loss="mse", jit_compile=jit_compile)
     units = adaptgrad.unit_view(model, layer, next_layer=head)
     units.gate(gated)
     watches = [adaptgrad.watch(model, layer, through_time=True)] if through_time else []
@@ -150,3 +150,18 @@ def test_linearisation_constants():
 def test_unsupported_layers_are_refused_with_the_reason(make, match):
     with pytest.raises(ValueError, match=match):
         watch_growth(make(), "rnn")
+
+
+@pytest.mark.parametrize("cell", representative(["minimal", "gru", "lstm"], "gru"))
+def test_growth_statistic_under_mixed_precision_divides_out_the_loss_scale(cell):
+    full = captured(*growth_model(cell, "functional"), gated=[1])
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0), initial_scale=2.0**8)
+    half = captured(*growth_model(cell, "functional"), gated=[1], optimizer=optimizer)
+    assert half.batches == 2
+    np.testing.assert_allclose(half.matrix, full.matrix, rtol=0, atol=1e-2 * np.abs(full.matrix).max())
+    keras.utils.set_random_seed(0)
+    overflowing = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0), initial_scale=2.0**30)
+    with pytest.raises(RuntimeError, match="no training batch"):  # every step overflows: Keras skips it, M counts none
+        captured(*growth_model(cell, "functional"), gated=[1], optimizer=overflowing)

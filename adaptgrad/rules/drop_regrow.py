@@ -152,7 +152,9 @@ class DropRegrow(AdaptationRule, name="drop_regrow"):
         if count == 0 or stats.batches == 0:
             return
         age = units.age
-        scores = self.regrowth_scores(units) if not active.all() else np.zeros(units.size)
+        scores = np.zeros(units.size)
+        if not active.all() and (self._growth is None or self._growth.batches):  # no batch: every step skipped (overflow)
+            scores = self.regrowth_scores(units)
         if self._growth is not None:
             self._growth.reset()
         drop, regrow = self.plan(stats.taylor, scores, active, count, age > self.grace, age)

@@ -107,7 +107,7 @@ class GradMax(AdaptationRule, name="gradmax"):
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
         assert self._growth is not None, "GradMax.check attaches the growth statistic"
         candidates = np.flatnonzero(~units.active)
-        if candidates.size == 0 or stats.batches == 0:
+        if candidates.size == 0 or self._growth.batches == 0:
             return
         statistic = self._growth.statistic()
         self._growth.reset()
