@@ -69,8 +69,10 @@ Under a loss scale the gradients are unscaled, and a step Keras skips (overflow)
 nothing. Cost: inside the loop, one addition to the bias per step (forward and backward) and a
 slice of Z; outside it, O(B·T·D·(C + T)) per batch in two einsums, and every step's output kept.
 The loop is Keras's generic one (no cuDNN), as for through-time capture. Measured by
-``scripts/bench_growth.py`` (GRU-64, 20 steps, batch 64, 2 shared cores, one TensorFlow thread):
-1.28× the wall time of plain ``fit`` (1.34× its CPU time).
+``scripts/bench_growth.py`` (64 units, 20 steps, batch 64, 2 shared cores, one TensorFlow thread):
+GRU 1.28×, LSTM 1.61× the wall time of plain ``fit``. The product for M's recurrent rows costs
+as much as the layer's input- and recurrent-kernel gradients together (D = inputs + units + 1
+columns against their inputs + units), about a third of the layer's training step.
 
 Limits (each a clear error, when attached; a mask when the step is traced): the consumer must be
 a ``Dense`` that reads the layer's output directly (a subclassed model: pass ``next_layer``); a
