@@ -165,3 +165,23 @@ def test_runner_grows_a_layer_that_starts_small(adaptgrad_cli, tiny, tmp_path):
     assert run.code == 0, run.err
     actions = pd.read_csv(tmp_path / "actions.csv")
     assert actions.action.tolist() == ["grow"] * 4 and actions.unit.tolist() == [2, 3, 4, 5]
+
+
+def test_a_resumed_gradmax_job_continues_its_statistic_exactly(tmp_path):
+    """Growth every 2 epochs: M sums epochs 1 and 2, across the checkpoint of epoch 1."""
+    import json
+
+    from conftest import TINY
+
+    from adaptgrad.config import compose
+    from adaptgrad.run import run
+
+    overrides = [*TINY, "trainer.epochs=3", "model=gru", "model.units=6", "rule=gradmax", "rule.start_units=2", "rule.every=2"]
+    out = tmp_path / "out"
+    assert run(compose(overrides), out, rule_preset="gradmax")["status"] == "ok"
+    tables = {name: (out / name).read_bytes() for name in ("history.csv", "units.parquet", "actions.csv")}
+    (out / "checkpoints" / "epoch-0002.ckpt").unlink()  # the newest two are kept: epoch 1's remains
+    (out / "result.json").write_text(json.dumps({"status": "running"}))
+    again = run(compose(overrides), out, rule_preset="gradmax")
+    assert again["status"] == "ok" and again["resumed_from"] == 2  # from the checkpoint of epoch 1
+    assert tables == {name: (out / name).read_bytes() for name in tables}
