@@ -6,7 +6,12 @@ through which Keras runs the layer, and reads its slots *when the train step is 
 * ``layer.call``: the output passes through ``output_probe`` (output-mode capture);
 * ``layer.inner_loop`` of a recurrent layer: runs the time loop itself when ``time_probe`` is set
   (through-time capture, see :func:`through_time_loop`); otherwise the layer's own loop runs,
-  with its own kernel choice (cuDNN for GRU/LSTM where available).
+  with its own kernel choice (cuDNN for GRU/LSTM where available);
+* ``call_wrappers`` and ``loop_wrappers``: functions ``wrapper(run, *args, **kwargs)`` placed
+  around the layer's call and its time loop (the growth statistic, :mod:`adaptgrad.growth`),
+  the first one innermost. With a loop wrapper the loop is :func:`through_time_loop` or
+  ``keras.layers.RNN``'s generic loop, which carry every state the wrapper adds (GRU's and
+  LSTM's own loops keep only theirs).
 
 and on an optimizer instance, :class:`ApplyHooks` replaces ``optimizer.apply`` so that listeners
 see each step's gradients before the optimizer uses them (the per-unit weight-gradient statistic).
@@ -19,6 +24,7 @@ no hook: it lives in the layer's weights and constraints, see :mod:`adaptgrad.un
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -31,6 +37,9 @@ Probe = Callable[[tf.Tensor], tf.Tensor]
 GradientListener = Callable[[list[Any], list[Any]], None]
 """``listener(grads, variables)``: called with one step's gradients (None where a variable has
 none) and the variables they belong to, when the step is traced (or run, eagerly)."""
+
+Wrapper = Callable[..., Any]
+"""``wrapper(run, *args, **kwargs)``: calls ``run(*args, **kwargs)`` (possibly with other arguments) and returns its result."""
 
 
 class TimeProbe(Protocol):
@@ -59,6 +68,8 @@ class Hooks:
         self.layer = layer
         self.output_probe: Probe | None = None
         self.time_probe: TimeProbe | None = None
+        self.call_wrappers: list[Wrapper] = []
+        self.loop_wrappers: list[Wrapper] = []
         self._replaced: list[tuple[Any, str, Any]] = []
         self._original_call = self._replace(layer, "call", self._call)
         if is_recurrent(layer):
@@ -73,7 +84,7 @@ class Hooks:
 
     @property
     def in_use(self) -> bool:
-        return self.output_probe is not None or self.time_probe is not None
+        return self.output_probe is not None or self.time_probe is not None or bool(self.call_wrappers or self.loop_wrappers)
 
     def uninstall(self) -> None:
         """Restore the layer's own methods (only once no slot is in use)."""
@@ -87,7 +98,7 @@ class Hooks:
     # -- the wrappers -------------------------------------------------------------------------
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
-        outputs = self._original_call(*args, **kwargs)
+        outputs = _wrapped(self._original_call, self.call_wrappers)(*args, **kwargs)
         if self.output_probe is None:
             return outputs
         rest: list[Any] = []
@@ -97,9 +108,22 @@ class Hooks:
         return [outputs, *rest] if rest else outputs
 
     def _inner_loop(self, sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
-        if self.time_probe is None:
+        if self.time_probe is None and not self.loop_wrappers:
             return self._original_inner_loop(sequences, initial_state, mask, training=training)
-        return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training)
+
+        def loop(sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
+            if self.time_probe is None:
+                return generic_loop(self.layer, sequences, initial_state, mask, training)
+            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training)
+
+        return _wrapped(loop, self.loop_wrappers)(sequences, initial_state, mask, training=training)
+
+
+def _wrapped(run: Callable[..., Any], wrappers: list[Wrapper]) -> Callable[..., Any]:
+    """``run`` inside every wrapper, the first innermost."""
+    for wrapper in wrappers:
+        run = functools.partial(wrapper, run)
+    return run
 
 
 def hooks_of(layer: keras.layers.Layer) -> Hooks:
@@ -163,6 +187,29 @@ def invalidate_compiled(model: keras.Model) -> None:
             setattr(model, name, None)
 
 
+def generic_loop(layer: keras.layers.RNN, sequences: Any, initial_state: Any, mask: Any, training: bool) -> Any:
+    """``keras.layers.RNN``'s own time loop (no cuDNN), for ``sequences`` that may be a nest of
+    tensors (the cell then gets the nest at each step): what a loop wrapper runs when no time
+    probe is set."""
+    cell_kwargs = {"training": training} if _keras.call_takes_training(layer.cell) else {}
+
+    def step(inputs: Any, states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        output, new_states = layer.cell(inputs, states, **cell_kwargs)
+        return output, list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
+
+    return _keras.rnn(
+        step,
+        sequences,
+        list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state],
+        go_backwards=layer.go_backwards,
+        mask=mask,
+        unroll=layer.unroll,
+        input_length=tf.nest.flatten(sequences)[0].shape[1],
+        zero_output_for_mask=layer.zero_output_for_mask,
+        return_all_outputs=layer.return_sequences,
+    )
+
+
 def through_time_loop(
     layer: keras.layers.RNN,
     time_probe: TimeProbe,
@@ -192,16 +239,17 @@ def through_time_loop(
     """
     cell = layer.cell
     units = hidden_units(layer)
+    first = tf.nest.flatten(sequences)[0]  # sequences may be a nest of tensors (a loop wrapper's)
     anchor = next((w for w in cell.trainable_weights), None)
     if anchor is None:
         raise ValueError(f"through-time capture on layer {layer.name!r} needs a trainable weight in its cell")
-    time_major = tf.transpose(sequences, [1, 0, *range(2, len(sequences.shape))])
+    time_major = tf.nest.map_structure(lambda s: tf.transpose(s, [1, 0, *range(2, len(s.shape))]), sequences)
     kept = None
     if mask is not None:
         mask = tf.transpose(mask, [1, 0, *range(2, len(mask.shape))])
-        kept = tf.reshape(tf.cast(mask, sequences.dtype), tf.shape(mask)[:2])
-    zero = tf.cast(tf.reshape(anchor, [-1])[0], sequences.dtype) * 0
-    z = tf.fill(tf.concat([tf.shape(time_major)[:2], [units]], axis=0), zero)
+        kept = tf.reshape(tf.cast(mask, first.dtype), tf.shape(mask)[:2])
+    zero = tf.cast(tf.reshape(anchor, [-1])[0], first.dtype) * 0
+    z = tf.fill(tf.concat([tf.shape(tf.nest.flatten(time_major)[0])[:2], [units]], axis=0), zero)
     hidden: dict[str, tf.Tensor] = {}
     z = time_probe(z, lambda: (hidden.get("h"), kept))
     cell_kwargs = {"training": training} if _keras.call_takes_training(cell) else {}
@@ -218,14 +266,14 @@ def through_time_loop(
         go_backwards=layer.go_backwards,
         mask=mask,
         unroll=layer.unroll,
-        input_length=sequences.shape[1],
+        input_length=first.shape[1],
         time_major=True,
         zero_output_for_mask=layer.zero_output_for_mask,
         return_all_outputs=layer.return_sequences or time_probe.needs_hidden,
     )
     if mask is None and not layer.unroll:
         # trace the step once on time 0, as Keras does, to see whether the output is state 0
-        output, first_states = cell_step(time_major[0], list(initial_state), z[0])
+        output, first_states = cell_step(tf.nest.map_structure(lambda t: t[0], time_major), list(initial_state), z[0])
         if output is first_states[0]:
             return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, time_probe.needs_hidden)
 
@@ -240,7 +288,7 @@ def through_time_loop(
 
 def _popping_loop(
     cell_step: Callable[[tf.Tensor, list[tf.Tensor], tf.Tensor], tuple[tf.Tensor, list[tf.Tensor]]],
-    time_major: tf.Tensor,
+    time_major: Any,
     initial_state: list[tf.Tensor],
     z: tf.Tensor,
     hidden: dict[str, tf.Tensor],
@@ -252,7 +300,10 @@ def _popping_loop(
     each costs one push, and only if it needs a gradient), the last output is the final state,
     and the outputs are pushed onto a list only when the layer returns them or ``collect``
     (hidden states for the probe) asks for them."""
-    inputs = time_major if layer.go_backwards else tf.reverse(time_major, [0])  # popped from the back
+    inputs = (
+        time_major if layer.go_backwards else tf.nest.map_structure(lambda t: tf.reverse(t, [0]), time_major)
+    )  # popped from the back
+    flat_inputs = tf.nest.flatten(inputs)
 
     def element_shape(tensor: tf.Tensor) -> tf.Tensor:
         return tf.constant([-1 if size is None else size for size in tensor.shape[1:]], tf.int32)
@@ -268,24 +319,27 @@ def _popping_loop(
     kept_lists = [tf.raw_ops.EmptyTensorList(element_shape=element_shape(z), max_num_elements=steps, element_dtype=z.dtype)]
     kept_lists = kept_lists if keep else []  # no output list in the loop unless it is filled (XLA rejects an empty one)
 
-    def body(x_list: tf.Tensor, z_list: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def body(*loop_vars: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        x_lists, (z_list, *rest) = loop_vars[: len(flat_inputs)], loop_vars[len(flat_inputs) :]
         out_lists, states = rest[: len(kept_lists)], rest[len(kept_lists) :]
-        x_list, x_t = pop(x_list, inputs)
+        popped = [pop(x_list, like) for x_list, like in zip(x_lists, flat_inputs)]
+        x_lists, x_t = [p[0] for p in popped], tf.nest.pack_sequence_as(inputs, [p[1] for p in popped])
         z_list, z_t = pop(z_list, z)
         output, new_states = cell_step(x_t, list(states), z_t)
         if keep:  # no gradient flows back into the hidden states collected only for the probe
             pushed = output if layer.return_sequences else tf.stop_gradient(output)
             out_lists = (tf.raw_ops.TensorListPushBack(input_handle=out_lists[0], tensor=pushed),)
-        return (x_list, z_list, *out_lists, *new_states)
+        return (*x_lists, z_list, *out_lists, *new_states)
 
-    loop_vars = (make_list(inputs), make_list(z), *kept_lists, *initial_state)
-    _, _, *rest = tf.while_loop(
+    loop_vars = (*[make_list(t) for t in flat_inputs], make_list(z), *kept_lists, *initial_state)
+    results = tf.while_loop(
         lambda *_: True,
         body,
         loop_vars,
         maximum_iterations=tf.shape(z)[0],
         parallel_iterations=32,  # as Keras
     )
+    rest = results[len(flat_inputs) + 1 :]
     out_lists, new_states = rest[: len(kept_lists)], rest[len(kept_lists) :]
     out_list = out_lists[0] if keep else None
     last_output = new_states[0]

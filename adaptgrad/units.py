@@ -64,7 +64,7 @@ _CONVENTION = {"kernel": "kernel", "recurrent_kernel": "recurrent", "bias": "bia
 
 @dataclasses.dataclass(frozen=True)
 class Edit:
-    """One change made to one unit: ``action`` in gate / ungate / scale / reinit / zero_outgoing."""
+    """One change made to one unit: ``action`` in gate / ungate / grow / scale / reinit / zero_outgoing."""
 
     action: str
     unit: int
@@ -447,6 +447,13 @@ class UnitView:
         active unit, the age of its incoming weights; for a gated unit, how long it has been gated."""
         return self._age.copy()
 
+    def saved(self, unit: int) -> list[np.ndarray] | None:
+        """The weights :meth:`ungate` would restore for a gated unit: its incoming slices (one per
+        entry of :attr:`weights`, the unit's columns of every gate block on the last axis), then
+        its outgoing slices; None for an active unit or one whose weights are unknown (loaded gated)."""
+        saved = self._saved.get(int(unit))
+        return None if saved is None else [array.copy() for array in saved]
+
     def incoming_norms(self) -> np.ndarray:
         """L2 norm of each unit's incoming weights (all its slices of every incoming weight)."""
         squares = np.zeros(self.size)
@@ -599,6 +606,34 @@ class UnitView:
         self.edits.extend(Edit("ungate", unit) for unit in chosen)
         if zero_outgoing and chosen:
             self.edits.extend(Edit("zero_outgoing", unit) for unit in chosen)
+        return chosen
+
+    def grow(self, units: Iterable[int], outgoing: Callable[[int, Any, Index], Any], values: Sequence[float] = ()) -> list[int]:
+        """Switch gated units on as new units: incoming weights 0, outgoing slices
+        ``outgoing(unit, variable, index)`` (``variable[index]`` is the unit's slice of that
+        outgoing weight), fresh optimizer slots, age 0. The network's function does not change
+        (the units output 0). Returns the units grown; ``values`` (one per unit) go to the edits.
+        """
+        active = self.active
+        chosen = [unit for unit in self._check(units) if not active[unit]]
+        values = list(values) or [float("nan")] * len(chosen)
+        for unit in chosen:
+            self._saved.pop(unit, None)
+        active[chosen] = True
+        self._gate.set_gated(np.flatnonzero(~active))
+        count = len(self.weights)
+
+        def value(unit: int, i: int) -> Any:
+            if i < count:
+                return 0.0
+            out = self._outgoing[i - count]
+            return outgoing(unit, out.variable, out.index(unit))
+
+        self._write(chosen, incoming=True, outgoing=True, values=value)
+        self._write(sorted(self._saved), incoming=True, outgoing=True, values=lambda unit, i: 0.0)  # shared entries
+        self._age[chosen] = 0
+        self._scales[chosen] = 1.0
+        self.edits.extend(Edit("grow", unit, float(v)) for unit, v in zip(chosen, values))
         return chosen
 
     def reinit(self, units: Iterable[int], *, zero_outgoing: bool = False) -> None:

@@ -195,3 +195,95 @@ def assert_stats_equal(stats, totals, rtol: float = 1e-5, fields=SUM_FIELDS) -> 
         got, want = getattr(stats, name), totals[name]
         scale = np.max(np.abs(want)) + 1e-30
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def incoming_gradient(model, layer, x, y, batch_size: int) -> np.ndarray:
+    """The loss gradient w.r.t. every incoming weight of every unit (its column in every gate
+    block of the kernel, recurrent kernel and bias), summed over the batches of ``x`` in order, by
+    a ``GradientTape`` on the model's MSE loss; float64, shape ``(units, blocks, entries)``."""
+    owner = getattr(layer, "cell", layer)
+    weights = [w for w in (owner.kernel, getattr(owner, "recurrent_kernel", None), getattr(owner, "bias", None)) if w is not None]
+    units = int(owner.units)
+    blocks = owner.kernel.shape[-1] // units
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.MeanSquaredError()(
+                y[start : start + batch_size], model(x[start : start + batch_size], training=True)
+            )
+        grads = tape.gradient(loss, weights)
+        columns = [
+            np.asarray(g, np.float64).reshape(-1, blocks, units).transpose(2, 1, 0) for g in grads
+        ]  # (units, blocks, rows)
+        total = total + np.concatenate(columns, axis=2)
+    return total
+
+
+def set_outgoing(layer, head, unit: int, outgoing: np.ndarray) -> None:
+    """Give ``unit`` the outgoing weights ``outgoing``: ``head``'s kernel row, then (recurrent) its
+    own recurrent-kernel row."""
+    kernel = head.kernel.numpy()
+    kernel[unit] = outgoing[: kernel.shape[1]]
+    head.kernel.assign(kernel)
+    owner = getattr(layer, "cell", layer)
+    if getattr(owner, "recurrent_kernel", None) is not None:
+        recurrent = owner.recurrent_kernel.numpy()
+        recurrent[unit] = outgoing[kernel.shape[1] :]
+        owner.recurrent_kernel.assign(recurrent)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class TanhCell(keras.layers.Layer):
+    """A user's cell following Keras's conventions: h = tanh(x W + h₋ U + b)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, self.units), initializer="orthogonal", name="recurrent_kernel")
+        self.bias = self.add_weight(shape=(self.units,), initializer="random_normal", name="bias")
+
+    def call(self, inputs, states):
+        h = keras.ops.tanh(inputs @ self.kernel + states[0] @ self.recurrent_kernel + self.bias)
+        return h, [h]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class DenseModel(keras.Model):
+    def __init__(self, units):
+        super().__init__()
+        self.rnn = keras.layers.Dense(units, activation="tanh", name="rnn")
+        self.head = keras.layers.Dense(HEAD, name="head")
+
+    def call(self, inputs):
+        return self.head(self.rnn(inputs))
+
+
+def growth_model(cell: str, kind: str, units: int = 4):
+    """(model, layer, head, x, y) of the growth tests: :func:`build`'s models, a Dense(tanh) layer
+    (inputs: the last step's features), or the user's TanhCell."""
+    x, y = data(8)
+    if cell == "dense":
+        x = x[:, -1]
+        layer, head = keras.layers.Dense(units, activation="tanh", name="rnn"), keras.layers.Dense(HEAD, name="head")
+        if kind == "subclassed":
+            model = DenseModel(units)
+            model(x[:1])
+            layer, head = model.rnn, model.head
+        elif kind == "sequential":
+            model = keras.Sequential([keras.Input((FEATURES,)), layer, head])
+        else:
+            inputs = keras.Input((FEATURES,))
+            model = keras.Model(inputs, head(layer(inputs)))
+        return model, layer, head, x, y
+    if cell == "user":
+        layer, head = keras.layers.RNN(TanhCell(units), name="rnn"), keras.layers.Dense(HEAD, name="head")
+        inputs = keras.Input((STEPS, FEATURES))
+        return keras.Model(inputs, head(layer(inputs))), layer, head, x, y
+    model, layer, head = build(kind, cell, units=units)
+    return model, layer, head, x, y

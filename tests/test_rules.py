@@ -265,35 +265,69 @@ def test_drop_regrow_cosine_schedule(epoch):
     assert DropRegrow.drop_fraction(5, fraction=0.3, end=10) == pytest.approx(0.15)
 
 
-def test_drop_regrow_drops_lowest_taylor_and_regrows_highest_rms_among_previously_gated():
+def fitted_drop_regrow(rule, gated):
+    """``gru_view``'s model with ``gated`` units gated and ``rule`` checked (its growth statistic
+    attached), after one epoch of SGD(0) on random data (the weights stay put)."""
     model, units = gru_view()
-    gate_by_hand(units, [1, 3, 4])  # active: 0, 2, 5
+    gate_by_hand(units, gated)
+    rule = checked(rule, model, units, through_time=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(8, 4, 2)), rng.normal(size=(8, 1)), batch_size=4, verbose=0)
+    return model, units, rule
+
+
+def test_drop_regrow_drops_lowest_taylor_and_regrows_highest_regrowth_score_among_previously_gated():
     act_grad_sum = np.array([5.0, 9.0, 0.5, 9.0, 9.0, 0.2])  # lowest active Taylor: 5 then 2
-    grad_sq_sum = np.array([1.0, 4.0, 99.0, 0.1, 9.0, 99.0])  # 2 and 5 (just dropped) have the highest
-    stats = make_stats(count=10, act_grad_sum=act_grad_sum, grad_sq_sum=grad_sq_sum)
+    stats = make_stats(count=10, act_grad_sum=act_grad_sum)
     # epoch 1 of 8: f = 0.45 * (1 + cos(pi/8)) = 0.866; n = round(0.866 * 3) = 3:
-    # regrow all 3 of {1, 3, 4} (highest rms first), then drop the 3 previously active 5, 2, 0
-    rule = DropRegrow(fraction=0.9, end_epoch=8, criterion="taylor")
+    # regrow all 3 of {1, 3, 4} (highest score first), then drop the 3 previously active 5, 2, 0
+    model, units, rule = fitted_drop_regrow(DropRegrow(fraction=0.9, end_epoch=8, criterion="taylor"), [1, 3, 4])
+    scores = rule.regrowth_scores(units)
+    assert np.all(scores[[1, 3, 4]] > 0) and np.all(scores[[0, 2, 5]] == 0)
+    order = [int(u) for u in np.array([1, 3, 4])[np.argsort(-scores[[1, 3, 4]], kind="stable")]]
     assert round(0.45 * (1 + math.cos(math.pi / 8)) * 3) == 3
     edits = run(rule, stats, units, epoch=1)
-    assert edits[:3] == [("ungate", 4), ("ungate", 1), ("ungate", 3)]
-    assert edits[3:6] == [("zero_outgoing", 4), ("zero_outgoing", 1), ("zero_outgoing", 3)]
+    assert edits[:3] == [("ungate", u) for u in order]
+    assert edits[3:6] == [("zero_outgoing", u) for u in order]
     assert edits[6:] == [("gate", 5), ("gate", 2), ("gate", 0)]
     assert units.active.tolist() == [False, True, False, True, True, False]
 
     # a smaller step: 3 active (1, 3, 4), 3 gated; n = round(0.3 * 3) = 1
     keras.backend.clear_session(free_memory=False)
-    model, units = gru_view()
-    gate_by_hand(units, [1, 3, 4])
+    model, units, rule = fitted_drop_regrow(DropRegrow(fraction=0.3, end_epoch=10, criterion="taylor"), [1, 3, 4])
+    best = int(np.argmax(rule.regrowth_scores(units)))
     before = weights(model)
-    rule = DropRegrow(fraction=0.3, end_epoch=10, criterion="taylor")
-    assert run(rule, stats, units, epoch=0) == [("ungate", 4), ("zero_outgoing", 4), ("gate", 5)]
-    assert units.active.tolist() == [True, False, True, False, True, False]
+    assert run(rule, stats, units, epoch=0) == [("ungate", best), ("zero_outgoing", best), ("gate", 5)]
     after = weights(model)
-    np.testing.assert_array_equal(after["head/kernel"][4], 0.0)  # regrown unit starts with no outgoing weight
+    np.testing.assert_array_equal(after["head/kernel"][best], 0.0)  # regrown unit starts with no outgoing weight
     np.testing.assert_array_equal(after["head/kernel"][5], 0.0)  # a gated unit's outgoing weights are 0
-    np.testing.assert_array_equal(np.delete(after["head/kernel"], [4, 5], 0), np.delete(before["head/kernel"], [4, 5], 0))
+    kept = [u for u in range(SIZE) if u not in (best, 5)]
+    np.testing.assert_array_equal(after["head/kernel"][kept], before["head/kernel"][kept])
     assert units.scales.tolist() == [1.0] * SIZE
+
+
+def test_drop_regrow_score_is_the_revived_units_outgoing_gradient():
+    """In a linear Dense layer the first-order score is exact: a tape on the revived unit's outgoing weights."""
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, name="h"), keras.layers.Dense(2, name="head")])
+    units = adaptgrad.unit_view(model, "h")
+    units.gate([1, 3])
+    rule = checked(DropRegrow(), model, units)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    model.fit(x, y, batch_size=4, verbose=0, shuffle=False)
+    scores = rule.regrowth_scores(units)
+    units.ungate([1, 3], zero_outgoing=True)
+    head = model.get_layer("head")
+    reference = 0.0
+    for start in (0, 4):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.MeanSquaredError()(y[start : start + 4], model(x[start : start + 4]))
+        reference = reference + tape.gradient(loss, head.kernel).numpy().astype(np.float64)
+    np.testing.assert_allclose(scores[[1, 3]], np.linalg.norm(reference[[1, 3]], axis=1), rtol=1e-5)
+    assert np.all(scores[[1, 3]] > 0) and np.all(scores[[0, 2, 4]] == 0)
 
 
 def test_drop_regrow_first_step_only_drops_and_stops_at_end_epoch():
@@ -304,15 +338,13 @@ def test_drop_regrow_first_step_only_drops_and_stops_at_end_epoch():
     assert run(rule, stats, units, epoch=4) == []  # t >= T_end: f_t = 0
     assert run(rule, stats, units, epoch=3) == []  # round(0.0439 * 4) = 0
     # at the min_active floor a swap still happens (regrow before drop)
-    rule = DropRegrow(fraction=0.5, end_epoch=4, min_active=4, criterion="taylor")
-    assert run(rule, stats, units, epoch=0) == [
-        ("ungate", 1),
-        ("ungate", 2),
-        ("zero_outgoing", 1),
-        ("zero_outgoing", 2),
-        ("gate", 0),
-        ("gate", 5),
-    ]  # n = round(0.5 * 4) = 2; rms ties -> by index; the floor (4) does not block a swap
+    keras.backend.clear_session(free_memory=False)
+    _, units, rule = fitted_drop_regrow(DropRegrow(fraction=0.5, end_epoch=4, min_active=4, criterion="taylor"), [1, 2])
+    scores = rule.regrowth_scores(units)
+    order = [1, 2] if scores[1] >= scores[2] else [2, 1]
+    regrown = [("ungate", u) for u in order] + [("zero_outgoing", u) for u in order]
+    # n = round(0.5 * 4) = 2; the floor (4) does not block a swap
+    assert run(rule, stats, units, epoch=0) == [*regrown, ("gate", 0), ("gate", 5)]
     assert int(units.active.sum()) == 4
 
 
@@ -472,6 +504,7 @@ def test_get_builds_every_registered_rule_and_lists_names_of_unknown():
         "gain_rescale",
         "dormant_reset",
         "drop_regrow",
+        "gradmax",
         "trust_ratio",
     }
     for name, cls in SHIPPED.items():

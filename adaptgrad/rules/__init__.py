@@ -17,6 +17,7 @@ from adaptgrad.rules.base import REGISTRY, AdaptationRule
 from adaptgrad.rules.dormant_reset import DormantReset
 from adaptgrad.rules.drop_regrow import DropRegrow
 from adaptgrad.rules.gain_rescale import GainRescale
+from adaptgrad.rules.gradmax import GradMax
 from adaptgrad.rules.none import NoOp
 from adaptgrad.rules.schedule import Moment, Schedule
 from adaptgrad.rules.taylor_gate_ema import TaylorGateEMA
@@ -29,6 +30,7 @@ __all__ = [
     "DormantReset",
     "DropRegrow",
     "GainRescale",
+    "GradMax",
     "Moment",
     "NoOp",
     "RandomGate",

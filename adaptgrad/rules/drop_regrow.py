@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from adaptgrad.criteria import CRITERIA, check_criterion
+from adaptgrad.growth import GrowthWatch, revival_scores, saved_incoming, watch_growth
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
 from adaptgrad.rules.schedule import Moment
 from adaptgrad.rules.scoring import highest, lowest_active
@@ -46,13 +47,26 @@ fraction=0.3, end_epoch=10, grace=300, end_step=3000, criterion='taylor_example_
       whose incoming weights are more than ``grace`` epochs old (:attr:`~adaptgrad.UnitView.age`;
       on the step clock, steps) are gated;
     - regrow: as many of the previously gated units as were dropped (fewer if fewer are gated),
-      those with the highest ``rms_grad`` (``sqrt(mean g**2)``, RigL's dense-gradient
-      criterion), ties going to the unit gated longest ago (highest ``age``: gating resets a
-      unit's age), then the lowest index, are ungated with zero outgoing weights and reset optimizer slots, so they
-      start without changing the network's function. Units dropped in this very step are never
-      regrown in it. A gated unit whose outgoing weights are zeroed by the gate has no output
-      gradient at all, so its ``rms_grad`` is 0 and the tie-break decides: the swap then cycles
-      through the gated units, the one gated longest ago first.
+      those with the highest regrowth score, ties going to the unit gated longest ago (highest
+      ``age``: gating resets a unit's age), then the lowest index, are ungated with their saved incoming weights,
+      zero outgoing weights and reset optimizer slots, so they start without changing the
+      network's function. Units dropped in this very step are never regrown in it.
+
+    The regrowth score is the gradient a unit would get once revived (RigL's criterion; a gated
+    unit's own output gradient is exactly 0, its outgoing weights being 0). Revived with incoming
+    weights θ_j and outgoing weights 0, only its outgoing weights get a gradient, to first order
+    in θ_j::
+
+        score_j = κ ‖P M θ_j‖
+
+    with M the growth statistic of :mod:`adaptgrad.growth` (Σ over the epoch's batches of
+    δ_s x̄_sᵀ: the gradients at the consumers' pre-activations times what the unit reads), θ_j
+    the unit's saved incoming weights in its candidate gate block, κ the layer's f'(0) and P the
+    rows of the consumer's outputs and of the active units' recurrent columns
+    (:func:`adaptgrad.growth.revival_scores`). It is 0 only for a unit whose saved weights are
+    unknown (a model loaded with the unit gated). The rule needs what the growth statistic
+    needs (a ``Dense`` consumer reading the layer directly, a recurrent layer returning its last
+    step); :meth:`check` attaches it.
 
     So the number of active units stays constant once some units are gated; on a layer with no
     gated unit (the first step) the rule only drops, and it drops fewer than ``n`` if that would
@@ -120,14 +134,28 @@ fraction=0.3, end_epoch=10, grace=300, end_step=3000, criterion='taylor_example_
                 )
             self.end_step = check_int(self.label, "end_step", self.end_step, 1)
         self.criterion = check_criterion(self.label, self.criterion)
+        self._growth: GrowthWatch | None = None
 
     @property
     def reads(self) -> frozenset[str]:  # type: ignore[override]
-        return CRITERIA[self.criterion].reads | {"grad_sq_sum"}
+        return CRITERIA[self.criterion].reads
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:
+        """Validate and attach the growth statistic the regrowth score reads."""
         super().check(watch, units)
         self.require_next_layer(units, "starts regrown units with zero outgoing weights")
+        if self._growth is None:
+            self._growth = watch_growth(units.model, units.layer, next_layer=units.next_layer)
+
+    def regrowth_scores(self, units: UnitView) -> np.ndarray:
+        """score_j (see the class docstring) of every gated unit over the batches since the rule
+        last acted (0 for active units)."""
+        if self._growth is None:
+            raise RuntimeError(f"{self.label}: the growth statistic is attached by check(); build the Adapt first")
+        statistic = self._growth.statistic()
+        active = units.active
+        incoming = {int(unit): saved_incoming(units, int(unit)) for unit in np.flatnonzero(~active)}
+        return revival_scores(statistic, {unit: theta for unit, theta in incoming.items() if theta is not None}, active)
 
     @staticmethod
     def drop_fraction(t: int, *, fraction: float, end: int) -> float:
@@ -139,19 +167,19 @@ fraction=0.3, end_epoch=10, grace=300, end_step=3000, criterion='taylor_example_
     @staticmethod
     def plan(
         scores: np.ndarray,
-        rms_grad: np.ndarray,
+        regrow_score: np.ndarray,
         active: np.ndarray,
         count: int,
         droppable: np.ndarray | None = None,
         age: np.ndarray | None = None,
     ) -> tuple[list[int], list[int]]:
         """(drop, regrow): up to ``count`` active (and ``droppable``) units with the lowest
-        ``scores`` (lowest first), and as many gated units with the highest ``rms_grad`` (highest
-        first; ties: highest ``age``, then lowest index)."""
+        ``scores`` (lowest first), and as many gated units with the highest ``regrow_score``
+        (highest first; ties: highest ``age``, then lowest index)."""
         active = np.asarray(active, dtype=bool)
         candidates = active if droppable is None else active & np.asarray(droppable, dtype=bool)
         drop = lowest_active(np.asarray(scores, dtype=np.float64), candidates, 1.0)[:count]
-        regrow = highest(rms_grad, np.flatnonzero(~active), len(drop), ties=age)
+        regrow = highest(regrow_score, np.flatnonzero(~active), len(drop), ties=age)
         return drop, regrow
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int, *, when: Moment | None = None) -> None:
@@ -163,6 +191,11 @@ fraction=0.3, end_epoch=10, grace=300, end_step=3000, criterion='taylor_example_
         if count == 0 or stats.batches == 0:
             return
         age = when.age
-        drop, regrow = self.plan(self.score(stats, units), stats.rms_grad, active, count, age > self.grace, age)
+        regrowth = np.zeros(units.size)
+        if not active.all() and (self._growth is None or self._growth.batches):  # no batch: every step skipped (overflow)
+            regrowth = self.regrowth_scores(units)
+        if self._growth is not None:
+            self._growth.reset()
+        drop, regrow = self.plan(self.score(stats, units), regrowth, active, count, age > self.grace, age)
         units.ungate(regrow, zero_outgoing=True)
         units.gate(drop)
