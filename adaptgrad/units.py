@@ -632,7 +632,7 @@ class UnitView:
         self._write(chosen, incoming=True, outgoing=True, values=value)
         self._write(sorted(self._saved), incoming=True, outgoing=True, values=lambda unit, i: 0.0)  # shared entries
         self._age[chosen] = 0
-        self._scales[chosen] = 1.0
+        self._scales[:, chosen] = 1.0
         self.edits.extend(Edit("grow", unit, float(v)) for unit, v in zip(chosen, values))
         return chosen
 

@@ -26,9 +26,9 @@ class GradMax(AdaptationRule, name="gradmax"):
         >>> from adaptgrad.rules import GradMax
         >>> GradMax.directions(np.diag([3.0, 1.0, 0.5]), count=2, scale=2.0, kappa=0.5, batches=1, threshold=0.8)
         ([array([2., 0., 0.]), array([0., 2., 0.])], [3.0, 1.0])
-        >>> GradMax(start_units=16, count=4)
-        GradMax(start_epoch=0, every=1, stop_epoch=None, every_steps=None, start_step=0, stop_step=None, min_active=1, \
-start_units=16, count=4, threshold=0.0)
+        >>> rule = GradMax(start_units=16, count=4)
+        >>> rule.start_units, rule.count, rule.threshold
+        (16, 4, 0.0)
 
     GradMax (Evci, van Merriënboer, Unterthiner, Vladymyrov, Pedregosa: "GradMax: Growing
     Neural Networks using Gradient Information", ICLR 2022). A new unit with incoming weights θ
