@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from adaptgrad.criteria import CRITERIA, check_criterion
-from adaptgrad.growth import GrowthWatch, revival_scores, saved_incoming, watch_growth
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
 from adaptgrad.rules.schedule import Moment
 from adaptgrad.rules.scoring import highest, lowest_active
@@ -17,6 +16,7 @@ from adaptgrad.stats import OutputGradientStats
 
 if TYPE_CHECKING:
     from adaptgrad.capture import GradientWatch
+    from adaptgrad.growth import GrowthWatch
     from adaptgrad.units import UnitView
 
 
@@ -142,20 +142,24 @@ fraction=0.3, end_epoch=10, grace=300, end_step=3000, criterion='taylor_example_
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:
         """Validate and attach the growth statistic the regrowth score reads."""
+        from adaptgrad import growth  # here: rules load without TensorFlow
+
         super().check(watch, units)
         self.require_next_layer(units, "starts regrown units with zero outgoing weights")
         if self._growth is None:
-            self._growth = watch_growth(units.model, units.layer, next_layer=units.next_layer)
+            self._growth = growth.watch_growth(units.model, units.layer, next_layer=units.next_layer)
 
     def regrowth_scores(self, units: UnitView) -> np.ndarray:
         """score_j (see the class docstring) of every gated unit over the batches since the rule
         last acted (0 for active units)."""
+        from adaptgrad import growth  # here: rules load without TensorFlow
+
         if self._growth is None:
             raise RuntimeError(f"{self.label}: the growth statistic is attached by check(); build the Adapt first")
         statistic = self._growth.statistic()
         active = units.active
-        incoming = {int(unit): saved_incoming(units, int(unit)) for unit in np.flatnonzero(~active)}
-        return revival_scores(statistic, {unit: theta for unit, theta in incoming.items() if theta is not None}, active)
+        incoming = {int(unit): growth.saved_incoming(units, int(unit)) for unit in np.flatnonzero(~active)}
+        return growth.revival_scores(statistic, {unit: theta for unit, theta in incoming.items() if theta is not None}, active)
 
     @staticmethod
     def drop_fraction(t: int, *, fraction: float, end: int) -> float:

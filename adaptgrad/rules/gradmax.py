@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from adaptgrad.growth import GrowthStatistic, GrowthWatch, feedable, watch_growth
 from adaptgrad.rules.base import AdaptationRule, check_int, check_range
 from adaptgrad.stats import OutputGradientStats
 
 if TYPE_CHECKING:
     from adaptgrad.capture import GradientWatch
+    from adaptgrad.growth import GrowthStatistic, GrowthWatch
     from adaptgrad.units import UnitView
 
 
@@ -82,6 +82,8 @@ class GradMax(AdaptationRule, name="gradmax"):
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:
         """Validate, attach the growth statistic to the layer and gate the units beyond ``start_units``."""
+        from adaptgrad import growth  # here: rules load without TensorFlow
+
         super().check(watch, units)
         self.require_next_layer(units, "gives new units outgoing weights in the next layer")
         if self.start_units is not None and self.start_units > units.size:
@@ -90,7 +92,7 @@ class GradMax(AdaptationRule, name="gradmax"):
                 f"valid: 1..{units.size} (build the layer as wide as it may grow: model.units)"
             )
         if self._growth is None:
-            self._growth = watch_growth(units.model, units.layer, next_layer=units.next_layer)
+            self._growth = growth.watch_growth(units.model, units.layer, next_layer=units.next_layer)
         if self.start_units is not None:
             units.gate(range(self.start_units, units.size))
 
@@ -106,13 +108,15 @@ class GradMax(AdaptationRule, name="gradmax"):
         return [scale * left[:, i] for i in keep], [float(norms[i]) for i in keep]
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
+        from adaptgrad import growth  # here: rules load without TensorFlow
+
         assert self._growth is not None, "GradMax.check attaches the growth statistic"
         candidates = np.flatnonzero(~units.active)
         if candidates.size == 0 or self._growth.batches == 0:
             return
         statistic = self._growth.statistic()
         self._growth.reset()
-        allowed, outgoing = feedable(statistic, units.active), self._outgoing(statistic)
+        allowed, outgoing = growth.feedable(statistic, units.active), self._outgoing(statistic)
         scale = float(np.mean(np.linalg.norm(outgoing[units.active][:, allowed], axis=1)))
         if not scale > 0:
             return
