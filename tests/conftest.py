@@ -4,8 +4,10 @@ tiny job config the runner tests share, and the ``adaptgrad`` command run in thi
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,3 +96,15 @@ def tensorboard_steps(directory: Path) -> list[tuple[str, int]]:
         for event in [tf.compat.v1.Event.FromString(record.numpy())]
         for value in event.summary.value
     )
+
+
+@contextlib.contextmanager
+def another_run_holding(directory: Path) -> Iterator[None]:
+    """While the block runs, another process holds ``directory``'s job lock, as a second adaptgrad run would."""
+    script = f"from adaptgrad.jobdir import lock\nwith lock({str(directory)!r}):\n    print('held', flush=True)\n    input()"
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.communicate("\n", timeout=30)

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import TINY, another_run_holding
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -352,21 +352,8 @@ def test_a_skipped_rerun_keeps_the_hydra_records_of_the_run_that_completed(adapt
 
 def test_a_sweep_job_whose_dir_another_run_holds_did_not_complete(adaptgrad_cli, tmp_path):
     sweep = tmp_path / "sweep"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"from adaptgrad.jobdir import lock\nwith lock({str(sweep / '1')!r}):\n    print('held', flush=True)\n    input()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_run_holding(sweep / "1"):
         done = adaptgrad_cli("-m", *TINY, "rule=none", "seed=0,1", f"hydra.sweep.dir={sweep}")
-    finally:
-        holder.communicate("\n", timeout=30)
     assert done.code == 1
     assert (
         "1 ran, 0 resumed, 0 skipped (completed earlier), 1 did not complete (1 refused: another run holds their dir)" in done.out

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import TINY, another_run_holding
 from omegaconf import OmegaConf
 
 from adaptgrad.checkpoint import Checkpoints
@@ -331,26 +331,13 @@ def test_refused_sweep_writes_nothing_and_still_reports(tmp_path, adaptgrad_cli)
 
 def test_a_dir_another_run_is_writing_to_is_refused(tmp_path, adaptgrad_cli):
     out = tmp_path / "out"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"from adaptgrad.jobdir import lock\nwith lock({str(out)!r}):\n    print('held', flush=True)\n    input()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_run_holding(out):
         result = run(compose(TINY), out)
         assert result["outcome"] == "refused" and "another adaptgrad run is writing to" in result["error"]["message"]
         code, _, err = adaptgrad_cli(*TINY, f"hydra.run.dir={out}")
         assert code == 1
         assert err == f"error: another adaptgrad run is writing to {out}; wait for it to end or choose another dir\n"
         assert sorted(p.name for p in out.iterdir()) == [".adaptgrad.lock"]  # neither run wrote anything
-    finally:
-        holder.communicate("\n", timeout=30)
     assert run(compose(TINY), out)["status"] == "ok"  # the lock is gone with its holder
 
 
