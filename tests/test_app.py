@@ -294,7 +294,13 @@ STEP_CLOCK = ["data=toy", "model.units=4", "trainer.epochs=4", "trainer.batch_si
 """2 steps an epoch: a rule acting every 3 steps acts in the middle of epoch 1."""
 
 
+@pytest.mark.slow
 def test_a_rule_on_the_step_clock_from_the_command_line_and_in_a_sweep(tmp_path, adaptgrad_cli):
+    """Slow; in the default run its parts are covered by the step-clock keys from the command line
+    (``test_a_step_clock_without_its_end_is_refused_before_training``), a step rule in a runner job
+    with its ``step`` column and exact resume (``test_reliability.py::
+    test_a_job_resumed_within_an_epoch_where_a_step_rule_acted_gives_identical_files_and_weights``)
+    and the exact steps (``test_adapt.py``)."""
     import tensorflow as tf
 
     one = tmp_path / "one"
