@@ -105,7 +105,7 @@ def oracle(
         units = slot.units
         copies = units + 1  # copy 0 unedited, copy j + 1 with unit j masked
         masks = tf.constant(np.concatenate([np.ones((1, units)), 1.0 - np.eye(units)]), tf.float32)
-        per_chunk = max(1, chunk // copies)
+        per_chunk = max(1, min(chunk // copies, len(x)))  # no padding beyond the data
 
         @tf.function(reduce_retracing=True)
         def summed_losses(xb: tf.Tensor, yb: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
