@@ -1,6 +1,7 @@
-"""Test session set-up: quiet TensorFlow, two logical CPUs (for MirroredStrategy), a clean Keras
-session and op determinism off (a fresh process's state) at the start of every test, the one
-tiny job config the runner tests share, and the ``adaptgrad`` command run in this process."""
+"""Test session set-up: quiet TensorFlow, one thread per xdist worker, two logical CPUs (for
+MirroredStrategy), a clean Keras session and op determinism off (a fresh process's state) at the
+start of every test, the one tiny job config the runner tests share, and the ``adaptgrad`` command
+run in this process."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from adaptgrad import _keras  # noqa: E402
 from adaptgrad.app import main  # noqa: E402
 from adaptgrad.rules.base import REGISTRY  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: a thread pool each would oversubscribe them
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]

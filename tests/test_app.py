@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 import pytest
+from cases import representative
 from conftest import TINY, another_run_holding
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
@@ -63,7 +64,7 @@ def test_every_config_option_composes_and_instantiates(group, option):
     assert job.model["cell"] in GROUPS["model"]
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("name", representative(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")), "question", "study_toy"))
 def test_every_experiment_preset_composes_with_each_value_of_its_sweep(name):
     cfg = compose([f"experiment={name}"])
     instantiate(cfg.rule)
@@ -345,13 +346,13 @@ def hydra_records(directory: Path) -> dict[Path, bytes]:
 
 def test_a_skipped_rerun_keeps_the_hydra_records_of_the_run_that_completed(adaptgrad_cli, tmp_path):
     sweep, single = tmp_path / "sweep", tmp_path / "single"
-    assert adaptgrad_cli("-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}").code == 0
+    assert adaptgrad_cli("-m", *TINY, "seed=1", f"hydra.sweep.dir={sweep}").code == 0
     assert adaptgrad_cli(*TINY, f"hydra.run.dir={single}").code == 0
     records = {**hydra_records(sweep), **hydra_records(single)}
-    assert len(records) == 2 * 3 + 1 + 3
+    assert len(records) == 3 + 1 + 3
     # the same jobs, the overrides in another order: every job is skipped, no record rewritten
-    again = adaptgrad_cli("-m", "seed=0,1", *reversed(TINY), f"hydra.sweep.dir={sweep}")
-    assert again.code == 0 and "0 ran, 0 resumed, 2 skipped (completed earlier), 0 did not complete" in again.out
+    again = adaptgrad_cli("-m", "seed=1", *reversed(TINY), f"hydra.sweep.dir={sweep}")
+    assert again.code == 0 and "0 ran, 0 resumed, 1 skipped (completed earlier), 0 did not complete" in again.out
     assert adaptgrad_cli(*reversed(TINY), f"hydra.run.dir={single}").code == 0
     assert {p: p.read_bytes() for p in records} == records
 

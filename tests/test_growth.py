@@ -33,7 +33,9 @@ def captured(model, layer, head, x, y, *, gated, through_time=None, jit_compile=
 
 @pytest.mark.parametrize(
     "cell, kind",
-    representative([(c, k) for c in CELLS for k in KINDS], *[(c, "functional") for c in CELLS], ("gru", "subclassed")),
+    representative(
+        [(c, k) for c in CELLS for k in KINDS], ("dense", "functional"), ("lstm", "functional"), ("gru", "subclassed")
+    ),
 )
 def test_new_unit_incoming_gradient_is_kappa_w_M_exactly(cell, kind):
     model, layer, head, x, y = growth_model(cell, kind)

@@ -147,11 +147,8 @@ SUBSET_MODES = {
     representative(
         [(m, s) for m in SUBSET_MODES for s in SUBSETS],
         ("output", "batch_sq_and_activity"),
-        ("time", "gradient"),
-        ("time_masked", "act_grad_sum"),
         ("time_masked", "per_example"),  # each example's own kept steps, time-major
         ("output_sequences", "per_example"),
-        ("time", "per_example"),
         ("time_sequences", "weight"),  # time_unrolled, every statistic: test_through_time_with_layer_options
     ),
 )
