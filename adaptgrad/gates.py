@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["GatedInitializer", "UnitGate"]
+__all__ = ["GatedInitializer", "UnitGate", "unwrap"]
 
 
 def _mask_variable(units: int, gated: Sequence[int]) -> tf.Variable:
@@ -120,3 +120,14 @@ class GatedInitializer(keras.initializers.Initializer):
 
     def get_config(self) -> dict[str, Any]:
         return {"gate": keras.constraints.serialize(self.gate), "inner": keras.initializers.serialize(self.inner)}
+
+
+def unwrap(value: Any) -> Any:
+    """An initializer or constraint without adaptgrad's gate wrapped around it (others as they are).
+
+    Example:
+        >>> from adaptgrad.gates import UnitGate, unwrap
+        >>> type(unwrap(UnitGate(units=2, inner="non_neg"))).__name__, unwrap("ones")
+        ('NonNeg', 'ones')
+    """
+    return value.inner if isinstance(value, (GatedInitializer, UnitGate)) else value

@@ -168,7 +168,7 @@ def build_variants(
     def rule(**clock: int) -> TaylorGateEMA:
         return TaylorGateEMA(fraction=config.fraction, max_sparsity=0.5, **clock)
 
-    reads = TaylorGateEMA.reads
+    reads = rule().reads
     setups: dict[str, tuple[type | None, dict[str, int] | None]] = {
         PLAIN: (None, None),
         WATCH: (None, {}),
