@@ -338,3 +338,72 @@ def test_gating_and_ungating_in_any_order_restores_shared_recurrent_entries_exac
     units.ungate([1])
     for variable, value in zip(model.weights, before):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+
+
+def test_nested_transactions_each_undo_their_own_block():
+    model, _, _ = fitted_lstm()
+    units = adaptgrad.unit_view(model, "layer")
+    everything = [*model.weights, *model.optimizer.variables]
+    before = [np.array(v.numpy()) for v in model.weights]
+    with units.transaction():
+        units.gate([0])
+        after_outer_edit = [np.array(v.numpy()) for v in everything]
+        with pytest.raises(RuntimeError, match="inner"):
+            with units.transaction():
+                units.scale([0, 1], 2.0)  # also the gated unit's saved weights
+                units.gate([1])
+                raise RuntimeError("inner")
+        for variable, value in zip(everything, after_outer_edit):
+            np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+        assert units.active.tolist() == [False, True, True, True, True]
+    with pytest.raises(RuntimeError, match="outer"):
+        with units.transaction():
+            units.ungate([0])
+            with units.transaction():
+                units.reinit([2], zero_outgoing=True)
+            raise RuntimeError("outer")
+    assert units.active.tolist() == [False, True, True, True, True]
+    units.ungate([0])  # with the weights it had when gated, unscaled
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+
+
+def test_reinit_that_cannot_zero_outgoing_weights_changes_nothing():
+    from adaptgrad.question import question_model, toy_data
+
+    model = question_model(3)
+    model(toy_data()[0])
+    units = adaptgrad.unit_view(model, "minimalrnn")  # subclassed: the next layer is unknown
+    before = [np.array(v.numpy()) for v in model.weights]
+    with pytest.raises(ValueError, match="cannot zero outgoing weights.*pass next_layer"):
+        units.reinit([1], zero_outgoing=True)
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    assert units.edits == [] and units.get_state()["draws"] == 0
+
+
+def test_edits_between_and_inside_fits_do_not_trace_the_train_step_again():
+    """The gate's mask and the weights are variables the compiled step reads: an edit is seen at
+    the next batch without a new trace (a trace costs seconds, far over the 2 % bar of issue 20)."""
+    from adaptgrad.rules import TaylorGateEMA
+
+    model = sequence_model("gru")
+    model.compile(optimizer="adam", loss="mse")
+    traces = []
+    train_step = model.train_step
+    model.train_step = lambda data: traces.append(1) or train_step(data)
+    x, y = data(32, return_sequences=True)
+    watch = adaptgrad.watch(model, "layer", through_time=True, stats=("act_grad_sum",))
+    adapt = adaptgrad.Adapt(watch, [TaylorGateEMA(fraction=0.2, max_sparsity=0.6, criterion="taylor", every_steps=2)])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[adapt])
+    traced = len(traces)
+    units = adapt.units
+    units.ungate([int(np.flatnonzero(~units.active)[0])])
+    units.scale([0], 1.5)
+    units.scale_outgoing([1], 0.5)
+    units.reinit([2], zero_outgoing=True)
+    units.grow(np.flatnonzero(~units.active)[:1], lambda unit, variable, index: 0.1)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[adapt])
+    actions = adapt.actions_frame()
+    assert set(actions[actions.action == "gate"].step) == {2, 4, 6, 8}
+    assert len(traces) == traced

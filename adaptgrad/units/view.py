@@ -198,7 +198,7 @@ class UnitView:
         self._saved.update(
             self._saved.units, self._layout.incoming, lambda unit, i, values: (values * unit_factors[unit]).astype(values.dtype)
         )
-        self._record.multiply(INCOMING, units, factors)
+        self._record.multiply(INCOMING, range(self.size), unit_factors)
         self.edits.extend(Edit("scale", unit, float(factor)) for unit, factor in zip(units, factors))
 
     def scale_outgoing(self, units: Iterable[int], factors: float | Sequence[float]) -> None:
