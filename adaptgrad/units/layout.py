@@ -45,6 +45,10 @@ class Layout:
         self.outgoing = outgoing_weights(layer, self.weights, self.size, next_layer, explicit)
         self.variables: list[Any] = [variable for variable, _, _ in self.weights] + [out.variable for out in self.outgoing]
         """The weight at each position (a recurrent kernel twice: incoming, then outgoing)."""
+        counts = [sum(other is variable for other in self.variables) for variable in self.variables]
+        self.shared = [i for i, count in enumerate(counts) if count > 1]
+        """The positions whose weight holds other positions' slices too (a recurrent kernel: units'
+        columns and rows cross)."""
         self._indices: dict[int, list[Index]] = {}
 
     @property

@@ -66,12 +66,14 @@ class SavedWeights:
             for i in positions:
                 slices[i] = change(unit, i, slices[i])
 
-    def fill(self, arrays: list[np.ndarray], indices: Callable[[int], list[Index]]) -> None:
-        """Write every held slice into ``arrays`` (one per position, the same array where positions
-        share a weight) at ``indices(unit)``: the weights as they would be with no unit gated."""
+    def fill(self, positions: list[int], arrays: list[np.ndarray], indices: Callable[[int], list[Index]]) -> None:
+        """Write every held slice at ``positions`` into ``arrays`` (one per position, the same array
+        where positions share a weight) at ``indices(unit)``: the weights as they would be with no
+        unit gated, where slices of several units overlap."""
         for unit, slices in self._by_unit.items():
-            for array, index, values in zip(arrays, indices(unit), slices):
-                array[index] = values
+            index = indices(unit)
+            for i in positions:
+                arrays[i][index[i]] = slices[i]
 
     def snapshot(self) -> dict[int, list[np.ndarray]]:
         """What :meth:`restore` puts back."""

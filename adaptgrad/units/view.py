@@ -46,7 +46,7 @@ __all__ = ["Edit", "UnitView", "unit_view"]
 
 @dataclasses.dataclass(frozen=True)
 class Edit:
-    """One change made to one unit: ``action`` in gate / ungate / grow / scale / reinit / zero_outgoing."""
+    """One change made to one unit: ``action`` in gate / ungate / grow / scale / scale_outgoing / reinit / zero_outgoing."""
 
     action: str
     unit: int
@@ -247,12 +247,12 @@ class UnitView:
             if not chosen:
                 return chosen
             writes.changed(self._gate.mask)
-            arrays = {id(variable): writes.array(variable) for variable in self._layout.variables}
-            true = {key: array.copy() for key, array in arrays.items()}  # shared recurrent entries filled in
-            self._saved.fill([true[id(variable)] for variable in self._layout.variables], self._layout.indices)
+            shared = {id(self._layout.variables[i]) for i in self._layout.shared}
+            true = {id(v): writes.array(v).copy() for v in self._layout.variables if id(v) in shared}
+            arrays = [true.get(id(variable), writes.array(variable)) for variable in self._layout.variables]
+            self._saved.fill(self._layout.shared, arrays, self._layout.indices)  # entries held by gated units
             for unit in chosen:
-                slices = zip(self._layout.variables, self._layout.indices(unit))
-                self._saved.keep(unit, [true[id(variable)][index].copy() for variable, index in slices])
+                self._saved.keep(unit, [array[index].copy() for array, index in zip(arrays, self._layout.indices(unit))])
             self._write(writes, chosen, lambda unit, i: 0.0)
         self._record.restart(chosen)  # a gated unit's age counts the epochs it has been gated
         self.edits.extend(Edit("gate", unit) for unit in chosen)
