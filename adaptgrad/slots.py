@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["check_supported", "inner_optimizer", "reset_slots", "slots_of"]
+__all__ = ["check_supported", "inner_optimizer", "slots_of"]
 
 _SLOT_NAMES: dict[type, tuple[str, ...]] = {
     keras.optimizers.SGD: ("momentum",),
@@ -95,15 +95,3 @@ def _fresh(optimizer: Any, name: str) -> Callable[[np.ndarray], np.ndarray]:
         return lambda weights: weights
     start = float(getattr(optimizer, "initial_accumulator_value", 0.0)) if name == "accumulator" else 0.0
     return lambda weights: np.full_like(weights, start)
-
-
-def reset_slots(optimizer: Any, variable: Any, indices: list[tuple[Any, ...]]) -> None:
-    """Give the entries ``indices`` of ``variable``'s slots fresh values (see :func:`slots_of`)."""
-    if not indices:
-        return
-    weights = np.asarray(keras.ops.convert_to_numpy(variable))
-    for _, slot, fresh in slots_of(optimizer, variable):
-        array = np.array(keras.ops.convert_to_numpy(slot))
-        for index in indices:
-            array[index] = fresh(weights[index])
-        slot.assign(array)
