@@ -27,7 +27,7 @@ class Predictions(keras.callbacks.Callback):
         self.seen.append(self.model.predict(self.x, verbose=0))
 
 
-def grown_model(cell: str, kind: str):
+def grown_model(cell: str, kind: str, directions: str = "gradmax"):
     """A layer of START active units, then one to grow, one per outgoing coordinate (to read M
     off a tape) and RANDOM more (random directions), grown by one gradmax step at the end of an
     epoch of SGD(0) (the weights stay put, so a tape on the same batches sees M's batches)."""
@@ -38,7 +38,7 @@ def grown_model(cell: str, kind: str):
     keras.utils.set_random_seed(0)
     model, layer, head, x, y = growth_model(cell, kind, units=START + 1 + coordinates + RANDOM)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    rule = GradMax(start_units=START, count=1)
+    rule = GradMax(start_units=START, count=1, directions=directions)
     adapt = adaptgrad.Adapt(adaptgrad.watch(model, layer, stats=()), [rule], next_layer=head)
     before, after = Predictions(x), Predictions(x)
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[before, adapt, after])
@@ -111,6 +111,26 @@ def test_gradmax_growth_keeps_predictions_and_gives_the_largest_incoming_gradien
     assert norms[START] > 1.2 * np.median(norms[random])
 
 
+@pytest.mark.parametrize("cell", representative(["gru", "lstm", "dense"], "lstm"))
+def test_random_growth_keeps_predictions_and_records_its_true_incoming_gradient_norm(cell):
+    """The control: a random outgoing direction of norm c; its action value is the tape's norm, below gradmax's."""
+    model, layer, head, x, y, adapt, before, after, _ = grown_model(cell, "functional", directions="random")
+    lin = linearisation(layer)
+    actions = adapt.actions_frame()
+    assert actions.action.tolist() == ["grow"] and actions.unit.tolist() == [START]
+    assert np.max(np.abs(after - before)) <= 1e-7
+    c = float(np.mean(np.linalg.norm(outgoing_rows(layer, head, list(range(START)), lin.blocks), axis=1)))
+    grown = outgoing_rows(layer, head, [START], lin.blocks)[0]
+    assert np.linalg.norm(grown) == pytest.approx(c, rel=1e-5)
+    norm = np.linalg.norm(incoming_gradient(model, layer, x, y, 4)[START])
+    assert actions.value.iloc[0] == pytest.approx(norm, rel=1e-4) and norm > 0
+    keras.utils.set_random_seed(0)
+    top = grown_model(cell, "functional")[5].actions_frame().value.iloc[0]
+    assert norm < top
+    again = grown_model(cell, "functional", directions="random")
+    np.testing.assert_array_equal(outgoing_rows(again[1], again[2], [START], lin.blocks)[0], grown)  # seeded
+
+
 def test_start_units_gates_the_rest_from_the_first_step_and_saves_them(tmp_path):
     model, layer, head, x, y = growth_model("gru", "functional", units=6)
     model.compile(optimizer="adam", loss="mse")
@@ -141,7 +161,13 @@ def test_gradmax_grows_up_to_the_width_and_respects_count_and_threshold():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match", [({"start_units": 0}, "start_units=0"), ({"count": 0}, "count=0"), ({"threshold": -1.0}, "threshold=-1.0")]
+    "kwargs, match",
+    [
+        ({"start_units": 0}, "start_units=0"),
+        ({"count": 0}, "count=0"),
+        ({"threshold": -1.0}, "threshold=-1.0"),
+        ({"directions": "svd"}, "directions='svd'; valid: 'gradmax', 'random'"),
+    ],
 )
 def test_bad_gradmax_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from adaptgrad.units import UnitView
 
 
+DIRECTIONS = ("gradmax", "random")
+"""How :class:`GradMax` chooses new units' outgoing weights."""
+
+
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class GradMax(AdaptationRule, name="gradmax"):
     """Switch gated units on with zero incoming weights and the outgoing weights that maximise
@@ -24,11 +28,11 @@ class GradMax(AdaptationRule, name="gradmax"):
     Example:
         >>> import numpy as np
         >>> from adaptgrad.rules import GradMax
-        >>> GradMax.directions(np.diag([3.0, 1.0, 0.5]), count=2, scale=2.0, kappa=0.5, batches=1, threshold=0.8)
+        >>> GradMax.top_directions(np.diag([3.0, 1.0, 0.5]), count=2, scale=2.0, kappa=0.5, batches=1, threshold=0.8)
         ([array([2., 0., 0.]), array([0., 2., 0.])], [3.0, 1.0])
         >>> rule = GradMax(start_units=16, count=4)
-        >>> rule.start_units, rule.count, rule.threshold
-        (16, 4, 0.0)
+        >>> rule.start_units, rule.count, rule.threshold, rule.directions
+        (16, 4, 0.0, 'gradmax')
 
     GradMax (Evci, van Merriënboer, Unterthiner, Vladymyrov, Pedregosa: "GradMax: Growing
     Neural Networks using Gradient Information", ICLR 2022). A new unit with incoming weights θ
@@ -49,6 +53,13 @@ class GradMax(AdaptationRule, name="gradmax"):
       predicted norm κ·c·σ_i (summed over the batches);
     - the optimizer slots of the new weights are fresh; M is reset after every growth step.
 
+    ``directions="random"`` is the control (growneuron's random growth): the same schedule, count
+    and norm c, incoming weights 0, but each new unit's outgoing weights point in a random
+    direction (Gaussian, scaled to norm c, seeded by the :class:`~adaptgrad.UnitView`'s seed
+    and the epoch, so a resumed run draws the same). Its ``grow`` actions carry the same value,
+    the norm κ‖wᵀM‖ of the gradient its incoming weights got over the batches of M (for
+    ``gradmax`` this is κ·c·σ_i): the two are compared on one scale.
+
     ``start_units``: the layer starts with this many active units (the first ones) and the
     others gated, from the first training step (they are gated when :class:`~adaptgrad.Adapt`
     is built, and stay gated through ``model.save`` / ``load_model``). A gated unit costs what
@@ -63,6 +74,7 @@ class GradMax(AdaptationRule, name="gradmax"):
         start_units: active units at the start (None: the layer starts at its full width).
         count: most units grown per growth step, >= 1.
         threshold: least predicted incoming-gradient norm per batch of a grown unit, >= 0.
+        directions: ``"gradmax"`` (the top singular directions of M) or ``"random"`` (the control).
         start_epoch, every, stop_epoch, min_active: see :class:`~adaptgrad.rules.AdaptationRule`.
     """
 
@@ -71,6 +83,7 @@ class GradMax(AdaptationRule, name="gradmax"):
     start_units: int | None = None
     count: int = 1
     threshold: float = 0.0
+    directions: str = "gradmax"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,6 +91,8 @@ class GradMax(AdaptationRule, name="gradmax"):
             self.start_units = check_int(self.label, "start_units", self.start_units, 1)
         self.count = check_int(self.label, "count", self.count, 1)
         self.threshold = check_range(self.label, "threshold", self.threshold, 0.0, float("inf"), closed="left")
+        if self.directions not in DIRECTIONS:
+            raise ValueError(f"{self.label}: directions={self.directions!r}; valid: {', '.join(map(repr, DIRECTIONS))}")
         self._growth: GrowthWatch | None = None
 
     def check(self, watch: GradientWatch, units: UnitView) -> None:
@@ -97,7 +112,7 @@ class GradMax(AdaptationRule, name="gradmax"):
             units.gate(range(self.start_units, units.size))
 
     @staticmethod
-    def directions(
+    def top_directions(
         matrix: np.ndarray, *, count: int, scale: float, kappa: float, batches: int, threshold: float
     ) -> tuple[list[np.ndarray], list[float]]:
         """The outgoing weights ``scale·u_i`` of up to ``count`` new units and their predicted
@@ -106,6 +121,27 @@ class GradMax(AdaptationRule, name="gradmax"):
         norms = abs(kappa) * scale * sigma
         keep = [i for i in range(min(count, sigma.size)) if sigma[i] > 0 and norms[i] / max(batches, 1) >= threshold]
         return [scale * left[:, i] for i in keep], [float(norms[i]) for i in keep]
+
+    @staticmethod
+    def random_directions(
+        matrix: np.ndarray, *, count: int, scale: float, kappa: float, batches: int, threshold: float, rng: np.random.Generator
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """``count`` random outgoing weights of norm ``scale`` and their gradient norms ``kappa·‖wᵀM‖``
+        (those with a norm per batch >= ``threshold`` and > 0).
+
+        Example:
+            >>> import numpy as np
+            >>> vectors, norms = GradMax.random_directions(
+            ...     np.eye(3), count=2, scale=2.0, kappa=0.5, batches=1, threshold=0.0, rng=np.random.default_rng(0))
+            >>> [round(float(np.linalg.norm(v)), 6) for v in vectors], [round(n, 6) for n in norms]
+            ([2.0, 2.0], [1.0, 1.0])
+        """
+        matrix = np.asarray(matrix, dtype=np.float64)
+        drawn = rng.normal(size=(count, matrix.shape[0]))
+        vectors = scale * drawn / np.linalg.norm(drawn, axis=1, keepdims=True)
+        norms = abs(kappa) * np.linalg.norm(vectors @ matrix, axis=1)
+        keep = [i for i in range(count) if norms[i] > 0 and norms[i] / max(batches, 1) >= threshold]
+        return [vectors[i] for i in keep], [float(norms[i]) for i in keep]
 
     def apply(self, stats: OutputGradientStats, units: UnitView, epoch: int) -> None:
         from adaptgrad import growth  # here: rules load without TensorFlow
@@ -120,14 +156,18 @@ class GradMax(AdaptationRule, name="gradmax"):
         scale = float(np.mean(np.linalg.norm(outgoing[units.active][:, allowed], axis=1)))
         if not scale > 0:
             return
-        vectors, norms = self.directions(
-            statistic.matrix[allowed],
+        settings = dict(
             count=min(self.count, candidates.size),
             scale=scale,
             kappa=statistic.linearisation.kappa,
             batches=statistic.batches,
             threshold=self.threshold,
         )
+        if self.directions == "random":
+            seed = np.random.SeedSequence([units.seed, epoch, int(units.active.sum())])
+            vectors, norms = self.random_directions(statistic.matrix[allowed], rng=np.random.default_rng(seed), **settings)
+        else:
+            vectors, norms = self.top_directions(statistic.matrix[allowed], **settings)
         grown = candidates[: len(vectors)].tolist()
         full = {}
         for unit, vector in zip(grown, vectors):
