@@ -787,3 +787,38 @@ def test_a_dir_with_job_tables_but_no_result_is_skipped_with_a_warning(tmp_path:
     shutil.copy(tmp_path / "0" / "history.csv", tmp_path / "old" / "history.csv")  # an old-format job: tables only
     with pytest.warns(UserWarning, match=r"old: holds history.csv but no result.json nor .hydra/ .*; skipped"):
         assert collect(tmp_path).runs.run_id.tolist() == ["0"]
+
+
+def test_growth_study_counts_parameter_epochs_and_new_unit_gradients_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real gradmax, random-growth and fixed jobs: the parameters of the units active in each
+    epoch (a GRU counted by hand), and each grow value over the batches of its statistic."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    import growth_study
+
+    from adaptgrad.config import compose
+    from adaptgrad.run import run
+
+    base = ["data=toy", "trainer.batch_size=1", "trainer.epochs=3", "model=gru", "model.units=6"]  # 2 batches an epoch
+    growth = ["rule=gradmax", "rule.start_units=2", "rule.count=2"]  # 2 units, 4 after epoch 0, 6 after epoch 1
+    jobs = [("gradmax", growth), ("gradmax", [*growth, "rule.directions=random"]), ("none", ["rule=none"])]
+    for number, (preset, overrides) in enumerate(jobs):
+        assert (
+            run(compose([*base, *overrides]), tmp_path / str(number), rule_preset=preset, overrides=overrides)["status"] == "ok"
+        )
+    results, gradients = growth_study.study(collect(tmp_path), (5, 1, 4))  # toy: 5 steps, 1 feature, 4 outputs
+
+    def gru(units: int) -> int:  # kernel, recurrent kernel, 2 biases of 3 blocks; the head Dense(4)
+        return 3 * units * (1 + units + 2) + (units + 1) * 4
+
+    runs = results.runs.set_index("run_id")
+    assert runs["arm"].tolist() == ["gradmax", "random growth", "fixed 6"]
+    assert runs[growth_study.COST].tolist() == [gru(2) + gru(4) + gru(6)] * 2 + [3 * gru(6)]
+    grows = results.actions[results.actions["action"] == "grow"].reset_index(drop=True)
+    assert grows.groupby("run_id")["epoch"].apply(list).tolist() == [[0, 0, 1, 1]] * 2
+    for column in ("run_id", "epoch", "unit"):
+        assert gradients[column].astype(str).tolist() == grows[column].astype(str).tolist()
+    np.testing.assert_allclose(gradients["norm"], grows["value"] / 2)  # M of one epoch: 2 batches
+    np.testing.assert_allclose(runs[growth_study.NORM].iloc[:2], gradients.groupby("run_id")["norm"].mean())
+    assert pd.isna(runs[growth_study.NORM].iloc[2])
