@@ -69,10 +69,19 @@ Under a loss scale the gradients are unscaled, and a step Keras skips (overflow)
 nothing. Cost: inside the loop, one addition to the bias per step (forward and backward) and a
 slice of Z; outside it, O(B·T·D·(C + T)) per batch in two einsums, and every step's output kept.
 The loop is Keras's generic one (no cuDNN), as for through-time capture. Measured by
-``scripts/bench_growth.py`` (64 units, 20 steps, batch 64, 2 shared cores, one TensorFlow thread):
-GRU 1.28×, LSTM 1.61× the wall time of plain ``fit``. The product for M's recurrent rows costs
-as much as the layer's input- and recurrent-kernel gradients together (D = inputs + units + 1
-columns against their inputs + units), about a third of the layer's training step.
+``scripts/bench_growth.py`` (64 units, 20 steps, batch 64, 2 shared cores, one TensorFlow thread,
+interleaved rounds): GRU 1.28×, LSTM 1.61× the wall time of plain ``fit`` on a moderately loaded
+machine; under a load average of 7-9 both measure 1.3-1.5× (wall and CPU time), with ±0.1 between
+repeats. Where the LSTM's time goes (CPU time, 11 rounds, same load): without Z (x̄ and the
+consumer's product only) 1.08×; with Z through the loop but its gradient discarded, 1.38×; the
+whole statistic 1.4-1.5×. So almost all of the cost is getting δ_t out of the loop: Z is a
+differentiable loop input, and each step gains a read, a (batch × k·n) addition in place of
+the bias add, and in the backward loop the broadcast-gradient bookkeeping of that addition (the
+batch dimension is dynamic), a write of δ_t and the saved shapes — about 25 small ops per step,
+in a loop whose plain step has about 160, and at this size (batch 64 × 64 units, one thread) the
+step is bound by per-op overhead rather than arithmetic. The product for M's recurrent rows
+(D = inputs + units + 1 against k·n columns: the size of the layer's weight gradient) is one
+batched matmul after the loop, about 2 ms of CPU per batch of ~25 ms.
 
 Limits (each a clear error, when attached; a mask when the step is traced): the consumer must be
 a ``Dense`` that reads the layer's output directly (a subclassed model: pass ``next_layer``); a
