@@ -79,6 +79,8 @@ def test_every_experiment_preset_composes_with_each_value_of_its_sweep(name):
         got = {"model": swept.model.cell, "seed": str(swept.seed)}
         if "rule" in chosen:
             got["rule"] = build_rule(swept.rule, chosen["rule"]).name
+        for key in chosen.keys() - got.keys():  # any other key (rule_settings.NAME.KEY): as composed
+            got[key] = str(OmegaConf.select(swept, key))
         assert {key: got[key] for key in chosen} == chosen
 
 
