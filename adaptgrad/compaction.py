@@ -19,6 +19,7 @@ changes no prediction beyond float rounding.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 
 from adaptgrad import _keras
-from adaptgrad.gates import UnitGate
+from adaptgrad.gates import UnitGate, zero_units
 from adaptgrad.layers import find_layer
 from adaptgrad.units import consumer_chain, incoming_weights, input_kernels, unit_rows, weight_owner
 
@@ -35,13 +36,23 @@ __all__ = ["compact"]
 _GATES = {"adaptgrad>UnitGate", "adaptgrad>GatedInitializer"}
 
 
-def _gated(layer: keras.layers.Layer) -> list[int]:
-    try:
-        weights, _ = incoming_weights(layer)
-    except TypeError:
-        return []
-    constraint = weights[0][0].constraint
-    return constraint.gated if isinstance(constraint, UnitGate) else []
+def _gated(layers: list[keras.layers.Layer]) -> dict[str, list[int]]:
+    """Each layer's gated units, by name (layers without any left out): read from its gate; in a
+    model that carries no gate (a subclassed model rebuilds its layers from code on load, without
+    them), the units whose incoming weights are all exactly 0, as :class:`~adaptgrad.UnitView` finds them."""
+    weights = {}
+    for layer in layers:
+        with contextlib.suppress(TypeError):  # a layer without units adaptgrad can edit
+            weights[layer.name] = incoming_weights(layer)[0]
+    gates = {name: found[0][0].constraint for name, found in weights.items()}
+    if any(isinstance(gate, UnitGate) for gate in gates.values()):
+        gated = {name: gate.gated for name, gate in gates.items() if isinstance(gate, UnitGate)}
+    else:
+        gated = {
+            name: zero_units([(variable, blocks) for variable, blocks, _ in found], int(found[0][0].shape[-1]) // found[0][1])
+            for name, found in weights.items()
+        }
+    return {name: units for name, units in gated.items() if units}
 
 
 def _without_gates(config: Any) -> Any:
@@ -90,8 +101,7 @@ def compact(model: keras.Model, *, next_layers: Mapping[str, str] | None = None)
     """
     next_layers = dict(next_layers or {})
     layers = _keras.all_layers(model)
-    gated = {layer.name: _gated(layer) for layer in layers}
-    gated = {name: units for name, units in gated.items() if units}
+    gated = _gated(layers)
     by_name = {layer.name: layer for layer in layers}
     sizes, removed_rows = {}, {}  # layer -> units kept; consumer name -> rows to delete from its input kernels
     for name, units in gated.items():

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["GatedInitializer", "UnitGate", "unwrap"]
+__all__ = ["GatedInitializer", "UnitGate", "unwrap", "zero_units"]
 
 
 def _mask_variable(units: int, gated: Sequence[int]) -> tf.Variable:
@@ -131,3 +131,20 @@ def unwrap(value: Any) -> Any:
         ('NonNeg', 'ones')
     """
     return value.inner if isinstance(value, (GatedInitializer, UnitGate)) else value
+
+
+def zero_units(weights: Sequence[tuple[Any, int]], units: int) -> list[int]:
+    """The units whose incoming weights (``(variable, gate blocks)`` pairs) are all exactly 0:
+    the gated units of a layer that lost its gate (a subclassed model rebuilds its layers from
+    code on load; the saved weights keep the zeros). Empty when every unit is 0 (nothing trained).
+
+    Example:
+        >>> import numpy as np
+        >>> zero_units([(np.array([[1.0, 0.0, 2.0, 0.0]]), 2)], 2)  # two gate blocks of 2 units
+        [1]
+    """
+    zero = np.ones(units, dtype=bool)
+    for variable, blocks in weights:
+        array = np.asarray(keras.ops.convert_to_numpy(variable))
+        zero &= np.all(array.reshape(-1, blocks, units) == 0, axis=(0, 1))
+    return np.flatnonzero(zero).tolist() if not zero.all() else []

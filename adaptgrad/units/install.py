@@ -33,9 +33,8 @@ import dataclasses
 from typing import Any
 
 import keras
-import numpy as np
 
-from adaptgrad.gates import GatedInitializer, UnitGate, unwrap
+from adaptgrad.gates import GatedInitializer, UnitGate, unwrap, zero_units
 from adaptgrad.units.incoming import weight_owner
 from adaptgrad.units.layout import Layout
 
@@ -68,11 +67,7 @@ def _wrap(gate: UnitGate, inner: Any) -> UnitGate:
 def _zero_units(layout: Layout) -> list[int]:
     """Units whose incoming weights are all exactly 0: gated in a model saved without its gates'
     config (a subclassed model rebuilds its layers from code)."""
-    zero = np.ones(layout.size, dtype=bool)
-    for variable, blocks, _ in layout.weights:
-        array = np.asarray(keras.ops.convert_to_numpy(variable))
-        zero &= np.all(array.reshape(-1, blocks, layout.size) == 0, axis=(0, 1))
-    return np.flatnonzero(zero).tolist() if not zero.all() else []
+    return zero_units([(variable, blocks) for variable, blocks, _ in layout.weights], layout.size)
 
 
 def install_gate(layer: keras.layers.Layer, layout: Layout, view: Any) -> Installed:
