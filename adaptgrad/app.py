@@ -38,9 +38,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from adaptgrad.atomic import write_atomic, write_json, write_text
-from adaptgrad.config import CONF_DIR, register_experiments, register_rules, rules_modules
+from adaptgrad.composition import command_line, launcher, pinned_dir, register
+from adaptgrad.config import CONF_DIR
 from adaptgrad.jobdir import Busy, lock, plan, refusal
-from adaptgrad.preflight import Point, check_invocation, pinned_dir
+from adaptgrad.preflight import Point, check_invocation
 
 log = logging.getLogger("adaptgrad")
 
@@ -162,16 +163,17 @@ class _JobTag(logging.Filter):
 
 
 def missing_launcher(argv: list[str]) -> str | None:
-    """A clear message if ``hydra/launcher=NAME`` names a launcher whose plugin is not installed."""
-    for arg in argv:
-        key, _, name = arg.partition("=")
-        if key.lstrip("+~") == "hydra/launcher" and name in LAUNCHERS:
-            module, extra = LAUNCHERS[name]
-            if _find(module) is None:
-                return (
-                    f"error: hydra/launcher={name} needs the {extra} launcher plugin, which is not installed.\n"
-                    f"Install it with:  pip install 'adaptgrad[{extra}]'"
-                )
+    """A clear message if the command line ``argv`` (without the program) selects
+    ``hydra/launcher=NAME``, a launcher whose plugin is not installed."""
+    args = command_line(argv)
+    name = launcher(args.overrides) if args is not None else None
+    if name in LAUNCHERS:
+        module, extra = LAUNCHERS[name]
+        if _find(module) is None:
+            return (
+                f"error: hydra/launcher={name} needs the {extra} launcher plugin, which is not installed.\n"
+                f"Install it with:  pip install 'adaptgrad[{extra}]'"
+            )
     return None
 
 
@@ -269,11 +271,8 @@ def preflight(argv: list[str]) -> int:
     dir in ``argv`` and takes the lock of the run's (or the sweep's) dir, held until the process
     ends, so that no other ``adaptgrad`` writes there meanwhile; a job dir that holds another
     config's run is refused before Hydra writes anything into it."""
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        args = get_args_parser().parse_args(argv[1:])
-    except SystemExit:
+    args = command_line(argv[1:])
+    if args is None:
         return 0  # Hydra reports it
     if any(
         getattr(args, name, None)
@@ -409,9 +408,9 @@ def main() -> None:
     if message:
         print(message, file=sys.stderr)
         raise SystemExit(2)
-    register_experiments()
+    args = command_line(sys.argv[1:])
     try:
-        register_rules(rules_modules(sys.argv[1:]))
+        register(args.overrides if args is not None else [])
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error

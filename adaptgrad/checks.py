@@ -32,6 +32,17 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of an error's message, or its type's name.
+
+    Example:
+        >>> first_line(ValueError("\\nbad value\\nmore detail")), first_line(KeyError())
+        ('bad value', 'KeyError')
+    """
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def integer(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> int | None:
     """``value`` as an int if it is a whole number (an int, a NumPy integer or a float such as
     ``2.0``; not a bool) ``>= minimum``, or None when ``optional``; else a ValueError naming it."""

@@ -1,14 +1,17 @@
-"""From a Hydra config to plain objects: everything a job needs, validated before training.
+"""From a composed config to plain objects: everything a job needs, validated before training.
 
 Example:
-    >>> from adaptgrad.config import compose, check
+    >>> from adaptgrad.composition import compose
+    >>> from adaptgrad.config import check
     >>> spec = check(compose(["data=toy", "rule=taylor_prune", "rule.fraction=0.5"]), "taylor_prune")
     >>> spec.rule, spec.trainer.epochs, spec.layers
     (TaylorPrune(start_epoch=0, every=1, stop_epoch=None, every_steps=None, start_step=0, stop_step=None, min_active=1, \
 fraction=0.5, max_sparsity=0.5, criterion='taylor_example_abs'), 20, ())
 
-:func:`check` needs no TensorFlow (the app runs it on every sweep point before any job starts);
-:func:`prepare` adds what needs it (the data, the optimizer, the seeded runtime). The config folder
+:func:`check` needs neither TensorFlow nor Hydra (the app runs it on every sweep point before any
+job starts); :func:`prepare` adds what needs TensorFlow (the data, the optimizer, the seeded
+runtime). Composing the config is :mod:`adaptgrad.composition`'s job; every ``_target_`` is
+called through :func:`adaptgrad.targets.bind`. The config folder
 ``conf/`` and the ``experiments/`` presets ship inside the package (``adaptgrad/conf``,
 ``adaptgrad/experiments``) and are read from the checkout when it is one.
 """
@@ -19,15 +22,12 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.config_store import ConfigStore
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from adaptgrad.checkpoint import config_digest
@@ -36,6 +36,7 @@ from adaptgrad.data import Dataset
 from adaptgrad.models import CELLS, MODEL_KEYS
 from adaptgrad.rules.base import REGISTRY, AdaptationRule, LayerKind
 from adaptgrad.stats import requested_fields
+from adaptgrad.targets import bind, keywords, resolve
 
 if TYPE_CHECKING:
     import keras
@@ -147,86 +148,21 @@ class Job(Spec):
     make_optimizer: Callable[[], keras.optimizers.Optimizer]
 
 
-def register_experiments() -> None:
-    """Make every ``experiments/*.yaml`` selectable as ``experiment=NAME`` (package _global_)."""
-    store = ConfigStore.instance()
-    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-        store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
-
-
-def rules_modules(overrides: Sequence[str]) -> list[str]:
-    """The modules named by ``rules_module=NAME`` or ``rules_module=[A,B]`` among ``overrides``."""
-    found: list[str] = []
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key.lstrip("+~") == "rules_module" and value not in ("", "null"):
-            found += [name.strip() for name in value.strip("[]").split(",") if name.strip()]
-    return found
-
-
-def register_rules(modules: Sequence[str] = ()) -> None:
-    """Import ``modules`` (the user's rule modules), then make every rule they register with
-    ``name=`` that has no ``conf/rule/NAME.yaml`` selectable as ``rule=NAME`` with its defaults."""
-    import adaptgrad.rules  # noqa: F401 - the shipped rules register themselves
-
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ValueError(f"rules_module={module!r} cannot be imported ({error}); give a module on PYTHONPATH") from error
-        except Exception as error:  # noqa: BLE001 - the user's module is broken: say where, without a traceback
-            raise ValueError(
-                f"rules_module={module!r} raised {type(error).__name__} on import: {error}; fix the module"
-            ) from error
-    store = ConfigStore.instance()
-    for name, cls in REGISTRY.items():  # only the named modules' rules: others imported by chance may shadow a config file
-        named = any(cls.__module__ == module or cls.__module__.startswith(f"{module}.") for module in modules)
-        if named and not (CONF_DIR / "rule" / f"{name}.yaml").is_file():
-            store.store(group="rule", name=name, node=_rule_node(cls))
-
-
-def _rule_node(cls: type[AdaptationRule]) -> dict[str, Any]:
-    """``_target_`` and the default keyword arguments of a rule class (only the target when the
-    class cannot be built without arguments: those are then given as ``+rule.KEY=VALUE``)."""
-    try:
-        defaults = cls().get_config()
-    except Exception:  # noqa: BLE001 - required arguments: no defaults to show
-        defaults = {}
-    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **defaults}
-
-
-def rule_name(rule_cfg: DictConfig, preset: str | None, overrides: Sequence[str] = ()) -> str:
+def rule_name(rule_cfg: DictConfig, preset: str | None, given: Collection[str] = ()) -> str:
     """The rule's one name, recorded in ``result.json``: the config choice ``preset``
-    (``rule=NAME``), unless ``rule._target_`` names another class (on the command line, or
-    not the class registered as ``preset``); then that class's registered name, else its name."""
+    (``rule=NAME``), unless ``rule._target_`` names another class (among the keys the command line
+    sets, ``given``: :func:`adaptgrad.composition.given_keys`, or not the class registered as
+    ``preset``); then that class's registered name, else its name."""
     target = str(rule_cfg.get("_target_", ""))
-    overridden = any(o.lstrip("+~").partition("=")[0] == "rule._target_" for o in overrides)
     try:
-        cls = _import_class(target)
-    except Exception:  # noqa: BLE001 - not importable: the job fails in prepare, with the reason
+        cls = resolve("rule", target)
+    except ValueError:  # not importable: the job fails in prepare, with the reason
         cls = None
-    if preset and not overridden and REGISTRY.get(preset) in (None, cls):
+    if preset and "rule._target_" not in given and REGISTRY.get(preset) in (None, cls):
         return preset
     if isinstance(cls, type) and issubclass(cls, AdaptationRule):
         return cls.name or cls.__name__
     return target.rsplit(".", 1)[-1]  # not a rule: the job fails in prepare, with the reason
-
-
-def _import_class(target: str) -> Any:
-    """The object at ``module.Name`` (ImportError, AttributeError or ValueError if there is none)."""
-    module_name, _, attribute = target.rpartition(".")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The config the app would run with these command-line overrides, without launching it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_experiments()
-    register_rules(rules_modules(overrides or []))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return own_model(hydra_compose(config_name="config", overrides=list(overrides or [])), overrides or [])
 
 
 def rule_settings(value: Any) -> dict[str, dict[str, Any]]:
@@ -253,7 +189,7 @@ def rule_settings(value: Any) -> dict[str, dict[str, Any]]:
             raise ValueError(f"rule_settings.{name} names no rule; valid: {', '.join(names)}{did_you_mean(str(name), names)}")
         if not isinstance(keys, dict):
             raise ValueError(f"rule_settings.{name}={keys!r} must be a mapping key -> value (rule_settings.{name}.KEY=VALUE)")
-        accepted = _keyword_names(REGISTRY[name]) if name in REGISTRY else None
+        accepted = keywords(REGISTRY[name]) if name in REGISTRY else None
         for key in keys:
             if accepted is not None and key not in accepted:
                 valid = sorted(accepted)
@@ -264,14 +200,15 @@ def rule_settings(value: Any) -> dict[str, dict[str, Any]]:
     return value
 
 
-def job_config(cfg: DictConfig, overrides: Sequence[str], rule_preset: str | None) -> DictConfig:
+def job_config(cfg: DictConfig, given: Collection[str], rule_preset: str | None) -> DictConfig:
     """``cfg`` as the job runs it and records it in ``config.yaml``: the user's model as given
     (:func:`own_model`) and the rule's keys from ``rule_settings`` for its name applied, so that
-    the ``rule`` section holds what the rule gets. Bad settings are left for :func:`check`."""
-    cfg = own_model(cfg, overrides)
+    the ``rule`` section holds what the rule gets. ``given``: the keys the command line sets
+    (:func:`adaptgrad.composition.given_keys`). Bad settings are left for :func:`check`."""
+    cfg = own_model(cfg, given)
     settings = cfg.get("rule_settings") or {}
     try:
-        name = rule_name(cfg.rule, rule_preset, overrides)
+        name = rule_name(cfg.rule, rule_preset, given)
     except Exception:  # noqa: BLE001 - a bad rule config is reported by check
         return cfg
     keys = settings.get(name) if isinstance(settings, DictConfig) else None
@@ -283,18 +220,18 @@ def job_config(cfg: DictConfig, overrides: Sequence[str], rule_preset: str | Non
     return cfg
 
 
-def own_model(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """``cfg`` as the job runs it: with ``model._target_=...`` among the command-line
-    ``overrides``, the model config is that ``_target_`` and the ``model.KEY=...`` keys the
+def own_model(cfg: DictConfig, given: Collection[str]) -> DictConfig:
+    """``cfg`` as the job runs it: with ``model._target_`` among the keys the command line sets
+    (``given``), the model config is that ``_target_`` and the ``model.KEY=...`` keys the
     command line gives; the selected built-in preset's keys are dropped (the function's own
     defaults apply, and ``config.yaml``, summaries and tables name no cell it does not build).
 
     Example:
+        >>> from adaptgrad.composition import compose
         >>> cfg = compose(["model._target_=my_models.build", "model.units=8"])
         >>> dict(cfg.model)
         {'_target_': 'my_models.build', 'units': 8}
     """
-    given = {o.lstrip("+~").partition("=")[0] for o in overrides}
     if "model._target_" not in given:
         return cfg
     cfg = cfg.copy()
@@ -308,50 +245,23 @@ def build_rule(rule_cfg: DictConfig, preset: str | None, settings: dict[str, dic
     warning (``adaptgrad rule._target_=my.Rule`` keeps working whatever preset is selected), and
     anything else wrong gets a clear error."""
     target = str(rule_cfg.get("_target_"))
-    try:
-        cls = _import_class(target)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(
-            f"rule._target_={target!r} cannot be imported ({error}); give module.Class of a module on PYTHONPATH"
-        ) from error
+    cls = resolve("rule", target, "Class")
     if not (isinstance(cls, type) and issubclass(cls, AdaptationRule)):
         raise ValueError(f"rule._target_={target!r} is not an adaptgrad.AdaptationRule subclass")
     kwargs = {k: v for k, v in OmegaConf.to_container(rule_cfg, resolve=True).items() if k != "_target_"}
     kwargs.update((settings or {}).get(rule_name(rule_cfg, preset), {}))
-    accepted = _keyword_names(cls)
     preset_cls = REGISTRY.get(preset or "")
-    if preset_cls is not None and preset_cls is not cls:
-        dropped = sorted(k for k in kwargs if k not in accepted)
-        if dropped:
-            log.warning("rule %s does not take %s from preset rule=%s; ignored", cls.__name__, dropped, preset)
-            kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    if accepted is not None:
-        try:
-            _unknown_keys("rule.", kwargs, sorted(accepted))
-        except ValueError as error:
-            raise ValueError(
-                f"{error} (in a sweep over rules, rule_settings.RULE.KEY=VALUE sets a key of one rule only)"
-            ) from None
+    make = bind(
+        "rule",
+        cls,
+        kwargs,
+        foreign=kwargs if preset_cls not in (None, cls) else (),
+        hint=" (in a sweep over rules, rule_settings.RULE.KEY=VALUE sets a key of one rule only)",
+    )
     try:
-        return cls(**kwargs)
+        return make()
     except TypeError as error:
-        raise ValueError(f"rule {cls.__name__} rejected its arguments {kwargs}: {error}") from error
-
-
-def _keyword_names(cls: type) -> set[str] | None:
-    """Keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to AdaptationRule
-    (None: any, when a class outside it takes ``**kwargs``)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        if klass is object:
-            return None
-        parameters = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters) or klass is AdaptationRule:
-            break
-    return names
+        raise ValueError(f"rule {cls.__name__} rejected its arguments {make.keywords}: {error}") from error
 
 
 def check_model(model: dict[str, Any]) -> dict[str, Any]:
@@ -513,17 +423,12 @@ def load_data(data_cfg: DictConfig) -> Dataset:
     """The dataset the config names (no TensorFlow needed for the shipped ones), checked to have
     training examples and time steps."""
     target = data_cfg.get("_target_")
+    keys = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k != "_target_"}
+    load = bind("data", str(target), keys)
     try:
-        dataset = instantiate(data_cfg)
+        dataset = load()
     except Exception as error:  # noqa: BLE001
-        cause = _cause(error)
-        unexpected = cause.partition("unexpected keyword argument ")[2].strip("'")
-        if unexpected:
-            valid = _parameters(str(target))
-            cause = (
-                f"data.{unexpected} is not a parameter of {target}; valid: {', '.join(valid)}{did_you_mean(unexpected, valid)}"
-            )
-        raise ValueError(f"data {target!r} failed to load: {cause}") from error
+        raise ValueError(f"data {target!r} failed to load: {_cause(error)}") from error
     if not isinstance(dataset, Dataset):
         raise ValueError(f"data._target_ must return an adaptgrad.data.Dataset, got {type(dataset).__name__}")
     if len(dataset.x_train) == 0:
@@ -531,15 +436,6 @@ def load_data(data_cfg: DictConfig) -> Dataset:
     if dataset.input_shape[0] == 0:
         raise ValueError(f"data {target!r} has sequences of 0 time steps; a recurrent layer needs at least 1")
     return dataset
-
-
-def _parameters(target: str) -> list[str]:
-    module_name, _, attribute = target.rpartition(".")
-    try:
-        function = getattr(importlib.import_module(module_name), attribute)
-        return [p.name for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return []
 
 
 def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
@@ -558,8 +454,9 @@ def prepare(cfg: DictConfig, rule_preset: str | None = None) -> Job:
         log.warning("trainer.jit_compile=true turns op determinism off (Keras compiles no XLA under it): reruns may differ")
     _keras.set_op_determinism(trainer.deterministic and not trainer.jit_compile)
     dataset = load_data(cfg.data)
+    keys = {k: v for k, v in spec.optimizer.items() if k != "_target_"}
+    make_optimizer = bind("optimizer", str(spec.optimizer["_target_"]), keys)  # built inside the strategy scope
     try:
-        make_optimizer = instantiate(spec.optimizer, _partial_=True)  # built inside the strategy scope
         made = make_optimizer()  # bad arguments fail here, before training
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"optimizer {spec.optimizer['_target_']!r}: {_cause(error)}") from error
@@ -585,7 +482,7 @@ def _import_modules(*targets: Any) -> None:
 
 
 def _cause(error: BaseException) -> str:
-    """The innermost message of a chain (Hydra wraps errors raised while instantiating)."""
+    """The innermost message of a chain."""
     while error.__cause__ is not None:
         error = error.__cause__
     return f"{type(error).__name__}: {error}"

@@ -15,17 +15,14 @@ Keras is imported when a model is built, so the app can check model configs with
 
 from __future__ import annotations
 
-import importlib
-import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from adaptgrad.checks import did_you_mean, integer
+from adaptgrad.checks import integer
+from adaptgrad.targets import bind
 
 if TYPE_CHECKING:
     import keras
-
-log = logging.getLogger("adaptgrad")
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 """Terminal colour codes (Keras colours some of its error messages)."""
@@ -111,15 +108,8 @@ def make_model(config: dict[str, Any], *, input_shape: tuple[int, ...], outputs:
     if config.get("_target_") is None:
         return build_model(config["cell"], **sizes, **{k: v for k, v in config.items() if k not in ("_target_", "cell")})
     target = str(config["_target_"])
-    module_name, _, attribute = target.rpartition(".")
-    try:
-        function = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(
-            f"model._target_={target!r} cannot be imported ({error}); give module.function of a module on PYTHONPATH"
-        ) from error
-    kwargs = _accepted(function, target, {k: v for k, v in config.items() if k != "_target_"})
-    model = function(**sizes, **kwargs)
+    keys = {k: v for k, v in config.items() if k != "_target_"}
+    model = bind("model", target, keys, foreign=MODEL_KEYS)(**sizes)  # keys of model=<built-in> it does not take: dropped
     if not isinstance(model, keras.Model):
         raise ValueError(f"model._target_={target!r} returned {type(model).__name__}, not a keras.Model")
     try:  # builds a model the function did not build
@@ -137,26 +127,6 @@ def make_model(config: dict[str, Any], *, input_shape: tuple[int, ...], outputs:
             f"({task}): end the model with a layer of the outputs argument's width"
         )
     return model
-
-
-def _accepted(function: Any, target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` that ``function`` takes: keys of a built-in model's preset it does not take are
-    dropped with a warning (``model._target_=my.fn`` works whatever ``model=`` preset is selected),
-    any other key it does not take is an error."""
-    import inspect
-
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return kwargs
-    dropped = sorted(k for k in kwargs if k not in parameters and k in MODEL_KEYS)  # from model=<built-in>
-    if dropped:
-        log.warning("model %s does not take %s from the selected model preset; ignored", target, dropped)
-    for key in kwargs:
-        if key not in parameters and key not in MODEL_KEYS:
-            raise ValueError(
-                f"model.{key} is not a parameter of {target}; valid: {', '.join(parameters)}{did_you_mean(key, parameters)}"
-            )
-    return {k: v for k, v in kwargs.items() if k in parameters}
 
 
 def recurrent_layers(model: keras.Model) -> list[str]:

@@ -2,7 +2,7 @@
 
 Example:
     >>> import tempfile
-    >>> from adaptgrad.config import compose
+    >>> from adaptgrad.composition import compose
     >>> from adaptgrad.run import run
     >>> cfg = compose(["data=toy", "model=minimal_rnn", "model.units=2", "rule=none", "trainer.epochs=2"])
     >>> result = run(cfg, tempfile.mkdtemp())
@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from adaptgrad import jobdir
 from adaptgrad.atomic import write_json, write_text
 from adaptgrad.checkpoint import Checkpoints, config_digest
+from adaptgrad.composition import given_keys
 from adaptgrad.config import job_config, rule_name
 from adaptgrad.models import ANSI
 from adaptgrad.results.markdown import markdown_table
@@ -60,7 +61,7 @@ def run(
     result is returned.
     """
     directory = Path(output_dir)
-    cfg = job_config(cfg, overrides or [], rule_preset)
+    cfg = job_config(cfg, given_keys(overrides or []), rule_preset)
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
     try:
         with jobdir.lock(directory):
@@ -101,7 +102,7 @@ def _run(cfg: DictConfig, directory: Path, config_text: str, rule_preset: str | 
         "versions": versions(),
         "git_commit": git_commit(Path.cwd()) or git_commit(Path(__file__).parent),
         "overrides": overrides,
-        "rule": rule_name(cfg.rule, rule_preset, overrides),
+        "rule": rule_name(cfg.rule, rule_preset, given_keys(overrides)),
     }
     try:
         write_text(directory / jobdir.CONFIG, config_text)

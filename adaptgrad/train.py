@@ -2,7 +2,8 @@
 
 Example:
     >>> import tempfile, pathlib
-    >>> from adaptgrad.config import compose, prepare
+    >>> from adaptgrad.composition import compose
+    >>> from adaptgrad.config import prepare
     >>> from adaptgrad.train import train
     >>> result = train(prepare(compose(["data=toy", "rule=none", "trainer.epochs=2"])), pathlib.Path(tempfile.mkdtemp()))
     >>> result["status"], result["epochs"], result["replicas"]

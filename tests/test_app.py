@@ -20,7 +20,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, build_rule, compose, prepare
+from adaptgrad.composition import compose
+from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, build_rule, prepare
 from adaptgrad.results import collect
 from adaptgrad.run import run
 

@@ -12,7 +12,8 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from adaptgrad.app import LAUNCHERS, missing_launcher
-from adaptgrad.config import compose, prepare
+from adaptgrad.composition import compose
+from adaptgrad.config import prepare
 from adaptgrad.preflight import check_invocation
 from adaptgrad.run import run
 
@@ -107,7 +108,10 @@ CHECKED_UP_FRONT = {
     "units_not_integer": (["model.units=1.5"], "model.units=1.5 must be an integer >= 1"),
     "through_time_string": (["through_time='false'"], "through_time='false' must be auto, true or false"),
     "unknown_trainer_key": (["+trainer.epoch=3"], "trainer.epoch is not a key of trainer; valid: epochs, batch_size"),
-    "unknown_rule_key": (["rule=taylor_prune", "+rule.fractoin=0.5"], "rule.fractoin is not a key of rule; valid:"),
+    "unknown_rule_key": (
+        ["rule=taylor_prune", "+rule.fractoin=0.5"],
+        "rule.fractoin is not a parameter of adaptgrad.rules.taylor_prune.TaylorPrune; valid:",
+    ),
     "mirrored_uneven_batch": (
         ["trainer.distribution=mirrored", "trainer.cpu_devices=3", "trainer.batch_size=2"],
         "trainer.batch_size=2 does not split evenly over trainer.cpu_devices=3 replicas; use a multiple of 3",

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from adaptgrad.config import check, compose, job_config, prepare, register_rules
+from adaptgrad.composition import compose, register_rules
+from adaptgrad.config import check, job_config, prepare
 
 
 @pytest.mark.parametrize("value", ["'false'", "maybe", "0", "1"])

@@ -197,7 +197,7 @@ def test_a_resumed_gradmax_job_continues_its_statistic_exactly(tmp_path):
 
     from conftest import TINY
 
-    from adaptgrad.config import compose
+    from adaptgrad.composition import compose
     from adaptgrad.run import run
 
     overrides = [*TINY, "trainer.epochs=3", "model=gru", "model.units=6", "rule=gradmax", "rule.start_units=2", "rule.every=2"]

@@ -23,7 +23,7 @@ from conftest import TINY, another_run_holding
 from omegaconf import OmegaConf
 
 from adaptgrad.checkpoint import Checkpoints
-from adaptgrad.config import compose
+from adaptgrad.composition import compose
 from adaptgrad.results import collect
 from adaptgrad.results import main as results_main
 from adaptgrad.run import run, summary_table
@@ -440,7 +440,7 @@ def test_a_completed_job_is_skipped_without_importing_tensorflow(tmp_path):
     """A fresh process; skipping in-process: test_app_main.py::test_sweep_with_a_failing_arm_reports_and_resumes."""
     assert run(compose(TINY), tmp_path)["status"] == "ok"
     script = (
-        "import sys\nfrom adaptgrad.config import compose\nfrom adaptgrad.run import run\n"
+        "import sys\nfrom adaptgrad.composition import compose\nfrom adaptgrad.run import run\n"
         f"result = run(compose({TINY!r}), {str(tmp_path)!r})\n"
         "print(result['outcome'], 'tensorflow' in sys.modules)\n"
     )

@@ -596,7 +596,7 @@ ARMS = {"none": ["rule=none"], "taylor_prune": ["rule=taylor_prune", "rule.fract
 
 def run_jobs(sweep: Path, jobs: list[tuple[str, int]]) -> Path:
     """Run ``(rule, seed)`` jobs into ``sweep/0``, ``sweep/1``, ... as the app would."""
-    from adaptgrad.config import compose
+    from adaptgrad.composition import compose
     from adaptgrad.run import run
 
     for number, (rule, seed) in enumerate(jobs):
@@ -701,7 +701,8 @@ def test_six_job_sweep_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_registered_rule_is_selectable_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adaptgrad.config import compose, rule_name
+    from adaptgrad.composition import compose, given_keys
+    from adaptgrad.config import rule_name
     from adaptgrad.run import run
 
     (tmp_path / "zz_my_rules.py").write_text(
@@ -724,7 +725,7 @@ def test_registered_rule_is_selectable_by_name(tmp_path: Path, monkeypatch: pyte
     assert collect(tmp_path / "job").actions["value"].tolist() == [0.25, 0.25]
     # a rule._target_ override names the class, whatever preset is selected
     target = ["rule._target_=zz_my_rules.ScaleFirst"]
-    assert rule_name(compose(target).rule, "gain_rescale", target) == "zz_scale_first"
+    assert rule_name(compose(target).rule, "gain_rescale", given_keys(target)) == "zz_scale_first"
     assert rule_name(compose(["rule=taylor_prune"]).rule, "taylor_prune") == "taylor_prune"
     with pytest.raises(ValueError, match="rules_module='no_such_module'"):
         compose(["rules_module=no_such_module"])

@@ -857,7 +857,7 @@ def test_gain_rescale_step_lowers_the_loss_of_its_batch(float64, cell, through_t
 
 @pytest.mark.parametrize("rule", representative(["taylor_prune", "taylor_gate_ema"], "taylor_prune"))
 def test_default_pruning_run_keeps_at_least_half_the_units(tmp_path, rule):
-    from adaptgrad.config import compose
+    from adaptgrad.composition import compose
     from adaptgrad.run import run as run_job
 
     overrides = [f"rule={rule}", "data=toy", "model.units=8", "trainer.epochs=20", "trainer.checkpoint=false"]

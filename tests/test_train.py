@@ -11,7 +11,7 @@ import pandas as pd
 from conftest import TINY, tensorboard_steps
 
 from adaptgrad.checkpoint import Checkpoints, config_digest
-from adaptgrad.config import compose
+from adaptgrad.composition import compose
 from adaptgrad.run import run
 from adaptgrad.tensorboard import run_name
 

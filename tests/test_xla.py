@@ -13,7 +13,8 @@ import pytest
 import adaptgrad
 from adaptgrad import _keras
 from adaptgrad.cells import MinimalRNNCell
-from adaptgrad.config import compose, prepare
+from adaptgrad.composition import compose
+from adaptgrad.config import prepare
 from adaptgrad.run import run
 
 from test_app import cli
