@@ -17,11 +17,10 @@ import pytest
 from cases import representative
 from conftest import TINY, another_run_holding
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from adaptgrad.composition import compose
-from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, build_rule, prepare
+from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, build_rule, load_data, prepare
 from adaptgrad.results import collect
 from adaptgrad.run import run
 
@@ -68,8 +67,8 @@ def test_every_config_option_composes_and_instantiates(group, option):
 @pytest.mark.parametrize("name", representative(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")), "question", "study_toy"))
 def test_every_experiment_preset_composes_with_each_value_of_its_sweep(name):
     cfg = compose([f"experiment={name}"])
-    instantiate(cfg.rule)
-    instantiate(cfg.data)
+    build_rule(cfg.rule, None)
+    load_data(cfg.data)
     params = OmegaConf.select(OmegaConf.load(EXPERIMENTS_DIR / f"{name}.yaml"), "hydra.sweeper.params") or {}
     assert bool(params) == name.startswith("study_")
     parser = OverridesParser.create()

@@ -6,7 +6,6 @@ import dataclasses
 import inspect
 from pathlib import Path
 
-import hydra.utils
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -14,6 +13,7 @@ from sklearn.datasets import load_digits
 from statsmodels.datasets import sunspots as sunspot_data
 
 from adaptgrad import data
+from adaptgrad.config import load_data
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "data"
 
@@ -259,7 +259,7 @@ def test_config_files_cover_registry() -> None:
 @pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_config_instantiates(path: Path) -> None:
     cfg = OmegaConf.create({"seed": 0, "data": OmegaConf.load(path)})
-    ds = hydra.utils.instantiate(cfg.data)
+    ds = load_data(cfg.data)
     assert isinstance(ds, data.Dataset) and ds.name == path.stem
     kwargs = OmegaConf.to_container(cfg.data, resolve=True)
     assert kwargs.pop("_target_") == f"adaptgrad.data.{path.stem}"
@@ -280,7 +280,7 @@ def test_config_defaults_match_functions() -> None:
 
 def test_config_seed_reaches_loader() -> None:
     cfg = OmegaConf.create({"seed": 5, "data": OmegaConf.load(CONF_DIR / "adding.yaml")})
-    ds = hydra.utils.instantiate(cfg.data)
+    ds = load_data(cfg.data)
     np.testing.assert_array_equal(ds.x_train, data.adding(seed=5).x_train)
 
 
