@@ -45,10 +45,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from adaptgrad import _hydra
 from adaptgrad.checks import did_you_mean, first_line
-from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, own_model
+from adaptgrad.config import CONF_DIR, EXPERIMENTS_DIR, TOP_KEYS, own_model
 from adaptgrad.rules.base import REGISTRY, AdaptationRule
 
-VALUE_KEYS = ("seed", "layer", "through_time", "stats", "oracle", "rules_module", "rule_settings")
+GROUPS = ("model", "data", "rule", "optimizer", "trainer")
+"""The config groups of ``conf/`` that a job's config holds (``experiment`` and ``hparams_search`` only select values)."""
+VALUE_KEYS = tuple(key for key in TOP_KEYS if key not in GROUPS)
 """Top-level keys of the config that are values, not config groups."""
 JOB_NAME = "app"
 """Hydra's job name for the app (the task function's module)."""

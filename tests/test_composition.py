@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptgrad.composition import given_keys, launcher, rules_modules
+from adaptgrad.composition import GROUPS, VALUE_KEYS, compose, given_keys, launcher, rules_modules
+from adaptgrad.config import CONF_DIR, TOP_KEYS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adaptgrad"
 
@@ -40,3 +41,8 @@ def test_hydra_internals_are_used_from_one_module_only():
     private = re.compile(r"hydra\._internal|\._get_node\(|_apply_overrides_to_config|get_args_parser|BasicSweeper")
     users = sorted(p.name for p in PACKAGE.rglob("*.py") if private.search(p.read_text(encoding="utf-8")))
     assert users == ["_hydra.py"]
+
+
+def test_the_config_groups_are_the_folders_of_conf_and_the_value_keys_the_rest():
+    assert sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()) == sorted([*GROUPS, "hparams_search"])
+    assert sorted([*GROUPS, *VALUE_KEYS]) == sorted(TOP_KEYS) == sorted(compose([]))
