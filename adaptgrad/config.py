@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import importlib.util
 import logging
 import math
 from collections.abc import Callable, Collection, Iterable
@@ -36,7 +35,7 @@ from adaptgrad.data import Dataset
 from adaptgrad.models import CELLS, MODEL_KEYS
 from adaptgrad.rules.base import REGISTRY, AdaptationRule, LayerKind
 from adaptgrad.stats import requested_fields
-from adaptgrad.targets import bind, keywords, resolve
+from adaptgrad.targets import bind, findable, keywords, resolve
 
 if TYPE_CHECKING:
     import keras
@@ -269,13 +268,7 @@ def check_model(model: dict[str, Any]) -> dict[str, Any]:
     of an importable module (found, not imported: it may import TensorFlow)."""
     target = model.get("_target_")
     if target is not None:
-        module_name, _, attribute = str(target).rpartition(".")
-        try:
-            found = importlib.util.find_spec(module_name) if module_name and attribute else None
-        except (ImportError, ValueError):
-            found = None
-        if found is None:
-            raise ValueError(f"model._target_={target!r} cannot be imported; give module.function of a module on PYTHONPATH")
+        findable("model", target)
         reserved = sorted({"input_shape", "outputs", "task"} & set(model))
         if reserved:
             raise ValueError(f"model.{reserved[0]} comes from the data; remove it from the model config")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import logging
 from collections.abc import Callable, Collection, Mapping
@@ -45,6 +46,25 @@ def resolve(section: str, target: Any, what: str = "function") -> Any:
         raise ValueError(
             f"{section}._target_={target!r} cannot be imported ({error}); give module.{what} of a module on PYTHONPATH"
         ) from error
+
+
+def findable(section: str, target: Any, what: str = "function") -> None:
+    """Check that ``target``'s module is on the path, without importing it (it may import
+    TensorFlow): a ValueError naming ``section._target_`` otherwise.
+
+    Example:
+        >>> findable("model", "no_such_module.build")
+        Traceback (most recent call last):
+        ...
+        ValueError: model._target_='no_such_module.build' cannot be imported; give module.function of a module on PYTHONPATH
+    """
+    module_name, _, attribute = str(target).rpartition(".")
+    try:
+        found = importlib.util.find_spec(module_name) if module_name and attribute else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise ValueError(f"{section}._target_={target!r} cannot be imported; give module.{what} of a module on PYTHONPATH")
 
 
 def keywords(target: Callable[..., Any]) -> list[str] | None:
