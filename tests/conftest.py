@@ -1,7 +1,8 @@
 """Test session set-up: quiet TensorFlow, one thread per xdist worker, two logical CPUs (for
 MirroredStrategy), a clean Keras session and op determinism off (a fresh process's state) at the
-start of every test, the one tiny job config the runner tests share, and the ``adaptgrad`` command
-run in this process."""
+start of every test; and what the runner tests share: the one tiny job config, the ``adaptgrad``
+command run in this process or in a fresh one (:func:`cli`), a user's model, rules and data
+modules. The references and the small models the library tests share are in ``reference.py``."""
 
 from __future__ import annotations
 
@@ -112,3 +113,89 @@ def another_run_holding(directory: Path) -> Iterator[None]:
         yield
     finally:
         holder.communicate("\n", timeout=30)
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m adaptgrad ARGS`` in a fresh process, as a user would from a shell."""
+    return subprocess.run(
+        [sys.executable, "-m", "adaptgrad", *args],
+        cwd=cwd,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def on_path(directory: Path) -> dict[str, str]:
+    """The environment that puts ``directory`` (a user's modules) on the path, before adaptgrad's."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))}
+
+
+MY_MODELS = """
+import keras
+
+def stacked_lstm(input_shape, outputs, task, units=8):
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.LSTM(units, return_sequences=True, name="first"),
+        keras.layers.LSTM(units, name="second"),
+        keras.layers.Dense(outputs, name="head"),
+    ])
+"""
+
+
+def own_model(tmp_path: Path) -> list[str]:
+    """A user's model module and config dir outside the package; the overrides that select it."""
+    (tmp_path / "my_models.py").write_text(MY_MODELS)
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "stacked.yaml").write_text("_target_: my_models.stacked_lstm\nunits: 4\n")
+    return [
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "model=stacked",
+        "data=toy",
+        "trainer.epochs=2",
+        "trainer.batch_size=1",
+    ]
+
+
+FAILING_RULES = """
+import numpy as np
+from adaptgrad import AdaptationRule
+
+class Broken(AdaptationRule, name="broken"):
+    def apply(self, stats, units, epoch):
+        if epoch == 1:
+            raise RuntimeError("this rule is broken on purpose")
+
+class Exploding(AdaptationRule, name="exploding"):
+    def apply(self, stats, units, epoch):
+        units.scale(range(units.size), 1e30)
+"""
+"""A user's rules module: rule ``broken`` raises at epoch 1, rule ``exploding`` makes the loss inf."""
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (Hydra's records included) and its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+HUGE_DATA = """
+import numpy as np
+from adaptgrad.data import Dataset
+
+def huge(scale_train=1e20, scale_val=1e20):  # (1e20)² overflows float32: the loss is inf, gradients finite
+    x = np.ones((4, 5, 1), np.float32)
+    y = np.ones((4, 1), np.float32)
+    return Dataset("huge", x, y * scale_train, x, y * scale_val, task="regression", outputs=1)
+"""
+"""A user's data module (``my_data.py``) whose targets make the squared error overflow."""
+HUGE = [
+    *TINY,
+    "data._target_=my_data.huge",
+    "rule=none",
+    "optimizer=sgd",
+    "optimizer.learning_rate=1e-30",
+    "optimizer.momentum=0.0",
+]
+"""A job on :data:`HUGE_DATA` whose loss is inf: a tiny plain-SGD step keeps the weights (and mae) finite."""

@@ -287,3 +287,17 @@ def growth_model(cell: str, kind: str, units: int = 4):
         return keras.Model(inputs, head(layer(inputs))), layer, head, x, y
     model, layer, head = build(kind, cell, units=units)
     return model, layer, head, x, y
+
+
+def twin(kind, cell="minimal", units=4, return_sequences=False, **options):
+    """Two models with identical weights: one to watch, one for the reference."""
+    watched, *_ = build(kind, cell, units, return_sequences, **options)
+    ref = build(kind, cell, units, return_sequences, **options)
+    ref[0].set_weights(watched.get_weights())
+    return watched, ref
+
+
+def sgd_reference(ref, x, y, *, batch_size, epochs, **options):
+    """The independent reference statistics of the twin ``ref`` (model, rnn, head), trained as the
+    watched models here are: SGD(0.1), batches in input order."""
+    return reference_fit(*ref, x, y, batch_size=batch_size, epochs=epochs, optimizer=keras.optimizers.SGD(0.1), **options)

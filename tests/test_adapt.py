@@ -10,14 +10,13 @@ import keras
 import numpy as np
 import pytest
 from keras.src.utils.python_utils import is_default
-from test_watch import sgd_reference, twin
 
 import adaptgrad
 from adaptgrad.rules import AdaptationRule, DropRegrow, TaylorPrune
 from adaptgrad.rules.schedule import Moment
 from adaptgrad.runtime import mirrored_strategy
 
-from reference import add_up, assert_stats_equal, build, data
+from reference import add_up, assert_stats_equal, build, data, sgd_reference, twin
 
 
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import keras
 import pandas as pd
 import pytest
 from cases import representative
-from conftest import TINY, another_run_holding
+from conftest import MY_MODELS, TINY, another_run_holding, cli, on_path, own_model
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -28,23 +27,6 @@ GROUPS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
     for group in ("model", "data", "rule", "optimizer", "trainer")
 }
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m adaptgrad ARGS`` in a fresh process, as a user would from a shell."""
-    return subprocess.run(
-        [sys.executable, "-m", "adaptgrad", *args],
-        cwd=cwd,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def on_path(directory: Path) -> dict[str, str]:
-    """The environment that puts ``directory`` (a user's modules) on the path, before adaptgrad's."""
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))}
 
 
 def test_every_group_has_its_options():
@@ -206,33 +188,6 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     assert json.loads((elsewhere / "out" / "result.json").read_text())["status"] == "ok"
     # the configs came from the installed copy, not from this checkout
     assert str(target / "adaptgrad" / "conf") in (elsewhere / "out" / ".hydra" / "hydra.yaml").read_text()
-
-
-MY_MODELS = """
-import keras
-
-def stacked_lstm(input_shape, outputs, task, units=8):
-    return keras.Sequential([
-        keras.Input(input_shape),
-        keras.layers.LSTM(units, return_sequences=True, name="first"),
-        keras.layers.LSTM(units, name="second"),
-        keras.layers.Dense(outputs, name="head"),
-    ])
-"""
-
-
-def own_model(tmp_path: Path) -> list[str]:
-    """A user's model module and config dir outside the package; the overrides that select it."""
-    (tmp_path / "my_models.py").write_text(MY_MODELS)
-    (tmp_path / "my_conf" / "model").mkdir(parents=True)
-    (tmp_path / "my_conf" / "model" / "stacked.yaml").write_text("_target_: my_models.stacked_lstm\nunits: 4\n")
-    return [
-        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
-        "model=stacked",
-        "data=toy",
-        "trainer.epochs=2",
-        "trainer.batch_size=1",
-    ]
 
 
 @pytest.mark.slow

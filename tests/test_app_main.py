@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FAILING_RULES, cli
 from omegaconf import OmegaConf
 
 from adaptgrad.app import LAUNCHERS
 from adaptgrad.results import collect
 from adaptgrad.stats import SUM_FIELDS
-
-from test_app import cli
-from test_reliability import RULES
 
 
 def test_user_rule_through_own_config_folder(adaptgrad_cli, tiny, tmp_path, monkeypatch):
@@ -44,7 +42,7 @@ def test_sweep_with_a_failing_arm_reports_and_resumes(adaptgrad_cli, tiny, tmp_p
     """The basic launcher runs the jobs in this process; the joblib twin, with a diverging arm
     too, is ``test_reliability.py::test_sweep_with_a_failing_and_a_diverging_arm`` (a diverged
     job in this process: ``test_bad_input.py::test_nan_gradients_skip_the_rule_and_end_the_job_as_diverged``)."""
-    (tmp_path / "sweep_rules.py").write_text(RULES)
+    (tmp_path / "sweep_rules.py").write_text(FAILING_RULES)
     conf = tmp_path / "my_conf" / "rule"
     conf.mkdir(parents=True)
     (conf / "broken.yaml").write_text("_target_: sweep_rules.Broken\n")

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import HUGE, HUGE_DATA, TINY, cli, on_path, own_model, snapshot
 
 from adaptgrad.results import collect
 from adaptgrad.results import main as results_main
-
-from test_app import cli, on_path, own_model
-from test_reliability import DATA, HUGE, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +49,7 @@ def test_misspelt_experiment_and_a_sweep_with_a_bad_point(tmp_path):
 
 def test_sweep_where_one_loss_turns_inf_keeps_final_loss_numeric(tmp_path, capsys):
     """Twin: test_reliability.py::test_infinite_loss_stays_numeric_in_files_tables_and_console."""
-    (tmp_path / "my_data.py").write_text(DATA)
+    (tmp_path / "my_data.py").write_text(HUGE_DATA)
     sweep = tmp_path / "sweep"
     proc = cli("-m", *HUGE, "+data.scale_train=1.0,1e20", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=on_path(tmp_path))
     assert proc.returncode == 1 and "diverged: loss is NaN or inf" in proc.stderr, proc.stderr[-3000:]

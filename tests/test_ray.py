@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from adaptgrad.results import collect
-
-from test_app import cli
 
 TABLES = ("history.csv", "units.parquet", "actions.csv")
 

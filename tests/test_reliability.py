@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, another_run_holding
+from conftest import FAILING_RULES, HUGE, HUGE_DATA, TINY, another_run_holding, cli, on_path, snapshot
 from omegaconf import OmegaConf
 
 from adaptgrad.checkpoint import Checkpoints
@@ -28,8 +28,6 @@ from adaptgrad.results import collect
 from adaptgrad.results import main as results_main
 from adaptgrad.run import run, summary_table
 from adaptgrad.stats import SUM_FIELDS
-
-from test_app import cli, on_path
 
 TABLES = ("history.csv", "units.parquet", "actions.csv")
 # a small real task where the rule acts every epoch (re-initialising units draws random weights)
@@ -204,24 +202,9 @@ def test_rerun_into_a_dir_of_another_config_is_refused_and_nothing_is_lost(tmp_p
     assert before == {name: (tmp_path / name).read_bytes() for name in before}
 
 
-RULES = """
-import numpy as np
-from adaptgrad import AdaptationRule
-
-class Broken(AdaptationRule, name="broken"):
-    def apply(self, stats, units, epoch):
-        if epoch == 1:
-            raise RuntimeError("this rule is broken on purpose")
-
-class Exploding(AdaptationRule, name="exploding"):
-    def apply(self, stats, units, epoch):
-        units.scale(range(units.size), 1e30)
-"""
-
-
 @pytest.mark.slow
 def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
-    (tmp_path / "my_rules.py").write_text(RULES)
+    (tmp_path / "my_rules.py").write_text(FAILING_RULES)
     conf = tmp_path / "my_conf" / "rule"
     conf.mkdir(parents=True)
     (conf / "broken.yaml").write_text("_target_: my_rules.Broken\n")
@@ -302,11 +285,6 @@ def test_distribution_and_mixed_precision_match_single_device_float32(tmp_path):
     )
 
 
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file under ``directory`` (Hydra's records included) and its bytes."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 def test_refused_rerun_touches_no_file_of_the_job_and_exits_nonzero(tmp_path, adaptgrad_cli):
     out = tmp_path / "out"
     assert adaptgrad_cli(*TINY, f"hydra.run.dir={out}").code == 0
@@ -372,28 +350,8 @@ def test_a_job_dir_holding_another_configs_checkpoints_starts_afresh(tmp_path):
     assert same_tables(tmp_path / "mixed", tmp_path / "clean")
 
 
-DATA = """
-import numpy as np
-from adaptgrad.data import Dataset
-
-def huge(scale_train=1e20, scale_val=1e20):  # (1e20)² overflows float32: the loss is inf, gradients finite
-    x = np.ones((4, 5, 1), np.float32)
-    y = np.ones((4, 1), np.float32)
-    return Dataset("huge", x, y * scale_train, x, y * scale_val, task="regression", outputs=1)
-"""
-# a tiny plain-SGD step keeps the weights (and mae) finite while the squared error overflows
-HUGE = [
-    *TINY,
-    "data._target_=my_data.huge",
-    "rule=none",
-    "optimizer=sgd",
-    "optimizer.learning_rate=1e-30",
-    "optimizer.momentum=0.0",
-]
-
-
 def test_infinite_loss_stays_numeric_in_files_tables_and_console(tmp_path, monkeypatch):
-    (tmp_path / "my_data.py").write_text(DATA)
+    (tmp_path / "my_data.py").write_text(HUGE_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
     result = run(compose(HUGE), tmp_path / "job")
     assert result["status"] == "diverged" and result["error"]["message"].startswith("loss is NaN or inf")
@@ -409,7 +367,7 @@ def test_infinite_loss_stays_numeric_in_files_tables_and_console(tmp_path, monke
 
 
 def test_divergence_is_checked_on_every_loss_and_metric(tmp_path, monkeypatch):
-    (tmp_path / "my_data.py").write_text(DATA)
+    (tmp_path / "my_data.py").write_text(HUGE_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
     result = run(compose([*HUGE, "+data.scale_train=1.0"]), tmp_path)
     assert result["status"] == "diverged" and result["error"]["message"].startswith("val_loss is NaN or inf")

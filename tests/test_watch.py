@@ -12,22 +12,7 @@ import adaptgrad
 from adaptgrad.runtime import mirrored_strategy
 from adaptgrad.stats import SUM_FIELDS, WEIGHT_FIELDS
 
-from reference import assert_stats_equal, build, data, reference_fit
-
-
-def twin(kind, cell="minimal", units=4, return_sequences=False, **options):
-    """Two models with identical weights: one to watch, one for the reference."""
-    watched, *_ = build(kind, cell, units, return_sequences, **options)
-    ref = build(kind, cell, units, return_sequences, **options)
-    ref[0].set_weights(watched.get_weights())
-    return watched, ref
-
-
-def sgd_reference(ref, x, y, *, batch_size, epochs, **options):
-    """The independent reference statistics of the twin ``ref`` (model, rnn, head), trained as the
-    watched models here are: SGD(0.1), batches in input order."""
-    return reference_fit(*ref, x, y, batch_size=batch_size, epochs=epochs, optimizer=keras.optimizers.SGD(0.1), **options)
-
+from reference import assert_stats_equal, build, data, reference_fit, sgd_reference, twin
 
 COMPILE_MODES = {
     "graph": {},

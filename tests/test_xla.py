@@ -9,6 +9,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from conftest import cli
 
 import adaptgrad
 from adaptgrad import _keras
@@ -16,8 +17,6 @@ from adaptgrad.cells import MinimalRNNCell
 from adaptgrad.composition import compose
 from adaptgrad.config import prepare
 from adaptgrad.run import run
-
-from test_app import cli
 
 FALLBACK = "Model doesn't support `jit_compile=True`"
 """The start of Keras's warning when it drops XLA."""
