@@ -301,3 +301,18 @@ def sgd_reference(ref, x, y, *, batch_size, epochs, **options):
     """The independent reference statistics of the twin ``ref`` (model, rnn, head), trained as the
     watched models here are: SGD(0.1), batches in input order."""
     return reference_fit(*ref, x, y, batch_size=batch_size, epochs=epochs, optimizer=keras.optimizers.SGD(0.1), **options)
+
+
+def weights(model) -> dict[str, np.ndarray]:
+    """Weights by path without the model prefix: 'rnn/gru_cell/kernel', ..., 'head/kernel'."""
+    return {v.path.split("/", 1)[1]: np.array(v.numpy()) for v in model.weights}
+
+
+def small_model():
+    """A GRU of 6 units named ``rnn`` before a Dense head, compiled with Adam, and its data."""
+    x, y = data(16)
+    model = keras.Sequential(
+        [keras.Input(x.shape[1:]), keras.layers.GRU(6, name="rnn"), keras.layers.Dense(y.shape[-1], name="head")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    return model, x, y

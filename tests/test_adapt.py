@@ -1,22 +1,25 @@
-"""The Adapt callback's clocks: rules acting every N optimizer steps inside fit, on the statistics
-of exactly the steps since they last acted, and epoch rules that leave Keras's dispatch alone."""
+"""The Adapt callback (adaptgrad/adapt.py): its clocks (rules acting every N optimizer steps inside
+fit, on the statistics of exactly the steps since they last acted, and epoch rules that leave
+Keras's dispatch alone), its ages, tables and logs, its build-time checks and its atomic rules."""
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from keras.src.utils.python_utils import is_default
 
 import adaptgrad
-from adaptgrad.rules import AdaptationRule, DropRegrow, TaylorPrune
+from adaptgrad.rules import AdaptationRule, DormantReset, DropRegrow, GainRescale, TaylorPrune, TrustRatio
 from adaptgrad.rules.schedule import Moment
 from adaptgrad.runtime import mirrored_strategy
 
-from reference import add_up, assert_stats_equal, build, data, sgd_reference, twin
+from reference import add_up, assert_stats_equal, build, data, sgd_reference, small_model, twin, weights
 
 
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)
@@ -194,3 +197,98 @@ def test_step_rule_under_mixed_precision_reads_its_steps_with_the_loss_scale_div
     assert [when.step for _, when, _ in recorder.seen] == [2, 4]
     for (_, _, stats), first in zip(recorder.seen, (0, 2)):
         assert_stats_equal(stats, add_up(reference[first : first + 2]), rtol=2e-2)  # float16 activations
+
+
+# -- Adapt: ages, tables, logs, build-time checks, atomic rules ----------------------------------
+
+
+def test_adapt_ticks_ages_before_rules_and_records_layer_and_age():
+    model, x, y = small_model()
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [DormantReset(tau=0.99, grace=0)])
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[adapt])
+    units, actions = adapt.units_frame(), adapt.actions_frame()
+    assert list(units.columns[:7]) == ["epoch", "step", "layer", "unit", "active", "age", "scale"]
+    assert set(units.layer) == {"rnn"} and set(actions.layer) == {"rnn"}
+    assert list(actions.columns) == ["epoch", "step", "layer", "rule", "action", "unit", "value"]
+    reset = actions.query("action == 'reinit'")
+    assert len(reset) > 0
+    for epoch in range(3):  # a unit reset at epoch t has age 0 after it, every other unit one more than before
+        frame = units.query("epoch == @epoch").set_index("unit").age
+        previous = units.query("epoch == @epoch - 1").set_index("unit").age if epoch else pd.Series(0, index=frame.index)
+        reset_now = set(reset.query("epoch == @epoch").unit)
+        for unit, age in frame.items():
+            assert age == (0 if unit in reset_now else previous[unit] + 1), (epoch, unit)
+
+
+def test_two_adapts_on_one_model_log_their_own_layer_and_tables_concatenate():
+    x, y = data(16)
+    inputs = keras.Input(x.shape[1:])
+    hidden = keras.layers.GRU(6, return_sequences=True, name="first")(inputs)
+    hidden = keras.layers.GRU(6, name="second")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(y.shape[-1], name="head")(hidden))
+    model.compile(optimizer="adam", loss="mse")
+    first = adaptgrad.Adapt(adaptgrad.watch(model, "first", through_time=True), [TaylorPrune(fraction=0.2)])
+    second = adaptgrad.Adapt(adaptgrad.watch(model, "second", through_time=True), [TaylorPrune(fraction=0.4)])
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[first, second]).history
+    assert history["active_units/first"] == [5, 4] and history["active_units/second"] == [4, 3]
+    assert "active_units" not in history  # ambiguous with two adapted layers
+    actions = pd.concat([first.actions_frame(), second.actions_frame()])
+    assert actions.groupby("layer").size().to_dict() == {"first": 2, "second": 3}
+
+    del second  # once it is the only Adapt on the model, the plain key is back
+    gc.collect()
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[first]).history
+    assert history["active_units"] == history["active_units/first"]
+
+
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
+class GateThenFail(AdaptationRule):
+    """Gates unit 0, then raises (as a buggy rule would)."""
+
+    def apply(self, stats, units, epoch):
+        units.gate([0])
+        raise RuntimeError("rule bug")
+
+
+def test_a_rule_that_raises_leaves_the_layer_as_it_was_and_is_recorded():
+    model, x, y = small_model()
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn"), [GateThenFail(start_epoch=1)])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[adapt])
+    before = weights(model)
+    with pytest.raises(RuntimeError, match="rule bug"):
+        model.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, verbose=0, callbacks=[adapt])
+    assert adapt.units.active.all() and adapt.units.edits == []
+    after = weights(model)
+    assert not all(np.array_equal(after[p], before[p]) for p in before)  # epoch 1 trained...
+    size = adapt.units.size
+    kernel = after["rnn/gru_cell/kernel"][:, [0, size, 2 * size]]
+    assert np.abs(kernel).sum() > 0  # ...and unit 0's weights were not left zeroed by the undone gate
+    actions = adapt.actions_frame()
+    assert actions[["epoch", "rule", "action", "unit"]].values.tolist() == [[1, "GateThenFail", "failed", -1]]
+
+
+def test_requirements_are_checked_when_adapt_is_built():
+    from adaptgrad.question import question_model, toy_data
+
+    model = question_model(4)
+    model(toy_data()[0])  # subclassed: the consumer of "minimalrnn" is unknown unless named
+    for rule in [DropRegrow(), DormantReset(), GainRescale()]:
+        probe = adaptgrad.watch(model, "minimalrnn", through_time=rule.edit in ("gate", "reinit"))  # output: the gain goes next
+        with pytest.raises(ValueError, match=r"(?s)next_layer=.*Adapt"):
+            adaptgrad.Adapt(probe, [rule])
+        probe.remove()
+    probe = adaptgrad.watch(model, "minimalrnn", through_time=True)
+    adaptgrad.Adapt(probe, [DormantReset(zero_outgoing=False), GainRescale()], next_layer="out").units.remove()
+    probe.remove()
+    probe = adaptgrad.watch(model, "minimalrnn")
+    adaptgrad.Adapt(probe, [TrustRatio()]).units.remove()  # incoming weights only: no next layer needed
+    probe.remove()
+
+    model, _, _ = small_model()
+    with pytest.raises(ValueError, match=r"gain_rescale cannot use through-time capture.*through_time=False"):
+        adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [GainRescale()])
+
+    model, _, _ = small_model()
+    probe = adaptgrad.watch(model, "rnn", through_time=True, stats={"grad_sum"})
+    with pytest.raises(ValueError, match=r"taylor_prune reads \['act_grad_example_abs_sum'\].*captures only \['grad_sum'\]"):
+        adaptgrad.Adapt(probe, [TaylorPrune()])

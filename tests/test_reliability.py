@@ -243,8 +243,8 @@ def test_sweep_with_a_failing_and_a_diverging_arm(tmp_path):
 
 @pytest.mark.slow
 def test_distribution_and_mixed_precision_match_single_device_float32(tmp_path):
-    """Through the runner; the capture itself: test_watch.py::test_mirrored_strategy_sums_equal_single_device
-    and test_watch.py::test_mixed_precision_divides_out_the_loss_scale."""
+    """Through the runner; the capture itself: test_capture.py::test_mirrored_strategy_sums_equal_single_device
+    and test_capture.py::test_mixed_precision_divides_out_the_loss_scale."""
     # one batch per epoch (102 training examples, batch 128): every statistic is compared at the
     # same weights. Afterwards float16 trajectories drift (and dynamic loss scaling skips steps
     # whose weight gradients overflow), so mixed precision is compared on epoch 0 only.

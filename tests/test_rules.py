@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import json
 import math
 import pathlib
@@ -21,7 +19,6 @@ from adaptgrad import rules
 from adaptgrad.cells import MinimalRNNCell
 from adaptgrad.config import build_rule
 from adaptgrad.rules import (
-    AdaptationRule,
     DormantReset,
     DropRegrow,
     GainRescale,
@@ -34,7 +31,7 @@ from adaptgrad.rules.base import LayerKind
 from adaptgrad.rules.scoring import scale_active
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 
-from reference import data
+from reference import data, small_model, weights
 
 SIZE = 6
 CONF_RULES = pathlib.Path(__file__).resolve().parents[1] / "conf" / "rule"
@@ -66,11 +63,6 @@ def make_stats(batches: int = 4, count: int = 40, **sums) -> OutputGradientStats
     fields = {name: np.zeros(SIZE) for name in SUM_FIELDS}
     fields.update({k: np.asarray(v, dtype=np.float64) for k, v in sums.items()})
     return OutputGradientStats(**fields, batches=batches, count=count)
-
-
-def weights(model) -> dict[str, np.ndarray]:
-    """Weights by path without the model prefix: 'rnn/gru_cell/kernel', ..., 'head/kernel'."""
-    return {v.path.split("/", 1)[1]: np.array(v.numpy()) for v in model.weights}
 
 
 def run(rule, stats, units, epoch: int = 0):
@@ -595,107 +587,6 @@ def test_end_to_end_fit(name):
     np.testing.assert_allclose(last.scale.to_numpy(), incoming * outgoing)  # units.parquet's scale column
     assert history.history["active_units"][-1] == int(active.sum())
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(model(x))))
-
-
-# -- Adapt: ages, tables, logs, build-time checks, atomic rules ----------------------------------
-
-
-def small_model(name: str = "rnn", cell: str = "gru"):
-    x, y = data(16)
-    model = keras.Sequential([keras.Input(x.shape[1:]), rnn(cell, name), keras.layers.Dense(y.shape[-1], name="head")])
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    return model, x, y
-
-
-def test_adapt_ticks_ages_before_rules_and_records_layer_and_age():
-    model, x, y = small_model()
-    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [DormantReset(tau=0.99, grace=0)])
-    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[adapt])
-    units, actions = adapt.units_frame(), adapt.actions_frame()
-    assert list(units.columns[:7]) == ["epoch", "step", "layer", "unit", "active", "age", "scale"]
-    assert set(units.layer) == {"rnn"} and set(actions.layer) == {"rnn"}
-    assert list(actions.columns) == ["epoch", "step", "layer", "rule", "action", "unit", "value"]
-    reset = actions.query("action == 'reinit'")
-    assert len(reset) > 0
-    for epoch in range(3):  # a unit reset at epoch t has age 0 after it, every other unit one more than before
-        frame = units.query("epoch == @epoch").set_index("unit").age
-        previous = units.query("epoch == @epoch - 1").set_index("unit").age if epoch else pd.Series(0, index=frame.index)
-        reset_now = set(reset.query("epoch == @epoch").unit)
-        for unit, age in frame.items():
-            assert age == (0 if unit in reset_now else previous[unit] + 1), (epoch, unit)
-
-
-def test_two_adapts_on_one_model_log_their_own_layer_and_tables_concatenate():
-    x, y = data(16)
-    inputs = keras.Input(x.shape[1:])
-    hidden = keras.layers.GRU(6, return_sequences=True, name="first")(inputs)
-    hidden = keras.layers.GRU(6, name="second")(hidden)
-    model = keras.Model(inputs, keras.layers.Dense(y.shape[-1], name="head")(hidden))
-    model.compile(optimizer="adam", loss="mse")
-    first = adaptgrad.Adapt(adaptgrad.watch(model, "first", through_time=True), [TaylorPrune(fraction=0.2)])
-    second = adaptgrad.Adapt(adaptgrad.watch(model, "second", through_time=True), [TaylorPrune(fraction=0.4)])
-    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[first, second]).history
-    assert history["active_units/first"] == [5, 4] and history["active_units/second"] == [4, 3]
-    assert "active_units" not in history  # ambiguous with two adapted layers
-    actions = pd.concat([first.actions_frame(), second.actions_frame()])
-    assert actions.groupby("layer").size().to_dict() == {"first": 2, "second": 3}
-
-    del second  # once it is the only Adapt on the model, the plain key is back
-    gc.collect()
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[first]).history
-    assert history["active_units"] == history["active_units/first"]
-
-
-@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
-class GateThenFail(AdaptationRule):
-    """Gates unit 0, then raises (as a buggy rule would)."""
-
-    def apply(self, stats, units, epoch):
-        units.gate([0])
-        raise RuntimeError("rule bug")
-
-
-def test_a_rule_that_raises_leaves_the_layer_as_it_was_and_is_recorded():
-    model, x, y = small_model()
-    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn"), [GateThenFail(start_epoch=1)])
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[adapt])
-    before = weights(model)
-    with pytest.raises(RuntimeError, match="rule bug"):
-        model.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, verbose=0, callbacks=[adapt])
-    assert adapt.units.active.all() and adapt.units.edits == []
-    after = weights(model)
-    assert not all(np.array_equal(after[p], before[p]) for p in before)  # epoch 1 trained...
-    kernel = after["rnn/gru_cell/kernel"][:, [0, SIZE, 2 * SIZE]]
-    assert np.abs(kernel).sum() > 0  # ...and unit 0's weights were not left zeroed by the undone gate
-    actions = adapt.actions_frame()
-    assert actions[["epoch", "rule", "action", "unit"]].values.tolist() == [[1, "GateThenFail", "failed", -1]]
-
-
-def test_requirements_are_checked_when_adapt_is_built():
-    from adaptgrad.question import question_model, toy_data
-
-    model = question_model(4)
-    model(toy_data()[0])  # subclassed: the consumer of "minimalrnn" is unknown unless named
-    for rule in [DropRegrow(), DormantReset(), GainRescale()]:
-        probe = adaptgrad.watch(model, "minimalrnn", through_time=rule.edit in ("gate", "reinit"))  # output: the gain goes next
-        with pytest.raises(ValueError, match=r"(?s)next_layer=.*Adapt"):
-            adaptgrad.Adapt(probe, [rule])
-        probe.remove()
-    probe = adaptgrad.watch(model, "minimalrnn", through_time=True)
-    adaptgrad.Adapt(probe, [DormantReset(zero_outgoing=False), GainRescale()], next_layer="out").units.remove()
-    probe.remove()
-    probe = adaptgrad.watch(model, "minimalrnn")
-    adaptgrad.Adapt(probe, [TrustRatio()]).units.remove()  # incoming weights only: no next layer needed
-    probe.remove()
-
-    model, _, _ = small_model()
-    with pytest.raises(ValueError, match=r"gain_rescale cannot use through-time capture.*through_time=False"):
-        adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [GainRescale()])
-
-    model, _, _ = small_model()
-    probe = adaptgrad.watch(model, "rnn", through_time=True, stats={"grad_sum"})
-    with pytest.raises(ValueError, match=r"taylor_prune reads \['act_grad_example_abs_sum'\].*captures only \['grad_sum'\]"):
-        adaptgrad.Adapt(probe, [TaylorPrune()])
 
 
 def test_every_rule_declares_what_it_reads_and_runs_on_exactly_that():

@@ -66,7 +66,7 @@ def test_a_jit_compile_job_in_a_fresh_process(tmp_path):
 def test_through_time_capture_of_every_stats_set_compiles_with_xla(stats):
     """XLA on the CPU has no EuclideanNorm and rejects a TensorList that a loop carries unfilled:
     every set of statistics must compile, and capture what the same model captures without XLA
-    (checked against the manual unroll: test_watch.py::test_through_time_matches_manual_unroll)."""
+    (checked against the manual unroll: test_capture.py::test_through_time_matches_manual_unroll)."""
     x, y = np.random.default_rng(0).normal(size=(8, 5, 2)).astype("float32"), np.ones((8, 1), "float32")
     captured = {}
     for jit_compile in (True, False):
