@@ -26,6 +26,7 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,14 +50,16 @@ class Mutant:
 
 
 WATCH = ("tests/test_watch.py", "tests/test_criteria.py")
-STATS = ("tests/test_criteria.py", "tests/test_watch.py")
+STATS = ("tests/test_stats.py", "tests/test_criteria.py", "tests/test_watch.py")
 UNITS = ("tests/test_units.py", "tests/test_surgery_outgoing.py", "tests/test_surgery_save.py")
 GATES = ("tests/test_units.py", "tests/test_surgery_compact.py", "tests/test_surgery_save.py")
-SLOTS = ("tests/test_surgery_optimizers.py", "tests/test_units.py")
+SLOTS = ("tests/test_slots.py", "tests/test_surgery_optimizers.py", "tests/test_units.py")
 COMPACT = ("tests/test_surgery_compact.py",)
 RULES = ("tests/test_rules.py", "tests/test_adapt.py")
-TRAIN = ("tests/test_train.py", "tests/test_checkpoint.py", "tests/test_reliability.py")
+TRAIN = ("tests/test_train.py", "tests/test_reliability.py")
+CHECKPOINT = ("tests/test_checkpoint.py", "tests/test_train.py", "tests/test_reliability.py")
 JOBDIR = ("tests/test_jobdir.py", "tests/test_run.py", "tests/test_app.py")
+RUN = ("tests/test_run.py", "tests/test_train.py", "tests/test_jobdir.py")
 RESULTS = ("tests/test_results.py",)
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -435,7 +438,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "write_atomic(path, lambda temp: temp.write_bytes(blob))",
         "self.directory.mkdir(parents=True, exist_ok=True) or path.write_bytes(blob)",
         "a checkpoint written in place (a kill leaves a torn file)",
-        TRAIN,
+        CHECKPOINT,
     ),
     Mutant(
         "checkpoint-other-config",
@@ -444,7 +447,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "                if digest != self.digest:\n",
         "                if digest is None:\n",
         "a checkpoint another config wrote is resumed from",
-        TRAIN,
+        CHECKPOINT,
     ),
     Mutant(
         "checkpoint-oldest-first",
@@ -453,7 +456,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "return sorted(found, reverse=True)",
         "return sorted(found)",
         "latest() resumes from the oldest checkpoint",
-        TRAIN,
+        CHECKPOINT,
     ),
     Mutant(
         "atomic-in-place",
@@ -462,7 +465,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        write(Path(temp))\n        os.replace(temp, path)\n",
         "        write(path)\n",
         "every table and result.json written in place (a kill leaves a torn file)",
-        ("tests/test_checkpoint.py", "tests/test_run.py", "tests/test_jobdir.py"),
+        ("tests/test_atomic.py", "tests/test_checkpoint.py", "tests/test_run.py", "tests/test_jobdir.py"),
     ),
     Mutant(
         "jobdir-model-not-awaited",
@@ -507,7 +510,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '"wall_time": earlier + time.perf_counter() - started}',
         '"wall_time": time.perf_counter() - started}',
         "a resumed job's wall_time counts only its last attempt",
-        JOBDIR,
+        RUN,
     ),
     Mutant(
         "run-diverged-resumes",
@@ -516,7 +519,7 @@ MUTANTS: tuple[Mutant, ...] = (
         'if found is not None and found[1].get("status") in ("failed", "diverged"):',
         'if found is not None and found[1].get("status") in ("failed",):',
         "a diverged job resumes from its checkpoint instead of starting over",
-        JOBDIR,
+        RUN,
     ),
     # -- results ------------------------------------------------------------------------------------
     Mutant(
@@ -598,7 +601,7 @@ FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
 @dataclasses.dataclass
 class Outcome:
     mutant: Mutant
-    status: str  # caught, survived, timeout, error
+    status: str  # caught, survived, timeout (not caught: rerun it with a longer --timeout), error
     detail: str
     seconds: float
 
@@ -628,20 +631,27 @@ def run_one(mutant: Mutant, scratch: Path, *, timeout: float, python: str) -> Ou
     ]
     env = {**os.environ, "PYTHONPATH": str(scratch), "TF_CPP_MIN_LOG_LEVEL": "3"}
     started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return Outcome(mutant, "timeout", f"no result within {timeout:.0f} s", time.perf_counter() - started)
+        output, _ = process.communicate(timeout=timeout)
+    except BaseException as error:  # a timeout, or this script stopped: the tests stop too
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if not isinstance(error, subprocess.TimeoutExpired):
+            raise
+        return Outcome(mutant, "timeout", f"no result within {timeout:.0f} s (not counted as caught)", timeout)
     finally:
         path.write_text(original, encoding="utf-8")
     seconds = time.perf_counter() - started
-    if done.returncode == 0:
+    if process.returncode == 0:
         return Outcome(mutant, "survived", "", seconds)
-    failed = FAILED.search(done.stdout)
-    if done.returncode == 1 and failed:
+    failed = FAILED.search(output)
+    if process.returncode == 1 and failed:
         return Outcome(mutant, "caught", failed.group(1), seconds)
-    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
-    return Outcome(mutant, "caught", f"pytest exit {done.returncode}: {' | '.join(tail)}", seconds)
+    tail = output.strip().splitlines()[-3:]
+    return Outcome(mutant, "caught", f"pytest exit {process.returncode}: {' | '.join(tail)}", seconds)
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -682,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sum(p is None for _, p in problems)} of {len(problems)} snippets match")
         return 1 if any(p for _, p in problems) else 0
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the scratch copy and the tests go too
     scratch = scratch_copy(ROOT)
     outcomes = []
     try:
@@ -694,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(outcomes))
     counted = [o for o in outcomes if o.status != "error"]
-    caught = sum(o.status in ("caught", "timeout") for o in counted)
+    caught = sum(o.status == "caught" for o in counted)
     errors = len(outcomes) - len(counted)
     share = caught / len(counted) if counted else 0.0
     print(f"\n{caught} of {len(counted)} caught ({share:.0%}); {errors} snippet error(s)")
