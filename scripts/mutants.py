@@ -575,14 +575,19 @@ def tracked_files(root: Path) -> list[str]:
     return [name for name in out.stdout.decode().split("\0") if name]
 
 
-def scratch_copy(root: Path) -> Path:
-    """The tracked files of ``root`` (work-tree contents) copied into a new temp dir."""
+def scratch_copy(root: Path, tests_from: str | None = None) -> Path:
+    """The tracked files of ``root`` (work-tree contents) copied into a new temp dir; with
+    ``tests_from``, its ``tests/`` as they were at that git revision (the suite before new tests)."""
     target = Path(tempfile.mkdtemp(prefix="adaptgrad-mutants-"))
     for name in tracked_files(root):
         source = root / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+    if tests_from:
+        shutil.rmtree(target / "tests")
+        archive = subprocess.run(["git", "-C", str(root), "archive", tests_from, "tests"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
 
 
@@ -617,7 +622,7 @@ def run_one(mutant: Mutant, scratch: Path, *, timeout: float, python: str) -> Ou
         python,
         "-m",
         "pytest",
-        *mutant.tests,
+        *[name for name in mutant.tests if (scratch / name).is_file()],  # absent: a file newer than --tests-from
         mutant.file,  # its doctests: part of the default run
         "-m",
         "not slow",
@@ -670,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--check", action="store_true", help="only check that every snippet matches the source")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
+    parser.add_argument(
+        "--tests-from", metavar="REV", help="run the tests as they were at git revision REV (e.g. the suite before new tests)"
+    )
     args = parser.parse_args(argv)
 
     names = {mutant.name for mutant in MUTANTS}
@@ -693,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if any(p for _, p in problems) else 0
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the scratch copy and the tests go too
-    scratch = scratch_copy(ROOT)
+    scratch = scratch_copy(ROOT, args.tests_from)
     outcomes = []
     try:
         for mutant in chosen:

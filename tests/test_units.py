@@ -446,3 +446,12 @@ def test_units_loaded_gated_and_ungated_together_get_different_fresh_weights():
     kernels = {unit: incoming(units, unit)[:2] for unit in (1, 3)}  # kernel, recurrent kernel (the bias: zeros)
     for a, b in zip(kernels[1], kernels[3], strict=True):
         assert np.any(a != 0) and not np.array_equal(a, b)
+
+
+def test_incoming_norms_by_hand_over_every_gate_block():
+    keras.utils.set_random_seed(2)
+    model = sequence_model("lstm")  # 4 gate blocks of 5 units: unit j owns columns j, j + 5, j + 10, j + 15
+    cell = model.get_layer("layer").cell
+    arrays = [np.asarray(w.numpy(), np.float64) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)]
+    want = [np.sqrt(sum((a[..., [j, j + 5, j + 10, j + 15]] ** 2).sum() for a in arrays)) for j in range(5)]
+    np.testing.assert_allclose(adaptgrad.unit_view(model, "layer").incoming_norms(), want, rtol=1e-12)
