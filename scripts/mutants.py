@@ -655,8 +655,10 @@ def run_one(mutant: Mutant, scratch: Path, *, timeout: float, python: str) -> Ou
     failed = FAILED.search(output)
     if process.returncode == 1 and failed:
         return Outcome(mutant, "caught", failed.group(1), seconds)
-    tail = output.strip().splitlines()[-3:]
-    return Outcome(mutant, "caught", f"pytest exit {process.returncode}: {' | '.join(tail)}", seconds)
+    tail = " | ".join(output.strip().splitlines()[-3:])
+    if process.returncode == 2:  # interrupted: an import or collection error the mutant caused
+        return Outcome(mutant, "caught", f"pytest exit 2: {tail}", seconds)
+    return Outcome(mutant, "error", f"pytest exit {process.returncode} (no test ran?): {tail}", seconds)
 
 
 def table(outcomes: list[Outcome]) -> str:
