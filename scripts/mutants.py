@@ -52,7 +52,7 @@ class Mutant:
 WATCH = ("tests/test_watch.py", "tests/test_criteria.py")
 STATS = ("tests/test_stats.py", "tests/test_criteria.py", "tests/test_watch.py")
 UNITS = ("tests/test_units.py", "tests/test_surgery_outgoing.py", "tests/test_surgery_save.py")
-GATES = ("tests/test_units.py", "tests/test_surgery_compact.py", "tests/test_surgery_save.py")
+GATES = ("tests/test_gates.py", "tests/test_units.py", "tests/test_surgery_compact.py", "tests/test_surgery_save.py")
 SLOTS = ("tests/test_slots.py", "tests/test_surgery_optimizers.py", "tests/test_units.py")
 COMPACT = ("tests/test_surgery_compact.py",)
 RULES = ("tests/test_rules.py", "tests/test_adapt.py")
