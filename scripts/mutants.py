@@ -350,12 +350,12 @@ MUTANTS: tuple[Mutant, ...] = (
         RULES,
     ),
     Mutant(
-        "rules-cosine-end",
+        "rules-cosine-off-by-one",
         "rules",
         "adaptgrad/rules/drop_regrow.py",
-        "        if t >= end:\n            return 0.0",
-        "        if t > end:\n            return 0.0",
-        "DropRegrow's cosine schedule still active at t == end",
+        "return fraction / 2.0 * (1.0 + math.cos(math.pi * t / end))",
+        "return fraction / 2.0 * (1.0 + math.cos(math.pi * (t + 1) / end))",
+        "DropRegrow's cosine schedule one step ahead (f_0 < fraction)",
         RULES,
     ),
     Mutant(
