@@ -49,12 +49,12 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-WATCH = ("tests/test_watch.py", "tests/test_criteria.py")
-STATS = ("tests/test_stats.py", "tests/test_criteria.py", "tests/test_watch.py")
+WATCH = ("tests/test_capture.py", "tests/test_criteria.py")
+STATS = ("tests/test_stats.py", "tests/test_criteria.py", "tests/test_capture.py")
 UNITS = ("tests/test_units.py", "tests/test_surgery_outgoing.py", "tests/test_surgery_save.py")
-GATES = ("tests/test_gates.py", "tests/test_units.py", "tests/test_surgery_compact.py", "tests/test_surgery_save.py")
+GATES = ("tests/test_gates.py", "tests/test_units.py", "tests/test_compaction.py", "tests/test_surgery_save.py")
 SLOTS = ("tests/test_slots.py", "tests/test_surgery_optimizers.py", "tests/test_units.py")
-COMPACT = ("tests/test_surgery_compact.py",)
+COMPACT = ("tests/test_compaction.py",)
 RULES = ("tests/test_rules.py", "tests/test_adapt.py")
 TRAIN = ("tests/test_train.py", "tests/test_reliability.py")
 CHECKPOINT = ("tests/test_checkpoint.py", "tests/test_train.py", "tests/test_reliability.py")
@@ -159,26 +159,26 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "units-reinit-same-column",
         "units",
-        "adaptgrad/units.py",
-        "live, incoming=True, outgoing=False, values=lambda unit, i: drawn[i][..., self.columns(unit, self.weights[i][1])]",
-        "live, incoming=True, outgoing=False, values=lambda unit, i: drawn[i][..., self.columns(live[0], self.weights[i][1])]",
+        "adaptgrad/units/view.py",
+        "self._write(writes, live, lambda unit, i: drawn[i][self._layout.indices(unit)[i]], outgoing=False)",
+        "self._write(writes, live, lambda unit, i: drawn[i][self._layout.indices(live[0])[i]], outgoing=False)",
         "units re-initialised together all get the first unit's fresh weights",
         UNITS,
     ),
     Mutant(
         "units-ungate-same-column",
         "units",
-        "adaptgrad/units.py",
-        "return drawn[i][..., self.columns(unit, self.weights[i][1])] if i < len(self.weights) else 0.0",
-        "return drawn[i][..., self.columns(fresh[0], self.weights[i][1])] if i < len(self.weights) else 0.0",
+        "adaptgrad/units/view.py",
+        "return drawn[i][self._layout.indices(unit)[i]] if i < count else 0.0",
+        "return drawn[i][self._layout.indices(fresh[0])[i]] if i < count else 0.0",
         "units ungated together after a reload (weights unknown) get identical fresh weights",
         UNITS,
     ),
     Mutant(
         "units-draws-not-counted",
         "units",
-        "adaptgrad/units.py",
-        "        self._draws += 1\n",
+        "adaptgrad/units/draws.py",
+        "        self.count += 1\n",
         "",
         "every reinit call draws with the same seed (identical draws)",
         UNITS,
@@ -186,16 +186,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "units-draws-not-restored",
         "units",
-        "adaptgrad/units.py",
-        'self._draws = int(state["draws"])',
-        "self._draws = 0",
+        "adaptgrad/units/view.py",
+        'self._draws.count = int(state["draws"])',
+        "self._draws.count = 0",
         "set_state forgets the draw counter: after a resume the draws repeat",
         UNITS,
     ),
     Mutant(
         "units-norms-block-order",
         "units",
-        "adaptgrad/units.py",
+        "adaptgrad/units/view.py",
         "squares += per_column.reshape(blocks, self.size).sum(axis=0)",
         "squares += per_column.reshape(self.size, blocks).sum(axis=1)",
         "incoming_norms groups the columns of gate blocks as if interleaved",
@@ -269,7 +269,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "slots-first-index-only",
         "slots",
-        "adaptgrad/slots.py",
+        "adaptgrad/units/writes.py",
         "for index in indices:",
         "for index in indices[:1]:",
         "only the first edited slice gets fresh slots",

@@ -61,7 +61,7 @@ class Poisons(AdaptationRule):
 def test_a_diverged_job_runs_again_from_scratch_not_from_its_checkpoint(tmp_path, monkeypatch):
     from conftest import TINY
 
-    from adaptgrad.config import compose
+    from adaptgrad.composition import compose
     from adaptgrad.run import run
 
     (tmp_path / "poisoning_rules.py").write_text(POISONING_RULE)

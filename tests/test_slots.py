@@ -1,6 +1,7 @@
 """adaptgrad.slots: every per-weight slot of every supported optimizer variant gets the value a
 new slot starts from, written here by hand (0; the ``initial_accumulator_value`` the test
-chose; the weight itself for the ``use_ema`` average), in every edited slice and nowhere else."""
+chose; the weight itself for the ``use_ema`` average), in every edited slice and nowhere else
+(through :meth:`adaptgrad.UnitView.reinit`, which gives the slices it draws fresh slots)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from cases import representative
 
-from adaptgrad.slots import reset_slots, slots_of
+import adaptgrad
+from adaptgrad.slots import slots_of
 
 OPTIMIZERS = {  # variant -> (optimizer, the slot names Keras gives a kernel under it)
     "sgd_momentum": (lambda: keras.optimizers.SGD(0.1, momentum=0.9), {"momentum"}),
@@ -57,23 +59,22 @@ def expected_fresh(variant: str, slot: str, weights: np.ndarray) -> np.ndarray:
 )
 def test_every_slot_of_an_edited_slice_starts_fresh_and_no_other_entry_changes(variant):
     make, names = OPTIMIZERS[variant]
-    layer = keras.layers.Dense(4)
-    layer.build((None, 3))
-    layer.kernel.assign(np.arange(12, dtype=np.float32).reshape(3, 4) + 1.0)
-    optimizer = make()
-    optimizer.build(layer.trainable_variables)
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    prefix = layer.kernel.path.replace("/", "_") + "_"
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="layer"), keras.layers.Dense(1, name="head")])
+    model.compile(optimizer=make(), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    kernel = model.get_layer("layer").kernel
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    prefix = kernel.path.replace("/", "_") + "_"
     kernel_slots = {v.name[len(prefix) :]: v for v in inner.variables if v.name.startswith(prefix)}
     assert set(kernel_slots) == names  # the reference list above is what Keras builds
     for slot in kernel_slots.values():
         slot.assign(np.full(slot.shape, STALE, np.float32))
 
-    reset_slots(optimizer, layer.kernel, [(slice(None), 1), (slice(None), 3)])  # two units' columns
+    adaptgrad.unit_view(model, "layer").reinit([1, 3])  # two units' columns drawn anew
 
-    weights = layer.kernel.numpy()
+    weights = kernel.numpy()
     for name, slot in kernel_slots.items():
         values = slot.numpy()
         np.testing.assert_array_equal(values[:, [1, 3]], expected_fresh(variant, name, weights[:, [1, 3]]), err_msg=name)
         np.testing.assert_array_equal(values[:, [0, 2]], STALE, err_msg=f"{name}: an entry not edited changed")
-    assert {name for name, _, _ in slots_of(optimizer, layer.kernel)} == names
+    assert {name for name, _, _ in slots_of(model.optimizer, kernel)} == names
