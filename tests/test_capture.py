@@ -275,10 +275,12 @@ def test_snapshot_reset_and_remove():
     model.fit(x, y, batch_size=4, verbose=0)
     first = w.stats()
     model.fit(x, y, batch_size=4, verbose=0)
-    assert first.batches == 2 and w.stats().batches == 4
+    assert (first.batches, first.count) == (2, 8) and (w.stats().batches, w.stats().count) == (4, 16)
     w.reset()
     with pytest.raises(RuntimeError, match="no gradient has reached layer 'rnn'"):
         w.stats()
+    model.fit(x, y, batch_size=4, verbose=0)
+    assert (w.stats().batches, w.stats().count) == (2, 8)  # the new window only: every counter was reset
     w.remove()
     assert "call" not in vars(model.get_layer("rnn"))
     # after remove, training is exactly that of a model that was never watched

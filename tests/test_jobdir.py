@@ -79,3 +79,20 @@ def test_a_config_yaml_that_is_not_utf8_is_another_config(tmp_path):
 
 def test_no_result_json_reads_as_none(tmp_path):
     assert read_result(tmp_path) is None and read_result(tmp_path / "absent") is None
+
+
+def test_the_file_names_are_the_documented_ones():
+    # README ("what a job writes") and adaptgrad.recorder's docstring name them; users' scripts read them
+    assert (jobdir.CONFIG, jobdir.RESULT, jobdir.HISTORY, jobdir.UNITS, jobdir.ACTIONS) == (
+        "config.yaml",
+        "result.json",
+        "history.csv",
+        "units.parquet",
+        "actions.csv",
+    )
+    assert (jobdir.ORACLE, jobdir.MODEL, jobdir.CHECKPOINTS, jobdir.TENSORBOARD) == (
+        "oracle.parquet",
+        "model.keras",
+        "checkpoints",
+        "tb",
+    )

@@ -823,3 +823,28 @@ def test_growth_study_counts_parameter_epochs_and_new_unit_gradients_per_batch(
     np.testing.assert_allclose(gradients["norm"], grows["value"] / 2)  # M of one epoch: 2 batches
     np.testing.assert_allclose(runs[growth_study.NORM].iloc[:2], gradients.groupby("run_id")["norm"].mean())
     assert pd.isna(runs[growth_study.NORM].iloc[2])
+
+
+def test_paired_compare_matches_runs_by_seed_whatever_order_they_were_written(tmp_path: Path) -> None:
+    from scipy import stats
+
+    control = {0: 0.50, 1: 0.56, 2: 0.47}
+    treated = {2: 0.52, 0: 0.41, 1: 0.50}  # written (and collected) in another seed order than the control
+    for number, (rule, seed, value) in enumerate(
+        [("none", s, v) for s, v in control.items()] + [("taylor_prune", s, v) for s, v in treated.items()]
+    ):
+        write_job(tmp_path / str(number), rule, seed, final={"val_loss": value})
+    row = collect(tmp_path).compare("val_loss", {"rule": "none"}).iloc[0]
+    paired = stats.ttest_rel([treated[s] for s in (0, 1, 2)], [control[s] for s in (0, 1, 2)])
+    assert row["test"] == "paired" and row["n"] == 3
+    assert row["p"] == pytest.approx(paired.pvalue, rel=1e-9)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(paired.confidence_interval(0.95)), rel=1e-9)
+
+
+def test_a_metric_only_in_the_history_takes_its_last_epochs_value(arms: Path) -> None:
+    results = collect(arms)
+    seeds = results.runs["seed"].to_numpy()
+    pruned = (results.runs["rule"] == "taylor_prune").to_numpy()
+    # history(): loss = 1 / (epoch + 1) + offset, 5 epochs; active_units falls from 4 to 2 when pruning
+    np.testing.assert_allclose(results.values("loss").to_numpy(dtype=float), 0.2 + np.where(pruned, 0.2, 0.0) + 0.01 * seeds)
+    assert results.values("active_units").tolist() == np.where(pruned, 2.0, 4.0).tolist()

@@ -788,3 +788,34 @@ def test_each_rule_scores_units_by_its_criterion():
     np.testing.assert_array_equal(DormantReset(criterion="activation").score(stats, None), np.arange(2.0, 13.0, 2.0) / 20)
     with pytest.raises(NotImplementedError, match="gain_rescale ranks no units"):
         GainRescale().score(stats, None)
+
+
+def test_dormant_reset_counts_a_unit_exactly_at_tau_as_dormant():
+    scores = np.array([0.5, 1.0, 1.5])  # the active mean is 1: ratios 0.5, 1, 1.5
+    active = np.ones(3, dtype=bool)
+    assert rules.DormantReset.dormant(scores, active, tau=0.5) == [0]  # r_j <= tau, as documented
+    assert rules.DormantReset.dormant(scores, active, tau=0.25) == []
+    assert rules.DormantReset.dormant(scores, np.array([True, True, False]), tau=0.75) == [0]  # mean of 0.5, 1
+
+
+def test_schedule_fires_at_start_plus_multiples_of_every_up_to_stop_inclusive():
+    from adaptgrad.rules.schedule import Schedule
+
+    for every, start, stop in [(1, 0, None), (2, 1, 5), (3, 2, 11), (4, 0, 8)]:
+        schedule = Schedule("epoch", every=every, start=start, stop=stop)
+        want = {start + k * every for k in range(60) if stop is None or start + k * every <= stop}
+        assert {t for t in range(40) if schedule.fires(t - 1, t)} == {t for t in want if t < 40}, (every, start, stop)
+    steps = Schedule("step", every=30, start=60, stop=120)  # a boundary may pass several steps at once
+    windows = [(0, 59), (0, 60), (60, 89), (61, 90), (90, 120), (119, 150), (120, 200)]
+    assert [steps.fires(a, b) for a, b in windows] == [False, True, False, True, True, True, False]
+
+
+def test_scoring_counts_round_to_nearest_and_regrowth_ties_go_to_the_oldest_unit():
+    from adaptgrad.rules.scoring import highest, lowest_active
+
+    scores = np.arange(8.0)[::-1]  # unit 7 lowest
+    assert lowest_active(scores, np.ones(8, dtype=bool), 0.35) == [7, 6, 5]  # round(0.35 * 8) = 3
+    assert lowest_active(scores, np.ones(8, dtype=bool), 0.01) == [7]  # at least one
+    tied = np.array([1.0, 5.0, 5.0, 5.0])
+    assert highest(tied, np.array([1, 2, 3]), 2, ties=np.array([0, 1, 7, 3])) == [2, 3]  # gated longest ago first
+    assert highest(tied, np.array([1, 2, 3]), 2) == [1, 2]  # then by index

@@ -45,3 +45,30 @@ def test_tensorflow_starts_without_its_native_start_up_lines():
     code = "from adaptgrad.run import start_tensorflow\nstart_tensorflow()\nimport tensorflow as tf\ntf.constant(1.0) + 1\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+POISONING_RULE = """
+import numpy as np
+from adaptgrad import AdaptationRule
+
+class Poisons(AdaptationRule):
+    def apply(self, stats, units, epoch):
+        for weight in units.model.trainable_weights:  # the next epoch's loss is NaN
+            weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+"""
+
+
+def test_a_diverged_job_runs_again_from_scratch_not_from_its_checkpoint(tmp_path, monkeypatch):
+    from conftest import TINY
+
+    from adaptgrad.composition import compose
+    from adaptgrad.run import run
+
+    (tmp_path / "poisoning_rules.py").write_text(POISONING_RULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = [*TINY, "rule=none", "rule._target_=poisoning_rules.Poisons"]
+    first = run(compose(overrides), tmp_path / "job")
+    assert first["status"] == "diverged" and first["error"]["epoch"] == 1  # epoch 0 ended finite and was checkpointed
+    assert (tmp_path / "job" / "checkpoints" / "epoch-0000.ckpt").is_file()
+    again = run(compose(overrides), tmp_path / "job")
+    assert again["outcome"] == "ran" and again["resumed_from"] is None and again["status"] == "diverged"

@@ -7,6 +7,7 @@ import shutil
 import textwrap
 import time
 
+import numpy as np
 import pandas as pd
 from conftest import TINY, tensorboard_steps
 
@@ -14,6 +15,7 @@ from adaptgrad.checkpoint import Checkpoints, config_digest
 from adaptgrad.composition import compose
 from adaptgrad.run import run
 from adaptgrad.tensorboard import run_name
+from adaptgrad.train import batches, epoch_order
 
 FAILING_RULE = """
 import dataclasses
@@ -69,7 +71,10 @@ def test_a_resumed_job_writes_each_epoch_once_to_tensorboard_and_counts_all_its_
 
 
 def test_an_ok_job_whose_table_is_gone_writes_it_again_from_its_checkpoint(tmp_path):
-    assert run(compose(TINY), tmp_path)["status"] == "ok"
+    result = run(compose(TINY), tmp_path)
+    assert result["status"] == "ok"
+    last = pd.read_csv(tmp_path / "history.csv").iloc[-1]  # the final metrics are the last epoch's
+    assert result["final"] == {k: float(v) for k, v in last.items() if k != "epoch"} and result["epochs"] == 2
     before = {name: (tmp_path / name).read_bytes() for name in ("history.csv", "units.parquet", "actions.csv")}
     (tmp_path / "history.csv").unlink()
     (tmp_path / "units.parquet").write_bytes(b"")
@@ -122,3 +127,22 @@ def test_a_rule_that_needs_the_output_layers_consumer_says_what_to_do_on_the_com
     assert message.endswith(
         "adapt another layer (layer=NAME) or choose a rule that edits no outgoing weights (e.g. rule=taylor_prune)"
     )
+
+
+def test_batches_hold_every_example_once_in_order_the_last_batch_smaller():
+    x = np.arange(14, dtype=np.float32).reshape(7, 2)
+    y = np.arange(7, dtype=np.float32)
+    got = [(xb.numpy(), yb.numpy()) for xb, yb in batches(x, y, 3)]
+    assert [len(yb) for _, yb in got] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate([xb for xb, _ in got]), x)
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in got]), y)
+
+
+def test_each_epoch_has_its_own_order_that_depends_only_on_seed_and_epoch():
+    orders = [epoch_order(3, epoch, 50, shuffle=True) for epoch in range(4)]
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(50))  # a permutation
+    assert len({tuple(order) for order in orders}) == 4  # a new order every epoch
+    np.testing.assert_array_equal(epoch_order(3, 2, 50, shuffle=True), orders[2])  # again after a resume
+    assert not np.array_equal(epoch_order(4, 2, 50, shuffle=True), orders[2])  # another seed, another order
+    np.testing.assert_array_equal(epoch_order(3, 2, 50, shuffle=False), np.arange(50))

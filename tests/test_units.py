@@ -407,3 +407,51 @@ def test_edits_between_and_inside_fits_do_not_trace_the_train_step_again():
     actions = adapt.actions_frame()
     assert set(actions[actions.action == "gate"].step) == {2, 4, 6, 8}
     assert len(traces) == traced
+
+
+def test_fresh_draws_differ_between_units_and_calls_and_a_restored_view_continues_them():
+    def view() -> adaptgrad.UnitView:
+        keras.utils.set_random_seed(3)
+        return adaptgrad.unit_view(sequence_model("gru"), "layer", seed=7)
+
+    units = view()
+    units.reinit([1, 3])
+    first = {unit: incoming(units, unit) for unit in (1, 3)}
+    for a, b in zip(first[1][:2], first[3][:2], strict=True):  # two units drawn together get different kernels
+        assert not np.array_equal(a, b)  # (the bias is drawn as zeros for every unit)
+    state = units.get_state()
+    units.reinit([1])
+    second = incoming(units, 1)
+    assert all(not np.array_equal(a, b) for a, b in zip(first[1][:2], second[:2], strict=True))  # each call draws anew
+
+    restored = view()  # a resumed job: a new model and view, then the state of the checkpoint
+    restored.set_state(state)
+    restored.reinit([1])
+    for a, b in zip(incoming(restored, 1), second, strict=True):  # the draw the uninterrupted view made
+        np.testing.assert_array_equal(a, b)
+
+
+def test_units_loaded_gated_and_ungated_together_get_different_fresh_weights():
+    keras.utils.set_random_seed(3)
+    model = sequence_model("gru")
+    cell = model.get_layer("layer").cell
+    columns = np.concatenate([unit + 5 * np.arange(3) for unit in (1, 3)])
+    for variable in (cell.kernel, cell.recurrent_kernel, cell.bias):
+        values = variable.numpy()
+        values[..., columns] = 0.0
+        variable.assign(values)  # as a model saved without its gates' config loads: weights 0, unknown
+    units = adaptgrad.unit_view(model, "layer")
+    assert units.active.tolist() == [True, False, True, False, True]
+    assert units.ungate([1, 3]) == [1, 3]
+    kernels = {unit: incoming(units, unit)[:2] for unit in (1, 3)}  # kernel, recurrent kernel (the bias: zeros)
+    for a, b in zip(kernels[1], kernels[3], strict=True):
+        assert np.any(a != 0) and not np.array_equal(a, b)
+
+
+def test_incoming_norms_by_hand_over_every_gate_block():
+    keras.utils.set_random_seed(2)
+    model = sequence_model("lstm")  # 4 gate blocks of 5 units: unit j owns columns j, j + 5, j + 10, j + 15
+    cell = model.get_layer("layer").cell
+    arrays = [np.asarray(w.numpy(), np.float64) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)]
+    want = [np.sqrt(sum((a[..., [j, j + 5, j + 10, j + 15]] ** 2).sum() for a in arrays)) for j in range(5)]
+    np.testing.assert_allclose(adaptgrad.unit_view(model, "layer").incoming_norms(), want, rtol=1e-12)
