@@ -798,7 +798,7 @@ def test_growth_study_counts_parameter_epochs_and_new_unit_gradients_per_batch(
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
     import growth_study
 
-    from adaptgrad.config import compose
+    from adaptgrad.composition import compose
     from adaptgrad.run import run
 
     base = ["data=toy", "trainer.batch_size=1", "trainer.epochs=3", "model=gru", "model.units=6"]  # 2 batches an epoch
