@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cases import representative
 from conftest import FAILING_RULES, cli
 from omegaconf import OmegaConf
 
@@ -176,10 +177,13 @@ def test_bad_capture_keys_are_refused_before_training(adaptgrad_cli, tiny, tmp_p
     assert done.code != 0 and "unknown statistic 'taylor'" in done.err, done.err[-2000:]
 
 
-def test_default_command_on_every_built_in_model_and_a_mismatched_sweep_is_refused_before_any_job(adaptgrad_cli, tiny, tmp_path):
-    for model in ("gru", "lstm"):
-        done = adaptgrad_cli(f"model={model}", *tiny, f"hydra.run.dir={tmp_path / model}")
-        assert done.code == 0, done.err[-3000:]
+@pytest.mark.parametrize("model", representative(["gru", "lstm"], "gru"))
+def test_the_default_command_ends_ok_on_a_built_in_model(adaptgrad_cli, tiny, tmp_path, model):
+    done = adaptgrad_cli(f"model={model}", *tiny, f"hydra.run.dir={tmp_path / model}")
+    assert done.code == 0, done.err[-3000:]
+
+
+def test_a_sweep_with_a_rule_that_cannot_use_its_capture_mode_is_refused_before_any_job(adaptgrad_cli, tiny, tmp_path):
     sweep = tmp_path / "sweep"
     done = adaptgrad_cli("-m", "rule=none,taylor_prune", "through_time=false", *tiny, f"hydra.sweep.dir={sweep}")
     assert done.code != 0
