@@ -43,6 +43,7 @@ from adaptgrad.results import Results, collect  # noqa: E402
 from adaptgrad.results.cli import comparison_markdown  # noqa: E402
 from adaptgrad.results.comparing import holm  # noqa: E402
 from adaptgrad.results.markdown import markdown_table  # noqa: E402
+
 from studies import replace_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
