@@ -5,10 +5,13 @@ Example:
     >>> model = keras.Sequential([keras.Input((5, 1)), keras.layers.GRU(4, name="gru"),
     ...                           keras.layers.Dense(1)])
     >>> units = adaptgrad.unit_view(model, "gru")
-    >>> units.gate([1])
-    [1]
-    >>> units.active
-    array([ True, False,  True,  True])
+    >>> with units.transaction():  # all or none
+    ...     units.gate([1, 2])
+    ...     units.ungate([2])
+    [1, 2]
+    [2]
+    >>> units.active.tolist()
+    [True, False, True, True]
 
 :func:`unit_view` makes the :class:`UnitView` of one layer (:mod:`.view`: the edits and readings).
 Its jobs, one module each:
