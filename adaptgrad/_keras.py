@@ -125,3 +125,16 @@ def op_determinism_enabled() -> bool:
     from tensorflow.python.framework import config
 
     return bool(config.is_op_determinism_enabled())
+
+
+def build_for_fit(model: keras.Model, batch: Any) -> None:
+    """Make every variable ``fit``'s train step needs (the optimizer's, the compiled metrics' and
+    loss's) from one batch ``(x, y)``, before ``fit`` traces the step.
+
+    Why private (``Trainer._symbolic_build``): without a distribution strategy Keras leaves these
+    variables to the first trace of the train step, and a ``tf.function`` that makes variables
+    on its first trace is traced a second time (a second or so per job, measured). Keras builds
+    them up front only under a strategy, with this method. Public API needed: a ``model.build_for_fit``
+    (or ``fit`` building them up front under any strategy)."""
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=batch)

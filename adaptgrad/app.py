@@ -38,7 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from adaptgrad.atomic import write_atomic, write_json, write_text
-from adaptgrad.composition import command_line, launcher, pinned_dir, register
+from adaptgrad.composition import Composer, command_line, launcher, register
 from adaptgrad.config import CONF_DIR
 from adaptgrad.jobdir import Busy, lock, plan, refusal
 from adaptgrad.preflight import Point, check_invocation
@@ -292,8 +292,9 @@ def preflight(argv: list[str]) -> int:
         return 0
     multirun = bool(args.multirun)
     try:
-        pin = pinned_dir(args.overrides, multirun=multirun)
-        points = check_invocation(args.overrides, multirun=multirun, pin=pin)
+        composer = Composer()
+        pin = composer.pin_dir(args.overrides, multirun=multirun)
+        points = check_invocation(args.overrides, multirun=multirun, composer=composer)
     except OverrideParseException:
         unquoted = next((o for o in args.overrides if not o.isascii() and not re.search(r"=\s*(['\"]).*\1\s*$", o)), None)
         if unquoted is None:

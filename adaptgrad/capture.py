@@ -185,6 +185,9 @@ class GradientWatch:
         self._accumulators: _Accumulators | None = None
         self._optimizers: dict[int, _instrument.ApplyHooks] = {}  # hooked for the weight-gradient sum
         self._removed = False
+        width = _known_width(layer)
+        if width is not None:  # made now: a variable made while fit traces its step makes TensorFlow trace it twice
+            self._accumulators = _Accumulators(width, layer.name, fields, self._strategy)
         hooks = _instrument.hooks_of(layer)
         if hooks.output_probe is not None or hooks.time_probe is not None:
             raise ValueError(
@@ -205,6 +208,10 @@ class GradientWatch:
         eager) step, before the optimizer applies that step's gradients."""
         if self._accumulators is None:
             self._accumulators = _Accumulators(units, self.layer.name, self.fields, self._strategy)
+        elif self._accumulators.units != units:
+            raise ValueError(
+                f"layer {self.layer.name!r} outputs {units} units, but its watch was made for {self._accumulators.units}"
+            )
         if self.fields & WEIGHT_FIELDS:
             self._hook_optimizer()
         return self._accumulators
@@ -294,7 +301,8 @@ class GradientWatch:
 
     @property
     def units(self) -> int | None:
-        """Number of units, known once the layer has run once with the watch attached."""
+        """Number of units: known when the watch is made on a ``Dense`` or recurrent layer, else
+        once the layer has run with the watch attached."""
         return None if self._accumulators is None else self._accumulators.units
 
     def _check_attached(self) -> None:
@@ -311,6 +319,19 @@ class GradientWatch:
         mode = "through_time" if self.through_time else "output"
         state = "removed" if self._removed else "attached"
         return f"<GradientWatch layer={self.layer.name!r} mode={mode} {state}>"
+
+
+def _known_width(layer: keras.layers.Layer) -> int | None:
+    """The width of the layer's output (its last axis) when its kind says it before it runs: a
+    ``Dense`` layer's ``units``, a recurrent layer's hidden state; None otherwise."""
+    if isinstance(layer, keras.layers.Dense):
+        return int(layer.units)
+    if _instrument.is_recurrent(layer):
+        try:
+            return _instrument.hidden_units(layer)
+        except ValueError:  # a cell whose output is not its state: known when the layer runs
+            return None
+    return None
 
 
 def _has_unit_weights(layer: keras.layers.Layer) -> bool:

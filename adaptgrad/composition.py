@@ -178,46 +178,6 @@ def session() -> Iterator[None]:
         HydraConfig.instance().cfg = saved
 
 
-def expand(overrides: list[str], multirun: bool) -> list[list[str]] | None:
-    """The overrides of every job, in Hydra's job order (in a :func:`session`); None when the
-    points cannot be known here (a sweep syntax only another sweeper understands); with another
-    sweeper than Hydra's basic one (Optuna), the command line's fixed part only."""
-    parsed = parse(overrides)
-    if not multirun:
-        return None if any(o.is_sweep_override() for o in parsed) else [list(overrides)]
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    try:
-        base = hydra_compose("config", fixed, return_hydra_config=True)
-    except Exception:  # noqa: BLE001 - the points report it
-        return [fixed]
-    sweeper = base.hydra.sweeper
-    if sweeper.get("_target_") != _hydra.BASIC_SWEEPER:
-        return [fixed]
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    try:
-        return _hydra.sweep_jobs(parse([*params, *overrides]))
-    except HydraException:
-        return None
-
-
-def pinned_dir(overrides: list[str], *, multirun: bool) -> list[str]:
-    """``[hydra.run.dir=...]`` (or ``hydra.sweep.dir``) fixing an output dir that depends on the
-    time (``${now:...}``) to its value now, so that the dir checked up front is the one Hydra uses."""
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    with session():
-        fixed = [o.input_line for o in parse(overrides) if not o.is_sweep_override()]
-        try:
-            base = hydra_compose("config", fixed, return_hydra_config=True)
-        except Exception:  # noqa: BLE001 - reported with the points
-            return []
-        raw = OmegaConf.to_container(base.hydra.sweep if multirun else base.hydra.run, resolve=False)["dir"]
-        if "${now:" not in str(raw):
-            return []
-        HydraConfig.instance().set_config(base)
-        value = str(OmegaConf.select(base, key))
-    return [f"{key}={value}" if re.fullmatch(r"[\w./:+@%-]+", value) else f"{key}='{value}'"]
-
-
 @dataclasses.dataclass
 class Composed:
     """One job as Hydra would start it: its config without ``hydra``, its rule preset (the
@@ -232,14 +192,54 @@ class Composed:
 
 
 class Composer:
-    """Hydra's composition of many jobs, fast (in a :func:`session`): the config of each distinct
-    set of config-group and Hydra overrides is composed once, and each job's value overrides
-    (``seed=1``, ``rule.fraction=0.5``) are applied to a copy, as Hydra applies them after composing.
-    ``pin`` are more Hydra overrides for every job (see :func:`pinned_dir`)."""
+    """Hydra's composition of one invocation's jobs, fast: the config of each distinct set of
+    config-group and Hydra overrides is composed once, and each job's value overrides
+    (``seed=1``, ``rule.fraction=0.5``) are applied to a copy, as Hydra applies them after
+    composing. ``pin`` are more Hydra overrides for every job (see :meth:`pin_dir`). Methods
+    other than :meth:`pin_dir` run in a :func:`session`."""
 
-    def __init__(self, pin: list[str]) -> None:
-        self.pin = pin
+    def __init__(self) -> None:
+        self.pin: list[str] = []
         self.composed: dict[tuple[str, ...], DictConfig | Exception] = {}
+
+    def pin_dir(self, overrides: list[str], *, multirun: bool) -> list[str]:
+        """``[hydra.run.dir=...]`` (or ``hydra.sweep.dir``) fixing an output dir that depends on
+        the time (``${now:...}``) to its value now, so that the dir checked up front is the one
+        Hydra uses; it becomes :attr:`pin`."""
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        with session():
+            try:
+                base = self._compose([o.input_line for o in parse(overrides) if not o.is_sweep_override()])
+            except Exception:  # noqa: BLE001 - reported with the points
+                return []
+            raw = OmegaConf.to_container(base.hydra.sweep if multirun else base.hydra.run, resolve=False)["dir"]
+            if "${now:" not in str(raw):
+                return []
+            HydraConfig.instance().set_config(base)
+            value = str(OmegaConf.select(base, key))
+        self.pin = [f"{key}={value}" if re.fullmatch(r"[\w./:+@%-]+", value) else f"{key}='{value}'"]
+        return self.pin
+
+    def expand(self, overrides: list[str], multirun: bool) -> list[list[str]] | None:
+        """The overrides of every job, in Hydra's job order; None when the points cannot be known
+        here (a sweep syntax only another sweeper understands); with another sweeper than Hydra's
+        basic one (Optuna), the command line's fixed part only."""
+        parsed = parse(overrides)
+        if not multirun:
+            return None if any(o.is_sweep_override() for o in parsed) else [list(overrides)]
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        try:
+            base = self._compose(fixed)
+        except Exception:  # noqa: BLE001 - the points report it
+            return [fixed]
+        sweeper = base.hydra.sweeper
+        if sweeper.get("_target_") != _hydra.BASIC_SWEEPER:
+            return [fixed]
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        try:
+            return _hydra.sweep_jobs(parse([*params, *overrides]))
+        except HydraException:
+            return None
 
     def __call__(self, number: int, overrides: list[str], multirun: bool) -> Composed:
         """Job ``number`` with these overrides: its config and dirs (raises what Hydra would)."""
@@ -262,10 +262,10 @@ class Composer:
     def _compose(self, overrides: list[str]) -> DictConfig:
         parsed = parse(overrides)
         values = [o for o in parsed if _is_value(o)]
-        key = tuple(o.input_line for o in parsed if not _is_value(o))
+        key = (*(o.input_line for o in parsed if not _is_value(o)), *self.pin)
         if key not in self.composed:
             try:
-                self.composed[key] = hydra_compose("config", [*key, *self.pin], return_hydra_config=True)
+                self.composed[key] = hydra_compose("config", list(key), return_hydra_config=True)
             except Exception as error:  # noqa: BLE001 - raised again for every job with these overrides
                 self.composed[key] = error
         base = self.composed[key]

@@ -24,7 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from adaptgrad.checks import first_line
-from adaptgrad.composition import Composer, expand, explain, given_keys, session
+from adaptgrad.composition import Composer, explain, given_keys, session
 from adaptgrad.config import check, job_config, load_data
 
 
@@ -43,18 +43,19 @@ class Point:
     """Where Hydra writes the job's records (``.hydra``), if it does."""
 
 
-def check_invocation(overrides: list[str], *, multirun: bool, pin: list[str] | None = None) -> list[Point]:
-    """Compose and check every job that ``adaptgrad [-m] OVERRIDES`` would run; ``pin`` are more
-    Hydra overrides for every point (see :func:`adaptgrad.composition.pinned_dir`).
+def check_invocation(overrides: list[str], *, multirun: bool, composer: Composer | None = None) -> list[Point]:
+    """Compose and check every job that ``adaptgrad [-m] OVERRIDES`` would run (with the
+    ``composer`` that pinned the output dir, if one did: see :meth:`Composer.pin_dir`).
 
     Returns an empty list when the points cannot be known here (a sweep syntax only another
     sweeper understands): Hydra then reports or runs them as usual.
     """
+    composer = composer or Composer()
     with session():
-        jobs = expand(overrides, multirun)
+        jobs = composer.expand(overrides, multirun)
         if jobs is None:
             return []
-        composer, data = Composer(pin or []), {}
+        data: dict[str, str | None] = {}
         return [_point(i, job, composer, multirun, data) for i, job in enumerate(jobs)]
 
 

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from adaptgrad import _keras
 from adaptgrad.adapt import Adapt
 from adaptgrad.atomic import write_atomic
 from adaptgrad.capture import GradientWatch, watch
@@ -156,6 +157,7 @@ def _fit(job: Job, model: keras.Model, adapts: list[Adapt], directory: Path, tb_
     keep_before(directory / TENSORBOARD / tb_name, start)  # an earlier attempt's later epochs are trained again
     events = TensorBoardLog(directory / TENSORBOARD / tb_name, adapts)
     validation = batches(data.x_val, data.y_val, trainer.batch_size)
+    _keras.build_for_fit(model, (data.x_train[:1], data.y_train[:1]))  # one trace of the train step, not two
     for epoch in range(start, trainer.epochs):
         order = epoch_order(job.seed, epoch, len(data.x_train), trainer.shuffle)
         try:
