@@ -9,6 +9,7 @@ import tensorflow as tf
 from cases import representative
 
 import adaptgrad
+from adaptgrad import _keras
 from adaptgrad.runtime import mirrored_strategy
 from adaptgrad.stats import SUM_FIELDS, WEIGHT_FIELDS
 
@@ -304,6 +305,23 @@ def test_watch_a_dense_layer_by_object():
     w = adaptgrad.watch(model, hidden)
     model.fit(np.ones((6, 3)), np.ones((6, 1)), batch_size=6, verbose=0)
     assert w.stats().units == 5 and w.stats().count == 6
+
+
+@pytest.mark.parametrize("through_time", [False, True])
+def test_fit_traces_its_train_step_once_with_a_watch(through_time):
+    """A watch on a Dense or recurrent layer makes its sums when it is made, and ``build_for_fit``
+    (which the runner calls) makes the optimizer's and metrics' variables: TensorFlow traces a
+    step that makes variables on its first trace a second time."""
+    model, *_ = build("subclassed")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", metrics=["mae"])
+    w = adaptgrad.watch(model, "rnn", through_time=through_time)
+    assert w.units == 4  # known before any step ran
+    traces, step = [], model.train_step
+    model.train_step = lambda batch: (traces.append(1), step(batch))[1]
+    x, y = data(8)
+    _keras.build_for_fit(model, (x[:1], y[:1]))
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert len(traces) == 1 and w.stats().batches == 4
 
 
 # -- bad input -------------------------------------------------------------------------------
