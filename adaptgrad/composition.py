@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import importlib
 import re
 from collections.abc import Iterator, Sequence
@@ -114,7 +115,14 @@ def register_experiments() -> None:
     """Make every ``experiments/*.yaml`` selectable as ``experiment=NAME`` (package _global_)."""
     store = ConfigStore.instance()
     for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-        store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+        stat = path.stat()
+        store.store(group="experiment", name=path.stem, node=_load(path, stat.st_mtime_ns, stat.st_size), package="_global_")
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: Path, mtime_ns: int, size: int) -> DictConfig:
+    """A YAML file's config, read again only when the file changes (the store copies it)."""
+    return OmegaConf.load(path)
 
 
 def register_rules(modules: Sequence[str] = ()) -> None:
