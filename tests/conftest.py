@@ -18,21 +18,28 @@ from typing import NamedTuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from adaptgrad import _keras  # noqa: E402
-from adaptgrad.app import main  # noqa: E402
+from adaptgrad.app import main  # noqa: E402 - neither imports TensorFlow
 from adaptgrad.rules.base import REGISTRY  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: a thread pool each would oversubscribe them
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+
+def pytest_configure(config: pytest.Config) -> None:
+    """TensorFlow's set-up, in the process that runs the tests: not in pytest-xdist's
+    controller, which runs none (importing TensorFlow there would hold up the workers' start by
+    about 7 s)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import tensorflow as tf
+
+    if hasattr(config, "workerinput"):  # one worker per core: a thread pool each would oversubscribe them
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+
 
 TINY = ("data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1")
 """The smallest real job: the question's toy data, 4 units, 2 epochs (a second or two)."""
@@ -40,7 +47,7 @@ TINY = ("data=toy", "model.units=4", "trainer.epochs=2", "trainer.batch_size=1")
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Every module is imported now and lives as long as the process: later garbage collections
-    (``clear_session`` in every job's ``prepare``) need not traverse its objects again."""
+    need not traverse its objects again."""
     gc.freeze()
 
 
@@ -55,6 +62,10 @@ def _fresh_keras_session():
     """Every test starts from a clean Keras session, float32 policy and seed 0, with op
     determinism off as in a fresh process: ``config.prepare`` turns it on, and under it Keras
     silently compiles without XLA (the fallback warning is an error in pyproject.toml)."""
+    import keras
+
+    from adaptgrad import _keras
+
     keras.backend.clear_session(free_memory=False)  # gc.collect() costs ~0.2-0.8 s a test; Python collects anyway
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(0)
@@ -94,6 +105,8 @@ def adaptgrad_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 
 def tensorboard_steps(directory: Path) -> list[tuple[str, int]]:
     """``(tag, step)`` of every summary in the TensorBoard event files of ``directory``, sorted."""
+    import tensorflow as tf
+
     return sorted(
         (value.tag, event.step)
         for path in directory.glob("events.out.tfevents.*")
