@@ -93,7 +93,10 @@ class Adapt(keras.callbacks.Callback):
     ``optimizer.iterations`` only when an execution may have reached a scheduled step); with
     epoch rules only it has none, so Keras keeps its
     asynchronous callback dispatch on the backends that have one (with TensorFlow, Keras 3.15
-    dispatches synchronously and reads every batch's logs whatever the callbacks).
+    dispatches synchronously and reads every batch's logs whatever the callbacks). When ``fit``
+    starts, the callback builds the model's optimizer if it is not built yet, as Keras does
+    itself under a distribution strategy: TensorFlow traces a train step that makes the
+    optimizer's variables twice.
 
     Each rule's ``apply`` runs inside :meth:`UnitView.transaction`: if it raises, its edits of
     that call are undone, a ``failed`` action is recorded, and the exception propagates (so
@@ -171,6 +174,10 @@ class Adapt(keras.callbacks.Callback):
     # -- the clock ------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:  # as Keras under a strategy: not in fit's first trace,
+            with self.model.distribute_strategy.scope():  # which TensorFlow repeats when it makes variables
+                optimizer.build(self.model.trainable_variables)
         self._step, self._unread = self._optimizer_steps(), 0
         self._execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
         for rule, schedule in zip(self.rules, self._schedules):
