@@ -292,3 +292,16 @@ def test_requirements_are_checked_when_adapt_is_built():
     probe = adaptgrad.watch(model, "rnn", through_time=True, stats={"grad_sum"})
     with pytest.raises(ValueError, match=r"taylor_prune reads \['act_grad_example_abs_sum'\].*captures only \['grad_sum'\]"):
         adaptgrad.Adapt(probe, [TaylorPrune()])
+
+
+def test_fit_with_an_adapt_traces_its_train_step_once():
+    """The callback builds the optimizer when fit starts (Adam's slots would otherwise be made in
+    the first trace, which TensorFlow then repeats)."""
+    model, *_ = build("functional", cell="gru")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    adapt = adaptgrad.Adapt(adaptgrad.watch(model, "rnn", through_time=True), [TaylorPrune(fraction=0.25)])
+    traces, step = [], model.train_step
+    model.train_step = lambda batch: (traces.append(1), step(batch))[1]
+    x, y = data(8)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[adapt])
+    assert len(traces) == 1 and model.optimizer.iterations.numpy() == 4
