@@ -111,10 +111,10 @@ class Hooks:
         if self.time_probe is None and not self.loop_wrappers:
             return self._original_inner_loop(sequences, initial_state, mask, training=training)
 
-        def loop(sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
+        def loop(sequences: Any, initial_state: Any, mask: Any, training: bool = False, collect: bool = False) -> Any:
             if self.time_probe is None:
-                return generic_loop(self.layer, sequences, initial_state, mask, training)
-            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training)
+                return generic_loop(self.layer, sequences, initial_state, mask, training, collect)
+            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training, collect)
 
         return _wrapped(loop, self.loop_wrappers)(sequences, initial_state, mask, training=training)
 
@@ -187,26 +187,38 @@ def invalidate_compiled(model: keras.Model) -> None:
             setattr(model, name, None)
 
 
-def generic_loop(layer: keras.layers.RNN, sequences: Any, initial_state: Any, mask: Any, training: bool) -> Any:
-    """``keras.layers.RNN``'s own time loop (no cuDNN), for ``sequences`` that may be a nest of
+def generic_loop(
+    layer: keras.layers.RNN, sequences: Any, initial_state: Any, mask: Any, training: bool, collect: bool = False
+) -> Any:
+    """``keras.layers.RNN``'s time loop (no cuDNN), for ``sequences`` that may be a nest of
     tensors (the cell then gets the nest at each step): what a loop wrapper runs when no time
-    probe is set."""
+    probe is set. ``collect``: return every step's output (without a gradient unless the layer
+    returns them) whatever ``return_sequences`` is. Without a mask, for a cell whose output is
+    its first state, the loop is :func:`_popping_loop` (no output list to differentiate through
+    when the outputs are only collected); otherwise Keras's own."""
     cell_kwargs = {"training": training} if _keras.call_takes_training(layer.cell) else {}
+    initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
 
-    def step(inputs: Any, states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        output, new_states = layer.cell(inputs, states, **cell_kwargs)
+    def cell_step(x: Any, states: list[tf.Tensor], z_t: None = None) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        output, new_states = layer.cell(x, states, **cell_kwargs)
         return output, list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
 
+    if mask is None and not layer.unroll:
+        time_major = tf.nest.map_structure(lambda s: tf.transpose(s, [1, 0, *range(2, len(s.shape))]), sequences)
+        # trace the step once on time 0, as Keras does, to see whether the output is state 0
+        output, first_states = cell_step(tf.nest.map_structure(lambda t: t[0], time_major), list(initial_state))
+        if output is first_states[0]:
+            return _popping_loop(cell_step, time_major, initial_state, None, None, layer, collect)
     return _keras.rnn(
-        step,
+        cell_step,
         sequences,
-        list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state],
+        initial_state,
         go_backwards=layer.go_backwards,
         mask=mask,
         unroll=layer.unroll,
         input_length=tf.nest.flatten(sequences)[0].shape[1],
         zero_output_for_mask=layer.zero_output_for_mask,
-        return_all_outputs=layer.return_sequences,
+        return_all_outputs=layer.return_sequences or collect,
     )
 
 
@@ -217,6 +229,7 @@ def through_time_loop(
     initial_state: list[tf.Tensor],
     mask: Any,
     training: bool,
+    collect: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
     """The RNN time loop with an all-zero sequence ``z`` added to the hidden state at every step.
 
@@ -226,7 +239,8 @@ def through_time_loop(
     probe ``needs_hidden`` (activation terms), the hidden states of every step are collected for
     it; otherwise the loop keeps only what the layer returns. The probe gets the mask too: a
     masked step has no hidden state of its own (Keras carries the previous one), so it counts
-    for nothing.
+    for nothing. ``collect``: return every step's output whatever ``return_sequences`` is, as
+    :func:`generic_loop`.
 
     How ``z`` enters the loop decides what the capture costs, because every op of a while loop
     costs several µs per step. Without a mask, for a cell whose output is its first state (all of
@@ -269,13 +283,13 @@ def through_time_loop(
         input_length=first.shape[1],
         time_major=True,
         zero_output_for_mask=layer.zero_output_for_mask,
-        return_all_outputs=layer.return_sequences or time_probe.needs_hidden,
+        return_all_outputs=layer.return_sequences or time_probe.needs_hidden or collect,
     )
     if mask is None and not layer.unroll:
         # trace the step once on time 0, as Keras does, to see whether the output is state 0
         output, first_states = cell_step(tf.nest.map_structure(lambda t: t[0], time_major), list(initial_state), z[0])
         if output is first_states[0]:
-            return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, time_probe.needs_hidden)
+            return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, time_probe.needs_hidden or collect)
 
     def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
         return cell_step(inputs[0], list(states), inputs[1])
@@ -287,23 +301,25 @@ def through_time_loop(
 
 
 def _popping_loop(
-    cell_step: Callable[[tf.Tensor, list[tf.Tensor], tf.Tensor], tuple[tf.Tensor, list[tf.Tensor]]],
+    cell_step: Callable[[Any, list[tf.Tensor], tf.Tensor | None], tuple[tf.Tensor, list[tf.Tensor]]],
     time_major: Any,
     initial_state: list[tf.Tensor],
-    z: tf.Tensor,
-    hidden: dict[str, tf.Tensor],
+    z: tf.Tensor | None,
+    hidden: dict[str, tf.Tensor] | None,
     layer: keras.layers.RNN,
     collect: bool,
 ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
     """The time loop of a cell whose output is its first state, without a mask, as lean as a
-    while loop gets: the inputs and ``z`` are lists popped from the back (in the backward loop
-    each costs one push, and only if it needs a gradient), the last output is the final state,
-    and the outputs are pushed onto a list only when the layer returns them or ``collect``
-    (hidden states for the probe) asks for them."""
+    while loop gets: the inputs and ``z`` (if any) are lists popped from the back (in the
+    backward loop each costs one push, and only if it needs a gradient), the last output is the
+    final state, and the outputs are pushed onto a list only when the layer returns them or
+    ``collect`` asks for them (then without a gradient unless the layer returns them; with
+    ``hidden``, the hidden states are gathered there in ``z``'s order for the probe)."""
     inputs = (
         time_major if layer.go_backwards else tf.nest.map_structure(lambda t: tf.reverse(t, [0]), time_major)
     )  # popped from the back
     flat_inputs = tf.nest.flatten(inputs)
+    lists = [*flat_inputs, *([] if z is None else [z])]
 
     def element_shape(tensor: tf.Tensor) -> tf.Tensor:
         return tf.constant([-1 if size is None else size for size in tensor.shape[1:]], tf.int32)
@@ -315,42 +331,43 @@ def _popping_loop(
         return tf.raw_ops.TensorListPopBack(input_handle=handle, element_shape=element_shape(like), element_dtype=like.dtype)
 
     keep = collect or layer.return_sequences
-    steps = -1 if z.shape[0] is None else z.shape[0]  # XLA needs the list's size
-    kept_lists = [tf.raw_ops.EmptyTensorList(element_shape=element_shape(z), max_num_elements=steps, element_dtype=z.dtype)]
+    state = initial_state[0]
+    output_shape = tf.constant([-1 if size is None else size for size in state.shape], tf.int32)
+    steps = -1 if flat_inputs[0].shape[0] is None else flat_inputs[0].shape[0]  # XLA needs the list's size
+    kept_lists = [tf.raw_ops.EmptyTensorList(element_shape=output_shape, max_num_elements=steps, element_dtype=state.dtype)]
     kept_lists = kept_lists if keep else []  # no output list in the loop unless it is filled (XLA rejects an empty one)
 
     def body(*loop_vars: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        x_lists, (z_list, *rest) = loop_vars[: len(flat_inputs)], loop_vars[len(flat_inputs) :]
+        handles, rest = loop_vars[: len(lists)], loop_vars[len(lists) :]
         out_lists, states = rest[: len(kept_lists)], rest[len(kept_lists) :]
-        popped = [pop(x_list, like) for x_list, like in zip(x_lists, flat_inputs)]
-        x_lists, x_t = [p[0] for p in popped], tf.nest.pack_sequence_as(inputs, [p[1] for p in popped])
-        z_list, z_t = pop(z_list, z)
-        output, new_states = cell_step(x_t, list(states), z_t)
-        if keep:  # no gradient flows back into the hidden states collected only for the probe
+        popped = [pop(handle, like) for handle, like in zip(handles, lists)]
+        handles, values = [p[0] for p in popped], [p[1] for p in popped]
+        x_t = tf.nest.pack_sequence_as(inputs, values[: len(flat_inputs)])
+        output, new_states = cell_step(x_t, list(states), None if z is None else values[-1])
+        if keep:  # no gradient flows back into the hidden states only collected
             pushed = output if layer.return_sequences else tf.stop_gradient(output)
             out_lists = (tf.raw_ops.TensorListPushBack(input_handle=out_lists[0], tensor=pushed),)
-        return (*x_lists, z_list, *out_lists, *new_states)
+        return (*handles, *out_lists, *new_states)
 
-    loop_vars = (*[make_list(t) for t in flat_inputs], make_list(z), *kept_lists, *initial_state)
+    loop_vars = (*[make_list(t) for t in lists], *kept_lists, *initial_state)
     results = tf.while_loop(
         lambda *_: True,
         body,
         loop_vars,
-        maximum_iterations=tf.shape(z)[0],
+        maximum_iterations=tf.shape(flat_inputs[0])[0],
         parallel_iterations=32,  # as Keras
     )
-    rest = results[len(flat_inputs) + 1 :]
+    rest = results[len(lists) :]
     out_lists, new_states = rest[: len(kept_lists)], rest[len(kept_lists) :]
-    out_list = out_lists[0] if keep else None
     last_output = new_states[0]
-    if keep:
-        outputs = tf.raw_ops.TensorListStack(input_handle=out_list, element_shape=element_shape(z), element_dtype=z.dtype)
-    else:
-        outputs = last_output[None]
-    if collect:  # step i popped z[T-1-i]: gather the states in reverse, one copy
+    if not keep:
+        return last_output, last_output[:, None], new_states
+    out_list = out_lists[0]
+    outputs = tf.raw_ops.TensorListStack(input_handle=out_list, element_shape=output_shape, element_dtype=state.dtype)
+    if collect and hidden is not None and z is not None:  # step i popped z[T-1-i]: gather the states in reverse, one copy
         reverse = tf.range(tf.shape(z)[0] - 1, -1, -1)
         hidden["h"] = tf.raw_ops.TensorListGather(
-            input_handle=out_list, indices=reverse, element_shape=element_shape(z), element_dtype=z.dtype
+            input_handle=out_list, indices=reverse, element_shape=output_shape, element_dtype=state.dtype
         )
     return last_output, tf.transpose(outputs, [1, 0, 2]), new_states
 

@@ -422,8 +422,8 @@ class GrowthWatch:
             with _shadowed(cell, bias=step_bias):
                 return original(x_t, states, **kwargs)
 
-        with _shadowed(cell, call=call, **loop_swaps), _shadowed(layer, return_sequences=True):
-            last, outputs, new_states = loop((sequences, z), initial_state, mask, training=training)
+        with _shadowed(cell, call=call, **loop_swaps):
+            last, outputs, new_states = loop((sequences, z), initial_state, mask, training=training, collect=True)
         seen["xbar"] = self._xbar(sequences, initial_state, outputs)
         self._pending = seen["xbar"][:, -1]
         return last, outputs, new_states
