@@ -10,8 +10,8 @@ through which Keras runs the layer, and reads its slots *when the train step is 
 * ``call_wrappers`` and ``loop_wrappers``: functions ``wrapper(run, *args, **kwargs)`` placed
   around the layer's call and its time loop (the growth statistic, :mod:`adaptgrad.growth`),
   the first one innermost. With a loop wrapper the loop is :func:`through_time_loop` or
-  ``keras.layers.RNN``'s generic loop, which carry every state the wrapper adds (GRU's and
-  LSTM's own loops keep only theirs).
+  :func:`generic_loop`, which carry every state the wrapper adds (GRU's and LSTM's own loops
+  keep only theirs); a wrapper may ask either for every step's output (``collect=True``).
 
 and on an optimizer instance, :class:`ApplyHooks` replaces ``optimizer.apply`` so that listeners
 see each step's gradients before the optimizer uses them (the per-unit weight-gradient statistic).

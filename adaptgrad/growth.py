@@ -62,26 +62,26 @@ How it is captured, inside the compiled train step (the pattern of :mod:`adaptgr
   GRU's recurrent bias, inside the reset gate; a cell without a bias gets an input kernel
   extended by identity rows). Z's gradient is every δ_t at once, outside the loop, where one
   product Σ_t x̄_{t−1}ᵀ δ_t (float32, summed into float64) adds into a second variable;
-- x̄: from the loop's outputs (the loop keeps every step's output for the wrapper) and inputs,
-  with the decay as a T × T lower-triangular matrix, outside the loop.
+- x̄: from the loop's inputs and every step's output, which the loop collects without a gradient
+  (``collect=True``), with the decay as a T × T lower-triangular matrix, outside the loop.
 
 Under a loss scale the gradients are unscaled, and a step Keras skips (overflow) counts for
-nothing. Cost: inside the loop, one addition to the bias per step (forward and backward) and a
-slice of Z; outside it, O(B·T·D·(C + T)) per batch in two einsums, and every step's output kept.
-The loop is Keras's generic one (no cuDNN), as for through-time capture. Measured by
-``scripts/bench_growth.py`` (64 units, 20 steps, batch 64, 2 shared cores, one TensorFlow thread,
-interleaved rounds): GRU 1.28×, LSTM 1.61× the wall time of plain ``fit`` on a moderately loaded
-machine; under a load average of 7-9 both measure 1.3-1.5× (wall and CPU time), with ±0.1 between
-repeats. Where the LSTM's time goes (CPU time, 11 rounds, same load): without Z (x̄ and the
-consumer's product only) 1.08×; with Z through the loop but its gradient discarded, 1.38×; the
-whole statistic 1.4-1.5×. So almost all of the cost is getting δ_t out of the loop: Z is a
-differentiable loop input, and each step gains a read, a (batch × k·n) addition in place of
-the bias add, and in the backward loop the broadcast-gradient bookkeeping of that addition (the
-batch dimension is dynamic), a write of δ_t and the saved shapes — about 25 small ops per step,
-in a loop whose plain step has about 160, and at this size (batch 64 × 64 units, one thread) the
-step is bound by per-op overhead rather than arithmetic. The product for M's recurrent rows
-(D = inputs + units + 1 against k·n columns: the size of the layer's weight gradient) is one
-batched matmul after the loop, about 2 ms of CPU per batch of ~25 ms.
+nothing. Cost: inside the loop, a pop of Z_t, one addition to the bias per step (forward and
+backward) and a push of each step's output; outside it, O(B·T·D·(C + T)) per batch in two
+einsums. The loop is :func:`adaptgrad._instrument.generic_loop`'s lean while loop (no cuDNN),
+as for through-time capture; it keeps no output list to differentiate through (the layer's
+output is its last state). Measured by ``scripts/bench_growth.py`` (64 units, 20 steps, batch
+64, one TensorFlow thread, 15 interleaved rounds, a quiet 2-core VM): GRU 1.33×, LSTM 1.35× the
+wall time of plain ``fit`` (±0.05 between runs); Keras's own loop, with every output
+differentiable, measured 1.48× and 1.4–1.5×. What remains is getting δ_t out of the loop: Z
+is a differentiable loop input, and each step gains a read, a (batch × k·n) addition in place
+of the bias add, and in the backward loop the broadcast-gradient bookkeeping of that addition
+(the batch dimension is dynamic) and a write of δ_t — at this size (batch 64 × 64 units, one
+thread) a step is bound by its op count rather than its arithmetic. The product for M's
+recurrent rows (D = inputs + units + 1 against k·n columns, about the FLOPs of the layer's
+weight gradient) takes about 0.5 ms of a ~9 ms batch. Adding Z and the bias before the loop
+(the step then only reads its bias) measured 1.44× on the GRU (a transpose per step) and 1.32×
+on the LSTM, within the noise: not kept.
 
 Limits (each a clear error, when attached; a mask when the step is traced): the consumer must be
 a ``Dense`` that reads the layer's output directly (a subclassed model: pass ``next_layer``); a
