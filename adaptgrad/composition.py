@@ -119,7 +119,7 @@ def register_experiments() -> None:
         store.store(group="experiment", name=path.stem, node=_load(path, stat.st_mtime_ns, stat.st_size), package="_global_")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(path: Path, mtime_ns: int, size: int) -> DictConfig:
     """A YAML file's config, read again only when the file changes (the store copies it)."""
     return OmegaConf.load(path)

@@ -33,7 +33,8 @@ from adaptgrad.checkpoint import config_digest
 from adaptgrad.checks import boolean, did_you_mean, integer
 from adaptgrad.data import Dataset
 from adaptgrad.models import CELLS, MODEL_KEYS
-from adaptgrad.rules.base import REGISTRY, AdaptationRule, LayerKind
+from adaptgrad.rules.base import REGISTRY, AdaptationRule
+from adaptgrad.rules.fold import LayerKind
 from adaptgrad.stats import requested_fields
 from adaptgrad.targets import bind, findable, keywords, resolve
 

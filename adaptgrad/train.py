@@ -38,7 +38,8 @@ from adaptgrad.jobdir import CHECKPOINTS, MODEL, TENSORBOARD
 from adaptgrad.layers import find_layer
 from adaptgrad.models import make_model, recurrent_layers
 from adaptgrad.recorder import JobFiles
-from adaptgrad.rules.base import AdaptationRule, LayerKind
+from adaptgrad.rules.base import AdaptationRule
+from adaptgrad.rules.fold import LayerKind
 from adaptgrad.runtime import strategy_for
 from adaptgrad.tensorboard import TensorBoardLog, keep_before
 

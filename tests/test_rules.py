@@ -27,7 +27,7 @@ from adaptgrad.rules import (
     TaylorPrune,
     TrustRatio,
 )
-from adaptgrad.rules.base import LayerKind
+from adaptgrad.rules.fold import LayerKind
 from adaptgrad.rules.scoring import scale_active
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from adaptgrad import criteria
 from adaptgrad.checks import integer, number_in
+from adaptgrad.rules.fold import LayerKind
 from adaptgrad.rules.schedule import Moment, Schedule
 from adaptgrad.stats import SUM_FIELDS, OutputGradientStats
 
@@ -56,31 +57,6 @@ def check_int(rule: str, name: str, value: Any, low: int) -> int:
     """Return ``value`` as int if it is a whole number >= ``low``, else raise a ValueError naming it
     (:func:`adaptgrad.checks.integer`)."""
     return integer(f"{rule}: {name}", value, low)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerKind:
-    """What a rule needs to know of a layer to choose its capture mode, without TensorFlow.
-
-    Example:
-        >>> LayerKind(recurrent=True, homogeneous=False)
-        LayerKind(recurrent=True, homogeneous=False)
-
-    ``homogeneous``: scaling a unit's incoming weights by gamma scales its state by gamma at every
-    step (:func:`adaptgrad.rules.fold.positively_homogeneous`).
-    """
-
-    recurrent: bool
-    homogeneous: bool
-
-    @classmethod
-    def of(cls, layer: Any) -> LayerKind:
-        """The kind of a Keras layer."""
-        import keras  # here: rules load without TensorFlow
-
-        from adaptgrad.rules.fold import positively_homogeneous
-
-        return cls(recurrent=isinstance(layer, keras.layers.RNN), homogeneous=positively_homogeneous(layer))
 
 
 @dataclasses.dataclass(kw_only=True, eq=False, repr=False)

@@ -29,16 +29,39 @@ gain acts. The capture mode decides those positions, hence which edit the statis
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import keras
 
     from adaptgrad.capture import GradientWatch
-    from adaptgrad.rules.base import LayerKind
     from adaptgrad.units import UnitView
 
 HOMOGENEOUS_ACTIVATIONS = ("relu", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+    """What a rule needs to know of a layer to choose its capture mode, without TensorFlow.
+
+    Example:
+        >>> LayerKind(recurrent=True, homogeneous=False)
+        LayerKind(recurrent=True, homogeneous=False)
+
+    ``homogeneous``: scaling a unit's incoming weights by gamma scales its state by gamma at every
+    step (:func:`positively_homogeneous`).
+    """
+
+    recurrent: bool
+    homogeneous: bool
+
+    @classmethod
+    def of(cls, layer: Any) -> LayerKind:
+        """The kind of a Keras layer."""
+        import keras  # here: rules load without TensorFlow
+
+        return cls(recurrent=isinstance(layer, keras.layers.RNN), homogeneous=positively_homogeneous(layer))
 
 
 def positively_homogeneous(layer: keras.layers.Layer) -> bool:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from adaptgrad.rules.base import AdaptationRule, LayerKind, check_range
-from adaptgrad.rules.fold import checked_fold, exact_mode, gain_fold
+from adaptgrad.rules.base import AdaptationRule, check_range
+from adaptgrad.rules.fold import LayerKind, checked_fold, exact_mode, gain_fold
 from adaptgrad.rules.scoring import per_batch, scale_active
 from adaptgrad.stats import OutputGradientStats
 
