@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from adaptgrad.results.summarising import check_final, group_keys
-
-if TYPE_CHECKING:
-    from adaptgrad.results.collecting import Results
+from adaptgrad.results.summarising import Tables, check_final, group_keys
 
 CONFIDENCE = 0.95
 """Level of the confidence interval of the difference."""
@@ -32,7 +29,7 @@ STAT_COLUMNS = ["n", "n_baseline", "test", "baseline_mean", "mean", "diff", "ci_
 
 
 def compare(
-    results: Results, metric: str, baseline: Mapping[str, Any], *, by: Sequence[str] | None = None, final: str = "last"
+    results: Tables, metric: str, baseline: Mapping[str, Any], *, by: Sequence[str] | None = None, final: str = "last"
 ) -> pd.DataFrame:
     """Compare every arm with the baseline arm on ``metric``, over the ok runs.
 

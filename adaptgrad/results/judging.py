@@ -18,20 +18,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from adaptgrad.criteria import evaluate
-
-if TYPE_CHECKING:
-    from adaptgrad.results.collecting import Results
+from adaptgrad.results.summarising import Tables
 
 EDIT_COLUMNS = {"gate": "oracle", "zero_output": "oracle_zero_output"}
 _FIXED = ("run_id", "epoch", "layer", "unit", "active", *EDIT_COLUMNS.values())
 
 
-def criteria(results: Results, by: Sequence[str], *, k: int = 4, edit: str = "gate") -> pd.DataFrame:
+def criteria(results: Tables, by: Sequence[str], *, k: int = 4, edit: str = "gate") -> pd.DataFrame:
     """See :meth:`Results.criteria`."""
     if edit not in EDIT_COLUMNS:
         raise ValueError(f"edit={edit!r}; valid: {', '.join(EDIT_COLUMNS)}")

@@ -13,17 +13,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
-
-if TYPE_CHECKING:
-    from adaptgrad.results.collecting import Results
 
 FINALS = ("last", "best")
 """Which epoch's value stands for a run: the last one, or the best one."""
 
 _HIGHER_IS_BETTER = re.compile(r"acc|auc|precision|recall|f1|r2|iou")
+
+
+class Tables(Protocol):
+    """What the helpers of :class:`~adaptgrad.results.Results` read of it (they take the
+    ``Results`` itself; this names its shape without importing it back)."""
+
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    oracle: pd.DataFrame
+    config_columns: tuple[str, ...]
+
+    def varying_keys(self) -> list[str]: ...
+
+    def values(self, metric: str, final: str = "last") -> pd.Series: ...
 
 
 def higher_is_better(metric: str) -> bool:
@@ -39,7 +50,7 @@ def check_final(final: str) -> None:
         raise ValueError(f"final={final!r}; valid: {', '.join(FINALS)}")
 
 
-def metric_columns(results: Results, metrics: Sequence[str] | None) -> list[str]:
+def metric_columns(results: Tables, metrics: Sequence[str] | None) -> list[str]:
     """The :attr:`~Results.runs` columns named by ``metrics`` (default: every numeric ``final.*``
     column, then ``epochs`` and ``wall_time``)."""
     runs = results.runs
@@ -60,7 +71,7 @@ def metric_columns(results: Results, metrics: Sequence[str] | None) -> list[str]
     return columns
 
 
-def values(results: Results, metric: str, final: str = "last") -> pd.Series:
+def values(results: Tables, metric: str, final: str = "last") -> pd.Series:
     """See :meth:`Results.values <adaptgrad.results.Results.values>`."""
     check_final(final)
     name = metric.removeprefix("final.").removeprefix("best.")
@@ -80,7 +91,7 @@ def values(results: Results, metric: str, final: str = "last") -> pd.Series:
     return results.runs[column].astype("Float64")
 
 
-def summary(results: Results, metrics: Sequence[str] | None, by: Sequence[str] | None, final: str) -> pd.DataFrame:
+def summary(results: Tables, metrics: Sequence[str] | None, by: Sequence[str] | None, final: str) -> pd.DataFrame:
     """See :meth:`Results.summary <adaptgrad.results.Results.summary>`."""
     check_final(final)
     frame = pd.DataFrame({"run_id": results.runs["run_id"]})
@@ -100,7 +111,7 @@ def summary(results: Results, metrics: Sequence[str] | None, by: Sequence[str] |
     return table.reset_index(drop=not keys)
 
 
-def group_keys(results: Results, by: Sequence[str] | None) -> list[str]:
+def group_keys(results: Tables, by: Sequence[str] | None) -> list[str]:
     """``by`` (default: :meth:`~Results.varying_keys`), checked against the columns of ``runs``."""
     keys = results.varying_keys() if by is None else list(by)
     unknown = [key for key in keys if key not in results.runs.columns]
