@@ -81,7 +81,10 @@ thread) a step is bound by its op count rather than its arithmetic. The product 
 recurrent rows (D = inputs + units + 1 against k·n columns, about the FLOPs of the layer's
 weight gradient) takes about 0.5 ms of a ~9 ms batch. Adding Z and the bias before the loop
 (the step then only reads its bias) measured 1.44× on the GRU (a transpose per step) and 1.32×
-on the LSTM, within the noise: not kept.
+on the LSTM, within the noise; δ_t taken instead from the gradient at each step's state (a
+zero sequence added with ``add_n``, free in the loop) back through the step re-run on all
+B·T rows outside the loop measured 1.68× on the GRU (the re-run step and its vector-Jacobian
+product cost more than the loop input): neither kept.
 
 Limits (each a clear error, when attached; a mask when the step is traced): the consumer must be
 a ``Dense`` that reads the layer's output directly (a subclassed model: pass ``next_layer``); a
