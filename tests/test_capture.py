@@ -359,21 +359,24 @@ class SideBranch(keras.Model):
         return self.used(x)
 
 
-def test_layer_off_the_loss_path_is_an_error_not_zeros():
-    model = SideBranch()
+@pytest.mark.parametrize(
+    "make, layer, message",
+    [
+        (SideBranch, "unused", "does not reach the loss, or nothing trainable lies upstream"),  # off the loss path
+        (
+            lambda: keras.Sequential([keras.Input((3,)), keras.layers.Rescaling(2.0, name="scale"), keras.layers.Dense(1)]),
+            "scale",
+            "no gradient has reached layer 'scale'",
+        ),  # nothing trainable upstream
+    ],
+    ids=["off_the_loss_path", "nothing_trainable_upstream"],
+)
+def test_a_layer_no_gradient_reaches_is_an_error_not_zeros(make, layer, message):
+    model = make()
     model.compile(optimizer="sgd", loss="mse")
-    w = adaptgrad.watch(model, "unused")
+    w = adaptgrad.watch(model, layer)
     model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
-    with pytest.raises(RuntimeError, match="does not reach the loss, or nothing trainable lies upstream"):
-        w.stats()
-
-
-def test_nothing_trainable_upstream_is_an_error_not_zeros():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Rescaling(2.0, name="scale"), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
-    w = adaptgrad.watch(model, "scale")
-    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
-    with pytest.raises(RuntimeError, match="no gradient has reached layer 'scale'"):
+    with pytest.raises(RuntimeError, match=message):
         w.stats()
 
 
