@@ -11,7 +11,10 @@ through which Keras runs the layer, and reads its slots *when the train step is 
   around the layer's call and its time loop (the growth statistic, :mod:`adaptgrad.growth`),
   the first one innermost. With a loop wrapper the loop is :func:`through_time_loop` or
   :func:`generic_loop`, which carry every state the wrapper adds (GRU's and LSTM's own loops
-  keep only theirs); a wrapper may ask either for every step's output (``collect=True``).
+  keep only theirs); a wrapper may ask either for every step's output (``collect=True``) and
+  give each step a second input (``paired``: a nest of time-major sequences, step i of the loop
+  gets ``paired[T−1−i]``, the order in which the lean loop pops them, so that neither they nor
+  their gradients are reversed or transposed).
 
 and on an optimizer instance, :class:`ApplyHooks` replaces ``optimizer.apply`` so that listeners
 see each step's gradients before the optimizer uses them (the per-unit weight-gradient statistic).
@@ -111,10 +114,17 @@ class Hooks:
         if self.time_probe is None and not self.loop_wrappers:
             return self._original_inner_loop(sequences, initial_state, mask, training=training)
 
-        def loop(sequences: Any, initial_state: Any, mask: Any, training: bool = False, collect: bool = False) -> Any:
+        def loop(
+            sequences: Any,
+            initial_state: Any,
+            mask: Any,
+            training: bool = False,
+            collect: bool = False,
+            paired: Any = None,
+        ) -> Any:
             if self.time_probe is None:
-                return generic_loop(self.layer, sequences, initial_state, mask, training, collect)
-            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training, collect)
+                return generic_loop(self.layer, sequences, initial_state, mask, training, collect, paired)
+            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training, collect, paired)
 
         return _wrapped(loop, self.loop_wrappers)(sequences, initial_state, mask, training=training)
 
@@ -188,14 +198,21 @@ def invalidate_compiled(model: keras.Model) -> None:
 
 
 def generic_loop(
-    layer: keras.layers.RNN, sequences: Any, initial_state: Any, mask: Any, training: bool, collect: bool = False
+    layer: keras.layers.RNN,
+    sequences: Any,
+    initial_state: Any,
+    mask: Any,
+    training: bool,
+    collect: bool = False,
+    paired: Any = None,
 ) -> Any:
     """``keras.layers.RNN``'s time loop (no cuDNN), for ``sequences`` that may be a nest of
     tensors (the cell then gets the nest at each step): what a loop wrapper runs when no time
     probe is set. ``collect``: return every step's output (without a gradient unless the layer
-    returns them) whatever ``return_sequences`` is. Without a mask, for a cell whose output is
-    its first state, the loop is :func:`_popping_loop` (no output list to differentiate through
-    when the outputs are only collected); otherwise Keras's own."""
+    returns them) whatever ``return_sequences`` is. ``paired``: a nest of time-major sequences;
+    the cell then gets ``(x_t, paired[T−1−i])`` at step i (see the module docstring). Without a mask, for
+    a cell whose output is its first state, the loop is :func:`_popping_loop` (no output list to
+    differentiate through when the outputs are only collected); otherwise Keras's own."""
     cell_kwargs = {"training": training} if _keras.call_takes_training(layer.cell) else {}
     initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
 
@@ -206,9 +223,12 @@ def generic_loop(
     if mask is None and not layer.unroll:
         time_major = tf.nest.map_structure(lambda s: tf.transpose(s, [1, 0, *range(2, len(s.shape))]), sequences)
         # trace the step once on time 0, as Keras does, to see whether the output is state 0
-        output, first_states = cell_step(tf.nest.map_structure(lambda t: t[0], time_major), list(initial_state))
+        output, first_states = cell_step(_first_inputs(time_major, paired), list(initial_state))
         if output is first_states[0]:
-            return _popping_loop(cell_step, time_major, initial_state, None, None, layer, collect)
+            return _popping_loop(cell_step, time_major, initial_state, None, None, layer, collect, paired)
+    if paired is not None:
+        batch_major = tf.nest.map_structure(lambda p: tf.transpose(p, [1, 0, *range(2, len(p.shape))]), paired)
+        sequences = (sequences, _in_step_order(batch_major, layer.go_backwards, axis=1))
     return _keras.rnn(
         cell_step,
         sequences,
@@ -222,6 +242,17 @@ def generic_loop(
     )
 
 
+def _first_inputs(time_major: Any, paired: Any) -> Any:
+    """What the cell gets at the loop's first step (traced once before the loop, as Keras does)."""
+    first = tf.nest.map_structure(lambda t: t[0], time_major)
+    return first if paired is None else (first, tf.nest.map_structure(lambda p: p[-1], paired))
+
+
+def _in_step_order(paired: Any, go_backwards: bool, axis: int) -> Any:
+    """``paired`` (popping order) arranged for Keras's loop, which reads step i at time i (T−1−i going backwards)."""
+    return paired if go_backwards else tf.nest.map_structure(lambda p: tf.reverse(p, [axis]), paired)
+
+
 def through_time_loop(
     layer: keras.layers.RNN,
     time_probe: TimeProbe,
@@ -230,6 +261,7 @@ def through_time_loop(
     mask: Any,
     training: bool,
     collect: bool = False,
+    paired: Any = None,
 ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
     """The RNN time loop with an all-zero sequence ``z`` added to the hidden state at every step.
 
@@ -240,7 +272,7 @@ def through_time_loop(
     it; otherwise the loop keeps only what the layer returns. The probe gets the mask too: a
     masked step has no hidden state of its own (Keras carries the previous one), so it counts
     for nothing. ``collect``: return every step's output whatever ``return_sequences`` is, as
-    :func:`generic_loop`.
+    :func:`generic_loop`, and ``paired`` as there.
 
     How ``z`` enters the loop decides what the capture costs, because every op of a while loop
     costs several µs per step. Without a mask, for a cell whose output is its first state (all of
@@ -287,9 +319,12 @@ def through_time_loop(
     )
     if mask is None and not layer.unroll:
         # trace the step once on time 0, as Keras does, to see whether the output is state 0
-        output, first_states = cell_step(tf.nest.map_structure(lambda t: t[0], time_major), list(initial_state), z[0])
+        output, first_states = cell_step(_first_inputs(time_major, paired), list(initial_state), z[0])
         if output is first_states[0]:
-            return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, time_probe.needs_hidden or collect)
+            needed = time_probe.needs_hidden or collect
+            return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, needed, paired)
+    if paired is not None:
+        time_major = (time_major, _in_step_order(paired, layer.go_backwards, axis=0))
 
     def step(inputs: tuple[tf.Tensor, tf.Tensor], states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
         return cell_step(inputs[0], list(states), inputs[1])
@@ -308,10 +343,12 @@ def _popping_loop(
     hidden: dict[str, tf.Tensor] | None,
     layer: keras.layers.RNN,
     collect: bool,
+    paired: Any = None,
 ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
     """The time loop of a cell whose output is its first state, without a mask, as lean as a
-    while loop gets: the inputs and ``z`` (if any) are lists popped from the back (in the
-    backward loop each costs one push, and only if it needs a gradient), the last output is the
+    while loop gets: the inputs, ``paired`` and ``z`` (if any; both time-major, popped as they
+    are) are lists popped from the back (in the backward loop each costs one push, and only if it
+    needs a gradient; the cell gets ``(x_t, paired_t)``), the last output is the
     final state, and the outputs are pushed onto a list only when the layer returns them or
     ``collect`` asks for them (then without a gradient unless the layer returns them; with
     ``hidden``, the hidden states are gathered there in ``z``'s order for the probe)."""
@@ -319,7 +356,8 @@ def _popping_loop(
         time_major if layer.go_backwards else tf.nest.map_structure(lambda t: tf.reverse(t, [0]), time_major)
     )  # popped from the back
     flat_inputs = tf.nest.flatten(inputs)
-    lists = [*flat_inputs, *([] if z is None else [z])]
+    flat_paired = [] if paired is None else tf.nest.flatten(paired)
+    lists = [*flat_inputs, *flat_paired, *([] if z is None else [z])]
 
     def element_shape(tensor: tf.Tensor) -> tf.Tensor:
         return tf.constant([-1 if size is None else size for size in tensor.shape[1:]], tf.int32)
@@ -343,6 +381,8 @@ def _popping_loop(
         popped = [pop(handle, like) for handle, like in zip(handles, lists)]
         handles, values = [p[0] for p in popped], [p[1] for p in popped]
         x_t = tf.nest.pack_sequence_as(inputs, values[: len(flat_inputs)])
+        if paired is not None:
+            x_t = (x_t, tf.nest.pack_sequence_as(paired, values[len(flat_inputs) : len(flat_inputs) + len(flat_paired)]))
         output, new_states = cell_step(x_t, list(states), None if z is None else values[-1])
         if keep:  # no gradient flows back into the hidden states only collected
             pushed = output if layer.return_sequences else tf.stop_gradient(output)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 RNN_INNER_LOOP = "inner_loop"
 """The method of ``keras.layers.RNN`` that runs the time loop (``inner_loop(sequences,
@@ -98,10 +99,18 @@ def rnn(step: Callable[..., Any], inputs: Any, initial_states: list[Any], **opti
     Why private: the through-time loop must run a step function over time with every option
     Keras's own RNN layers honour (masks, ``go_backwards``, ``unroll``, ``time_major``,
     ``zero_output_for_mask``), exactly as ``RNN.inner_loop`` does; ``keras.ops.scan`` has none of
-    these. Public API needed: ``keras.ops.rnn``."""
+    these. Public API needed: ``keras.ops.rnn``.
+
+    ``inputs`` may be any nest: it goes to Keras flat, and ``step`` gets it packed again
+    (Keras's unrolled loop takes one level of nesting only)."""
     from keras.src import backend
 
-    return backend.rnn(step, inputs, initial_states, **options)
+    flat = tuple(tf.nest.flatten(inputs))
+
+    def packed_step(x: Any, states: Any) -> Any:
+        return step(tf.nest.pack_sequence_as(inputs, tf.nest.flatten(x)), states)
+
+    return backend.rnn(packed_step, flat if len(flat) > 1 else flat[0], initial_states, **options)
 
 
 def set_op_determinism(enabled: bool) -> None:

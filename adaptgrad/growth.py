@@ -106,7 +106,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adaptgrad import _instrument
+from adaptgrad import _cells, _instrument
 from adaptgrad.layers import find_layer
 from adaptgrad.units import consumer_chain
 
@@ -393,58 +393,77 @@ class GrowthWatch:
     def _loop(self, loop: Callable[..., Any], sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
         """The layer's time loop with a zero sequence Z added to the recurrent pre-activation at
         every step (its gradient is δ_t); M's recurrent rows are Σ_t x̄_{t−1}ᵀ δ_t, one product
-        outside the loop, x̄ computed from the loop's outputs."""
+        outside the loop, x̄ computed from the loop's outputs.
+
+        Z is time-major and paired with the steps in the order the loop pops it (step i gets
+        Z[T−1−i]), so that neither Z nor its gradient is transposed or reversed: at 64 units each
+        such copy of a (T, B, k·n) tensor costs about as much as the rest of the statistic."""
         if mask is not None:
             raise ValueError(f"growth statistic of layer {self.layer.name!r}: masked sequences are not supported")
         cell, layer = self._owner, self.layer
         columns = self.recurrent_columns
         seen: dict[str, tf.Tensor] = {}
 
-        def add_rows(g: tf.Tensor, finite: tf.Tensor) -> tf.Operation:
-            g = tf.reverse(g, [1]) if layer.go_backwards else g  # processing order, as x̄
-            previous = tf.pad(tf.cast(seen["xbar"][:, :-1], tf.float32), [[0, 0], [1, 0], [0, 0]])
-            return self._own.assign_add(tf.cast(tf.einsum("btd,btc->dc", previous, g), tf.float64))
+        def add_rows(g: tf.Tensor, finite: tf.Tensor) -> tf.Operation:  # g[k]: δ at step T−1−k
+            previous = tf.cast(seen["previous"], tf.float32)
+            return self._own.assign_add(tf.cast(tf.einsum("kbd,kbc->dc", previous, g), tf.float64))
 
-        z = self._probe(tf.concat([tf.shape(sequences)[:2], [columns]], 0), cell.kernel, add_rows)
+        steps_batch = tf.gather(tf.shape(sequences), [1, 0])
+        z = self._probe(tf.concat([steps_batch, [columns]], 0), cell.kernel, add_rows)
         original, bias = cell.call, getattr(cell, "bias", None)
+        opened = _cells.open_cell(cell, layer.compute_dtype)
         loop_swaps: dict[str, Any] = {}
-        if not isinstance(bias, keras.Variable):  # no bias: the input kernel gets identity rows, the input z_t
+        if opened is not None:  # Keras's cells: the input projection before the loop, z_t added in the step
+            x = tf.transpose(sequences if layer.go_backwards else tf.reverse(sequences, [1]), [1, 0, 2])  # popping order
+            projected = opened.project(x)
+            gru = opened.recurrent_bias is not None
+            paired: Any = (projected, opened.recurrent_bias + z) if gru else projected + z
+
+            def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
+                projected, added = inputs[1] if gru else (inputs[1], None)
+                return opened.step(projected, added, list(states))
+
+        elif isinstance(bias, keras.Variable):  # a user's cell: each step's bias (the bias plus z_t) made before the loop
+            paired = tf.cast(bias, z.dtype) + z
+
+            def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
+                x_t, bias_t = inputs
+                with _shadowed(cell, bias=bias_t):
+                    return original(x_t, states, **kwargs)
+
+        else:  # no bias: the input kernel gets identity rows, the input z_t
             kernel = tf.cast(cell.kernel, layer.compute_dtype)  # a variable read outside the cell is not autocast
             loop_swaps["kernel"] = tf.concat([kernel, tf.eye(columns, dtype=kernel.dtype)], axis=0)
-        gru = isinstance(cell, keras.layers.GRUCell)
+            paired = z
 
-        def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
-            if loop_swaps:
+            def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
                 return original(tf.concat(inputs, axis=-1), states, **kwargs)
-            x_t, z_t = inputs
-            own = tf.cast(bias, z_t.dtype)
-            if gru:  # the recurrent bias (row 1), inside the reset gate
-                step_bias = tf.stack([tf.broadcast_to(own[0], tf.shape(z_t)), own[1] + z_t])
-            else:
-                step_bias = own + z_t
-            with _shadowed(cell, bias=step_bias):
-                return original(x_t, states, **kwargs)
 
         with _shadowed(cell, call=call, **loop_swaps):
-            last, outputs, new_states = loop((sequences, z), initial_state, mask, training=training, collect=True)
-        seen["xbar"] = self._xbar(sequences, initial_state, outputs)
-        self._pending = seen["xbar"][:, -1]
+            last, outputs, new_states = loop(sequences, initial_state, mask, training=training, collect=True, paired=paired)
+        x_tilde = self._x_tilde(sequences, initial_state, outputs)
+        seen["previous"], self._pending = self._xbar(x_tilde)
         return last, outputs, new_states
 
-    def _xbar(self, sequences: tf.Tensor, initial_state: Any, outputs: tf.Tensor) -> tf.Tensor:
-        """x̄_t = Σ_{u≤t} λ^{t−u} x̃_u, x̃_u = [x_u ; ρ h_{u−1} ; bias entries], in processing order (B, T, D)."""
+    def _x_tilde(self, sequences: tf.Tensor, initial_state: Any, outputs: tf.Tensor) -> tf.Tensor:
+        """x̃_t = [x_t ; ρ h_{t−1} ; bias entries], in processing order (B, T, D), without a gradient."""
         lin = self.linearisation
         x = tf.reverse(sequences, [1]) if self.layer.go_backwards else sequences
         states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
-        h = tf.stop_gradient(tf.concat([states[0][:, None], outputs[:, :-1]], axis=1))
+        h = tf.concat([states[0][:, None], outputs[:, :-1]], axis=1)
         ones = tf.ones_like(x[..., :1])
-        x_tilde = tf.stop_gradient(tf.concat([x, lin.rho * h, *[value * ones for value in lin.bias]], axis=-1))
-        if lin.decay == 0.0:
-            return x_tilde
-        steps = tf.range(tf.shape(x)[1])
-        lag = steps[:, None] - steps[None, :]
-        weights = tf.where(lag >= 0, tf.pow(tf.cast(lin.decay, x.dtype), tf.cast(tf.maximum(lag, 0), x.dtype)), 0.0)
-        return tf.einsum("tu,bud->btd", weights, x_tilde)
+        return tf.stop_gradient(tf.concat([x, lin.rho * h, *[value * ones for value in lin.bias]], axis=-1))
+
+    def _xbar(self, x_tilde: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """With x̄_s = Σ_{u≤s} λ^{s−u} x̃_u: x̄_{T−2−k} at row k (0 for k = T − 1), time-major
+        (T, B, D) in the order Z's gradient comes back, and the last x̄_{T−1} (B, D)."""
+        decay = tf.cast(self.linearisation.decay, x_tilde.dtype)
+        steps = tf.shape(x_tilde)[1]
+        u = tf.range(steps)
+        lag = (steps - 2 - u)[:, None] - u[None, :]  # of x̄_{T−2−k} on x̃_u
+        weights = tf.where(lag >= 0, tf.pow(decay, tf.cast(tf.maximum(lag, 0), decay.dtype)), 0.0)
+        last = tf.pow(decay, tf.cast(steps - 1 - u, decay.dtype))  # of x̄_{T−1} on x̃_u (0⁰ = 1)
+        return tf.einsum("ku,bud->kbd", weights, x_tilde), tf.einsum("u,bud->bd", last, x_tilde)
 
     # -- in Python ------------------------------------------------------------------------------
 

@@ -234,24 +234,26 @@ def set_outgoing(layer, head, unit: int, outgoing: np.ndarray) -> None:
 
 @keras.saving.register_keras_serializable(package="tests")
 class TanhCell(keras.layers.Layer):
-    """A user's cell following Keras's conventions: h = tanh(x W + h₋ U + b)."""
+    """A user's cell following Keras's conventions: h = tanh(x W + h₋ U [+ b])."""
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        self.units = units
+        self.units, self.use_bias = units, use_bias
         self.state_size = units
 
     def build(self, input_shape):
         self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
         self.recurrent_kernel = self.add_weight(shape=(self.units, self.units), initializer="orthogonal", name="recurrent_kernel")
-        self.bias = self.add_weight(shape=(self.units,), initializer="random_normal", name="bias")
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self.units,), initializer="random_normal", name="bias")
 
     def call(self, inputs, states):
-        h = keras.ops.tanh(inputs @ self.kernel + states[0] @ self.recurrent_kernel + self.bias)
+        pre = inputs @ self.kernel + states[0] @ self.recurrent_kernel
+        h = keras.ops.tanh(pre + self.bias if self.use_bias else pre)
         return h, [h]
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias}
 
 
 class DenseModel(keras.Model):
@@ -266,7 +268,7 @@ class DenseModel(keras.Model):
 
 def growth_model(cell: str, kind: str, units: int = 4):
     """(model, layer, head, x, y) of the growth tests: :func:`build`'s models, a Dense(tanh) layer
-    (inputs: the last step's features), or the user's TanhCell."""
+    (inputs: the last step's features), or the user's TanhCell (with or without a bias)."""
     x, y = data(8)
     if cell == "dense":
         x = x[:, -1]
@@ -281,8 +283,9 @@ def growth_model(cell: str, kind: str, units: int = 4):
             inputs = keras.Input((FEATURES,))
             model = keras.Model(inputs, head(layer(inputs)))
         return model, layer, head, x, y
-    if cell == "user":
-        layer, head = keras.layers.RNN(TanhCell(units), name="rnn"), keras.layers.Dense(HEAD, name="head")
+    if cell in ("user", "user-no-bias"):
+        user = TanhCell(units, use_bias=cell == "user")
+        layer, head = keras.layers.RNN(user, name="rnn"), keras.layers.Dense(HEAD, name="head")
         inputs = keras.Input((STEPS, FEATURES))
         return keras.Model(inputs, head(layer(inputs))), layer, head, x, y
     model, layer, head = build(kind, cell, units=units)

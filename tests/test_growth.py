@@ -5,15 +5,17 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from cases import representative
 
 import adaptgrad
+from adaptgrad._cells import open_cell
 from adaptgrad.cells import MinimalRNNCell
 from adaptgrad.growth import linearisation, watch_growth
 
-from reference import HEAD, build, data, growth_model, incoming_gradient, set_outgoing
+from reference import FEATURES, HEAD, STEPS, TanhCell, build, data, growth_model, incoming_gradient, set_outgoing
 
-CELLS = ["minimal", "simple", "gru", "lstm", "user", "dense"]
+CELLS = ["minimal", "simple", "gru", "lstm", "user", "user-no-bias", "dense"]
 KINDS = ["sequential", "functional", "subclassed"]
 
 
@@ -34,7 +36,12 @@ def captured(model, layer, head, x, y, *, gated, through_time=None, jit_compile=
 @pytest.mark.parametrize(
     "cell, kind",
     representative(
-        [(c, k) for c in CELLS for k in KINDS], ("dense", "functional"), ("lstm", "functional"), ("gru", "subclassed")
+        [(c, k) for c in CELLS for k in KINDS],
+        ("dense", "functional"),
+        ("lstm", "functional"),
+        ("gru", "subclassed"),
+        ("user", "functional"),
+        ("user-no-bias", "functional"),
     ),
 )
 def test_new_unit_incoming_gradient_is_kappa_w_M_exactly(cell, kind):
@@ -62,11 +69,18 @@ def test_new_unit_incoming_gradient_is_kappa_w_M_exactly(cell, kind):
 
 
 @pytest.mark.parametrize(
-    "cell, option", representative([("gru", "go_backwards"), ("minimal", "unroll")], ("gru", "go_backwards"))
+    "cell, option",
+    representative(
+        [(c, o) for c in ("minimal", "gru", "lstm", "user") for o in ("go_backwards", "unroll")], ("gru", "go_backwards")
+    ),
 )
 def test_growth_statistic_is_exact_backwards_and_unrolled(cell, option):
-    model, layer, head = build("functional", cell, units=4, **{option: True})
-    x, y = data(8)
+    if cell == "user":
+        model, layer, head, x, y = growth_model(cell, "functional")
+        setattr(layer, option, True)
+    else:
+        model, layer, head = build("functional", cell, units=4, **{option: True})
+        x, y = data(8)
     statistic = captured(model, layer, head, x, y, gated=[1])
     outgoing = np.random.default_rng(7).normal(size=statistic.matrix.shape[0]).astype(np.float32)
     outgoing[HEAD:].reshape(statistic.linearisation.blocks, 4)[:, 1] = 0.0
@@ -84,6 +98,63 @@ def test_growth_statistic_is_the_same_beside_a_through_time_watch_and_under_xla(
     keras.utils.set_random_seed(0)
     xla = captured(*growth_model(cell, "functional"), gated=[1], jit_compile=True)
     np.testing.assert_allclose(xla.matrix, alone.matrix, rtol=1e-5, atol=1e-7)
+
+
+class OwnGRUCell(keras.layers.GRUCell):
+    """A subclass of Keras's GRUCell: its step may differ, so the growth loop must not write it out."""
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.layers.GRUCell(5),
+        lambda: keras.layers.LSTMCell(5),
+        lambda: keras.layers.LSTMCell(5, use_bias=False),
+        lambda: keras.layers.SimpleRNNCell(5),
+        lambda: keras.layers.SimpleRNNCell(5, use_bias=False, activation=None),
+        lambda: MinimalRNNCell(5),
+    ],
+    ids=["gru", "lstm", "lstm-no-bias", "simple", "simple-linear-no-bias", "minimal"],
+)
+def test_a_written_out_step_computes_what_the_keras_cell_computes(make):
+    cell = make()
+    cell.build((None, 3))
+    rng = np.random.default_rng(0)
+    for weight in cell.weights:  # a bias that is not 0, recurrent weights that matter
+        weight.assign(rng.normal(size=weight.shape).astype(np.float32))
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    states = [rng.normal(size=(4, 5)).astype(np.float32) for _ in tf.nest.flatten(cell.state_size)]
+    opened = open_cell(cell, "float32")
+    output, new_states = opened.step(opened.project(x), opened.recurrent_bias, states)
+    expected, expected_states = cell(x, states)
+    np.testing.assert_allclose(output, expected, rtol=1e-6, atol=1e-6)
+    for state, reference in zip(new_states, tf.nest.flatten(expected_states)):
+        np.testing.assert_allclose(state, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: keras.layers.GRUCell(5, reset_after=False), lambda: OwnGRUCell(5), lambda: TanhCell(5)]
+)
+def test_other_cells_are_not_written_out(make):
+    cell = make()
+    cell.build((None, 3))
+    assert open_cell(cell, "float32") is None
+
+
+def loop_matmuls(model: keras.Model) -> int:
+    """The MatMul ops in the body of ``model``'s time loop, traced in training mode."""
+    trace = tf.function(lambda x: model(x, training=True))
+    graph = trace.get_concrete_function(tf.TensorSpec((None, STEPS, FEATURES), tf.float32)).graph.as_graph_def()
+    (body,) = [function for function in graph.library.function if "while_body" in function.signature.name]
+    return sum(node.op == "MatMul" for node in body.node_def)
+
+
+@pytest.mark.parametrize("cell", representative(["minimal", "simple", "gru", "lstm", "user"], "gru", "user"))
+def test_the_growth_loop_takes_the_input_projection_out_of_the_step_of_known_cells(cell):
+    model, layer, *_ = growth_model(cell, "functional")
+    plain = loop_matmuls(model)
+    watch_growth(model, layer)
+    assert (plain, loop_matmuls(model)) == (2, 2 if cell == "user" else 1)
 
 
 def test_watch_growth_leaves_training_unchanged_and_removes_cleanly():
