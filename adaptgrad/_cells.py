@@ -7,7 +7,7 @@ Example:
     >>> cell.build((None, 3))
     >>> opened = open_cell(cell, "float32")
     >>> x, h = tf.ones((2, 3)), tf.fill((2, 4), 0.5)
-    >>> output, _ = opened.step(opened.project(x), opened.recurrent_bias, [h])
+    >>> output, _ = opened.step(opened.project(x), [h], tf.identity)
     >>> bool(np.allclose(output, cell(x, [h])[0], rtol=1e-6))
     True
 
@@ -39,7 +39,8 @@ from adaptgrad.cells import MinimalRNNCell
 
 __all__ = ["OpenCell", "open_cell"]
 
-Step = Callable[[tf.Tensor, tf.Tensor | None, list[tf.Tensor]], tuple[tf.Tensor, list[tf.Tensor]]]
+Probe = Callable[[tf.Tensor], tf.Tensor]
+Step = Callable[[tf.Tensor, list[tf.Tensor], Probe], tuple[tf.Tensor, list[tf.Tensor]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +49,10 @@ class OpenCell:
 
     project: Callable[[tf.Tensor], tf.Tensor]
     """x (..., inputs) → x W plus the bias (GRU: its input bias), (..., k·n), any leading axes."""
-    recurrent_bias: tf.Tensor | None
-    """The GRU's recurrent bias (3n,); None for a cell whose only pre-activation is the projection plus h U."""
     step: Step
-    """``(projection_t, added_t, states) -> (output, new_states)``, ``added_t`` in place of the
-    recurrent bias (None without one)."""
+    """``(projection_t, states, probe) -> (output, new_states)``; ``probe`` (an identity for the
+    values) is applied to the recurrent product h U, whose gradient is the loss gradient at the
+    recurrent pre-activation."""
 
 
 def open_cell(cell: keras.layers.Layer, dtype: str) -> OpenCell | None:
@@ -66,7 +66,7 @@ def open_cell(cell: keras.layers.Layer, dtype: str) -> OpenCell | None:
     columns = int(kernel.shape[-1])
     bias = tf.cast(cell.bias, dtype) if isinstance(getattr(cell, "bias", None), keras.Variable) else None
 
-    def projection(x: tf.Tensor, input_bias: tf.Tensor | None = None) -> tf.Tensor:
+    def projection(x: tf.Tensor, input_bias: tf.Tensor | None) -> tf.Tensor:
         flat = tf.matmul(tf.reshape(x, [-1, int(x.shape[-1])]), kernel)
         flat = flat if input_bias is None else flat + input_bias
         return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [columns]], 0))
@@ -75,35 +75,34 @@ def open_cell(cell: keras.layers.Layer, dtype: str) -> OpenCell | None:
     if kind is keras.layers.GRUCell and cell.reset_after and bias is not None and cell.implementation == 2:
         units = columns // 3
 
-        def gru(projected: tf.Tensor, added: tf.Tensor, states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        def gru(projected: tf.Tensor, states: list[tf.Tensor], probe: Probe) -> tuple[tf.Tensor, list[tf.Tensor]]:
             h_tm1 = states[0]
             x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
-            inner = tf.matmul(h_tm1, recurrent) + added
+            inner = probe(tf.matmul(h_tm1, recurrent)) + bias[1]
             z = cell.recurrent_activation(x_z + inner[:, :units])
             r = cell.recurrent_activation(x_r + inner[:, units : 2 * units])
             hh = cell.activation(x_h + r * inner[:, 2 * units :])
             h = z * h_tm1 + (1 - z) * hh
             return h, [h]
 
-        return OpenCell(lambda x: projection(x, bias[0]), bias[1], gru)
+        return OpenCell(lambda x: projection(x, bias[0]), gru)
     if kind is keras.layers.LSTMCell and cell.implementation == 2:
 
-        def lstm(projected: tf.Tensor, added: None, states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        def lstm(projected: tf.Tensor, states: list[tf.Tensor], probe: Probe) -> tuple[tf.Tensor, list[tf.Tensor]]:
             h_tm1, c_tm1 = states[0], states[1]
-            gates = projected + tf.matmul(h_tm1, recurrent)
-            i, f, c, o = tf.split(gates, 4, axis=-1)
+            i, f, c, o = tf.split(projected + probe(tf.matmul(h_tm1, recurrent)), 4, axis=-1)
             c = cell.recurrent_activation(f) * c_tm1 + cell.recurrent_activation(i) * cell.activation(c)
             h = cell.recurrent_activation(o) * cell.activation(c)
             return h, [h, c]
 
-        return OpenCell(lambda x: projection(x, bias), None, lstm)
+        return OpenCell(lambda x: projection(x, bias), lstm)
     if kind in (keras.layers.SimpleRNNCell, MinimalRNNCell):
         activation = getattr(cell, "activation", None)
 
-        def simple(projected: tf.Tensor, added: None, states: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            output = projected + tf.matmul(states[0], recurrent)
+        def simple(projected: tf.Tensor, states: list[tf.Tensor], probe: Probe) -> tuple[tf.Tensor, list[tf.Tensor]]:
+            output = projected + probe(tf.matmul(states[0], recurrent))
             output = output if activation is None else activation(output)
             return output, [output]
 
-        return OpenCell(lambda x: projection(x, bias), None, simple)
+        return OpenCell(lambda x: projection(x, bias), simple)
     return None

@@ -348,11 +348,12 @@ class GrowthWatch:
 
     # -- in the graph ---------------------------------------------------------------------------
 
-    def _probe(self, shape: Any, anchor: Any, add: Callable[[tf.Tensor, tf.Tensor], Any]) -> tf.Tensor:
-        """A zero tensor whose gradient (one batch's, unscaled, float32) goes to ``add(g, finite)``
-        inside the train step; under a loss scale, a batch whose gradient overflowed (Keras skips
-        its step) gives zeros and ``finite`` False."""
-        zero = tf.cast(tf.reshape(anchor, [-1])[0], self.layer.compute_dtype) * 0
+    def _probe(self, shape: Any, anchor: Any, add: Callable[[tf.Tensor, tf.Tensor], Any], dtype: Any = None) -> tf.Tensor:
+        """A zero tensor (``dtype``, default the layer's compute dtype) whose gradient (one
+        batch's, unscaled, float32) goes to ``add(g, finite)`` inside the train step; under a loss
+        scale, a batch whose gradient overflowed (Keras skips its step) gives zeros and ``finite``
+        False."""
+        zero = tf.cast(tf.reshape(anchor, [-1])[0], dtype or self.layer.compute_dtype) * 0
 
         @tf.custom_gradient
         def identity(a: tf.Tensor) -> Any:
@@ -391,79 +392,69 @@ class GrowthWatch:
             return call(*args, **kwargs)
 
     def _loop(self, loop: Callable[..., Any], sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
-        """The layer's time loop with a zero sequence Z added to the recurrent pre-activation at
-        every step (its gradient is δ_t); M's recurrent rows are Σ_t x̄_{t−1}ᵀ δ_t, one product
-        outside the loop, x̄ computed from the loop's outputs.
-
-        Z is time-major and paired with the steps in the order the loop pops it (step i gets
-        Z[T−1−i]), so that neither Z nor its gradient is transposed or reversed: at 64 units each
-        such copy of a (T, B, k·n) tensor costs about as much as the rest of the statistic."""
+        """The layer's time loop, carrying x̄ as one more state, with the recurrent pre-activation
+        passed through :meth:`_rows` at every step: M's recurrent rows accumulate inside the
+        backward loop as the gradient of a zero matrix A."""
         if mask is not None:
             raise ValueError(f"growth statistic of layer {self.layer.name!r}: masked sequences are not supported")
-        cell, layer = self._owner, self.layer
-        columns = self.recurrent_columns
-        seen: dict[str, tf.Tensor] = {}
-
-        def add_rows(g: tf.Tensor, finite: tf.Tensor) -> tf.Operation:  # g[k]: δ at step T−1−k
-            previous = tf.cast(seen["previous"], tf.float32)
-            return self._own.assign_add(tf.cast(tf.einsum("kbd,kbc->dc", previous, g), tf.float64))
-
-        steps_batch = tf.gather(tf.shape(sequences), [1, 0])
-        z = self._probe(tf.concat([steps_batch, [columns]], 0), cell.kernel, add_rows)
+        cell, layer, lin = self._owner, self.layer, self.linearisation
+        dtype = layer.compute_dtype
+        a = self._probe((self.width, self.recurrent_columns), cell.kernel, self._add_own, dtype=tf.float32)
+        batch = tf.shape(sequences)[0]
+        entries = [tf.fill([batch, 1], tf.constant(value, dtype)) for value in lin.bias]  # x̃'s bias entries
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        opened = _cells.open_cell(cell, dtype)
         original, bias = cell.call, getattr(cell, "bias", None)
-        opened = _cells.open_cell(cell, layer.compute_dtype)
         loop_swaps: dict[str, Any] = {}
-        if opened is not None:  # Keras's cells: the input projection before the loop, z_t added in the step
-            x = tf.transpose(sequences if layer.go_backwards else tf.reverse(sequences, [1]), [1, 0, 2])  # popping order
-            projected = opened.project(x)
-            gru = opened.recurrent_bias is not None
-            paired: Any = (projected, opened.recurrent_bias + z) if gru else projected + z
+        paired = None
+        if opened is not None:  # Keras's cells: the input projection before the loop (in the order the loop pops it)
+            paired = opened.project(tf.transpose(sequences if layer.go_backwards else tf.reverse(sequences, [1]), [1, 0, 2]))
+        elif not isinstance(bias, keras.Variable):  # no bias: the input kernel gets identity rows, the input a zero
+            kernel = tf.cast(cell.kernel, dtype)  # a variable read outside the cell is not autocast
+            loop_swaps["kernel"] = tf.concat([kernel, tf.eye(self.recurrent_columns, dtype=kernel.dtype)], axis=0)
 
-            def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
-                projected, added = inputs[1] if gru else (inputs[1], None)
-                return opened.step(projected, added, list(states))
+        def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
+            *states, xbar = states  # x̄_{t−1}
+            x_t, projected = inputs if opened is not None else (inputs, None)
+            h_tm1 = tf.stop_gradient(states[0])
+            x_tilde = tf.concat([x_t, h_tm1 if lin.rho == 1.0 else lin.rho * h_tm1, *entries], axis=-1)
+            new_xbar = x_tilde if lin.decay == 0.0 else lin.decay * xbar + x_tilde
 
-        elif isinstance(bias, keras.Variable):  # a user's cell: each step's bias (the bias plus z_t) made before the loop
-            paired = tf.cast(bias, z.dtype) + z
+            def rows(value: tf.Tensor) -> tf.Tensor:
+                return self._rows(value, a, xbar)
 
-            def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
-                x_t, bias_t = inputs
-                with _shadowed(cell, bias=bias_t):
-                    return original(x_t, states, **kwargs)
+            if opened is not None:
+                output, new_states = opened.step(projected, states, rows)
+            elif loop_swaps:
+                output, new_states = original(tf.concat([x_t, rows(tf.zeros_like(x_tilde[:, :1]) * tf.zeros([self.recurrent_columns], dtype))], -1), states, **kwargs)
+            else:
+                with _shadowed(cell, bias=rows(tf.broadcast_to(tf.cast(bias, dtype), [batch, self.recurrent_columns]))):
+                    output, new_states = original(x_t, states, **kwargs)
+            new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
+            return output, [*new_states, tf.stop_gradient(new_xbar)]
 
-        else:  # no bias: the input kernel gets identity rows, the input z_t
-            kernel = tf.cast(cell.kernel, layer.compute_dtype)  # a variable read outside the cell is not autocast
-            loop_swaps["kernel"] = tf.concat([kernel, tf.eye(columns, dtype=kernel.dtype)], axis=0)
-            paired = z
-
-            def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
-                return original(tf.concat(inputs, axis=-1), states, **kwargs)
-
+        xbar0 = tf.zeros([batch, self.width], dtype)
         with _shadowed(cell, call=call, **loop_swaps):
-            last, outputs, new_states = loop(sequences, initial_state, mask, training=training, collect=True, paired=paired)
-        x_tilde = self._x_tilde(sequences, initial_state, outputs)
-        seen["previous"], self._pending = self._xbar(x_tilde)
-        return last, outputs, new_states
+            last, outputs, new_states = loop(sequences, [*states, xbar0], mask, training=training, paired=paired)
+        self._pending = new_states[-1]  # x̄ at the last step, read by the consumer
+        return last, outputs, new_states[:-1]
 
-    def _x_tilde(self, sequences: tf.Tensor, initial_state: Any, outputs: tf.Tensor) -> tf.Tensor:
-        """x̃_t = [x_t ; ρ h_{t−1} ; bias entries], in processing order (B, T, D), without a gradient."""
-        lin = self.linearisation
-        x = tf.reverse(sequences, [1]) if self.layer.go_backwards else sequences
-        states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
-        h = tf.concat([states[0][:, None], outputs[:, :-1]], axis=1)
-        ones = tf.ones_like(x[..., :1])
-        return tf.stop_gradient(tf.concat([x, lin.rho * h, *[value * ones for value in lin.bias]], axis=-1))
+    @staticmethod
+    def _rows(value: tf.Tensor, a: tf.Tensor, xbar: tf.Tensor) -> tf.Tensor:
+        """``value`` (a recurrent pre-activation term, batch × k·n); its gradient δ_t adds
+        x̄_{t−1}ᵀ δ_t (float32) to the gradient of ``a``."""
 
-    def _xbar(self, x_tilde: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """With x̄_s = Σ_{u≤s} λ^{s−u} x̃_u: x̄_{T−2−k} at row k (0 for k = T − 1), time-major
-        (T, B, D) in the order Z's gradient comes back, and the last x̄_{T−1} (B, D)."""
-        decay = tf.cast(self.linearisation.decay, x_tilde.dtype)
-        steps = tf.shape(x_tilde)[1]
-        u = tf.range(steps)
-        lag = (steps - 2 - u)[:, None] - u[None, :]  # of x̄_{T−2−k} on x̃_u
-        weights = tf.where(lag >= 0, tf.pow(decay, tf.cast(tf.maximum(lag, 0), decay.dtype)), 0.0)
-        last = tf.pow(decay, tf.cast(steps - 1 - u, decay.dtype))  # of x̄_{T−1} on x̃_u (0⁰ = 1)
-        return tf.einsum("ku,bud->kbd", weights, x_tilde), tf.einsum("u,bud->bd", last, x_tilde)
+        @tf.custom_gradient
+        def identity(v: tf.Tensor, _: tf.Tensor) -> Any:
+            def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return g, tf.matmul(tf.cast(xbar, tf.float32), tf.cast(g, tf.float32), transpose_a=True)
+
+            return tf.identity(v), grad
+
+        return identity(value, a)
+
+    def _add_own(self, g: tf.Tensor, finite: tf.Tensor) -> tf.Operation:
+        return self._own.assign_add(tf.cast(g, tf.float64))
 
     # -- in Python ------------------------------------------------------------------------------
 

@@ -125,7 +125,7 @@ def test_a_written_out_step_computes_what_the_keras_cell_computes(make):
     x = rng.normal(size=(4, 3)).astype(np.float32)
     states = [rng.normal(size=(4, 5)).astype(np.float32) for _ in tf.nest.flatten(cell.state_size)]
     opened = open_cell(cell, "float32")
-    output, new_states = opened.step(opened.project(x), opened.recurrent_bias, states)
+    output, new_states = opened.step(opened.project(x), states, tf.identity)
     expected, expected_states = cell(x, states)
     np.testing.assert_allclose(output, expected, rtol=1e-6, atol=1e-6)
     for state, reference in zip(new_states, tf.nest.flatten(expected_states)):
