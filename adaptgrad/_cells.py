@@ -11,20 +11,18 @@ Example:
     >>> bool(np.allclose(output, cell(x, [h])[0], rtol=1e-6))
     True
 
-Why: the growth statistic (:mod:`adaptgrad.growth`) adds a zero sequence to a recurrent layer's
-recurrent pre-activation inside the time loop. Through the cell's own ``call`` the addition can
-only ride on the bias, which for a GRU means a (2, batch, 3n) bias at every step and an input
-matmul no longer fused with its bias: measured, 0.3× of a plain epoch at 64 units. Written out,
-the input projection x_t W plus the bias, which does not depend on the state, is one matmul over
-all steps before the loop instead of one per step, and the addition costs nothing in the loop:
-an LSTM and a SimpleRNN add x W, h U and the bias into one pre-activation, so the addition joins
-the projection; a GRU's recurrent pre-activation ``h U + b_rec`` is its own (the reset gate
-multiplies it), so the step takes it as ``added``, the recurrent bias plus the addition, in place
-of the recurrent bias.
+Why: the growth statistic (:mod:`adaptgrad.growth`) needs the loss gradient at a recurrent
+layer's recurrent pre-activation, at every step, for every example. Through the cell's own
+``call`` the only place to catch it is the bias, which for a GRU means a (2, batch, 3n) bias at
+every step and an input matmul no longer fused with its bias. Written out, the step passes its
+recurrent product h U through the caller's ``probe`` (the GRU's ``h U`` before its recurrent
+bias and reset gate, the LSTM's and SimpleRNN's ``h U`` beside ``x W + b``: the same gradient
+as the pre-activation's), and the input projection x_t W plus the bias, which does not depend
+on the state, is one matmul over all steps before the loop instead of one per step.
 
 Each step is Keras 3.15's ``call`` (``implementation=2``, no dropout; GRU ``reset_after=True``)
-with those two changes, so its values agree with Keras's to rounding (the LSTM adds its bias
-before h U); ``tests/test_growth.py`` compares each with Keras's cell.
+with the projection precomputed, so its values agree with Keras's to rounding (the LSTM adds its
+bias before h U); ``tests/test_growth.py`` compares each with Keras's cell.
 """
 
 from __future__ import annotations

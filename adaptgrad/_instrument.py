@@ -11,10 +11,9 @@ through which Keras runs the layer, and reads its slots *when the train step is 
   around the layer's call and its time loop (the growth statistic, :mod:`adaptgrad.growth`),
   the first one innermost. With a loop wrapper the loop is :func:`through_time_loop` or
   :func:`generic_loop`, which carry every state the wrapper adds (GRU's and LSTM's own loops
-  keep only theirs); a wrapper may ask either for every step's output (``collect=True``) and
-  give each step a second input (``paired``: a nest of time-major sequences, step i of the loop
-  gets ``paired[T−1−i]``, the order in which the lean loop pops them, so that neither they nor
-  their gradients are reversed or transposed).
+  keep only theirs); a wrapper may give each step a second input (``paired``: a nest of
+  time-major sequences, step i of the loop gets ``paired[T−1−i]``, the order in which the lean
+  loop pops them, so that neither they nor their gradients are reversed or transposed).
 
 and on an optimizer instance, :class:`ApplyHooks` replaces ``optimizer.apply`` so that listeners
 see each step's gradients before the optimizer uses them (the per-unit weight-gradient statistic).
@@ -119,12 +118,11 @@ class Hooks:
             initial_state: Any,
             mask: Any,
             training: bool = False,
-            collect: bool = False,
             paired: Any = None,
         ) -> Any:
             if self.time_probe is None:
-                return generic_loop(self.layer, sequences, initial_state, mask, training, collect, paired)
-            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training, collect, paired)
+                return generic_loop(self.layer, sequences, initial_state, mask, training, paired)
+            return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training, paired)
 
         return _wrapped(loop, self.loop_wrappers)(sequences, initial_state, mask, training=training)
 
@@ -203,16 +201,14 @@ def generic_loop(
     initial_state: Any,
     mask: Any,
     training: bool,
-    collect: bool = False,
     paired: Any = None,
 ) -> Any:
     """``keras.layers.RNN``'s time loop (no cuDNN), for ``sequences`` that may be a nest of
     tensors (the cell then gets the nest at each step): what a loop wrapper runs when no time
-    probe is set. ``collect``: return every step's output (without a gradient unless the layer
-    returns them) whatever ``return_sequences`` is. ``paired``: a nest of time-major sequences;
-    the cell then gets ``(x_t, paired[T−1−i])`` at step i (see the module docstring). Without a mask, for
-    a cell whose output is its first state, the loop is :func:`_popping_loop` (no output list to
-    differentiate through when the outputs are only collected); otherwise Keras's own."""
+    probe is set. ``paired``: a nest of time-major sequences; the cell then gets ``(x_t,
+    paired[T−1−i])`` at step i (see the module docstring). Without a mask, for a cell whose output
+    is its first state, the loop is :func:`_popping_loop` (no output list unless the layer returns
+    every step's output); otherwise Keras's own."""
     cell_kwargs = {"training": training} if _keras.call_takes_training(layer.cell) else {}
     initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
 
@@ -225,7 +221,7 @@ def generic_loop(
         # trace the step once on time 0, as Keras does, to see whether the output is state 0
         output, first_states = cell_step(_first_inputs(time_major, paired), list(initial_state))
         if output is first_states[0]:
-            return _popping_loop(cell_step, time_major, initial_state, None, None, layer, collect, paired)
+            return _popping_loop(cell_step, time_major, initial_state, None, None, layer, False, paired)
     if paired is not None:
         batch_major = tf.nest.map_structure(lambda p: tf.transpose(p, [1, 0, *range(2, len(p.shape))]), paired)
         sequences = (sequences, _in_step_order(batch_major, layer.go_backwards, axis=1))
@@ -238,7 +234,7 @@ def generic_loop(
         unroll=layer.unroll,
         input_length=tf.nest.flatten(sequences)[0].shape[1],
         zero_output_for_mask=layer.zero_output_for_mask,
-        return_all_outputs=layer.return_sequences or collect,
+        return_all_outputs=layer.return_sequences,
     )
 
 
@@ -260,7 +256,6 @@ def through_time_loop(
     initial_state: list[tf.Tensor],
     mask: Any,
     training: bool,
-    collect: bool = False,
     paired: Any = None,
 ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
     """The RNN time loop with an all-zero sequence ``z`` added to the hidden state at every step.
@@ -271,8 +266,7 @@ def through_time_loop(
     probe ``needs_hidden`` (activation terms), the hidden states of every step are collected for
     it; otherwise the loop keeps only what the layer returns. The probe gets the mask too: a
     masked step has no hidden state of its own (Keras carries the previous one), so it counts
-    for nothing. ``collect``: return every step's output whatever ``return_sequences`` is, as
-    :func:`generic_loop`, and ``paired`` as there.
+    for nothing. ``paired`` as in :func:`generic_loop`.
 
     How ``z`` enters the loop decides what the capture costs, because every op of a while loop
     costs several µs per step. Without a mask, for a cell whose output is its first state (all of
@@ -315,14 +309,13 @@ def through_time_loop(
         input_length=first.shape[1],
         time_major=True,
         zero_output_for_mask=layer.zero_output_for_mask,
-        return_all_outputs=layer.return_sequences or time_probe.needs_hidden or collect,
+        return_all_outputs=layer.return_sequences or time_probe.needs_hidden,
     )
     if mask is None and not layer.unroll:
         # trace the step once on time 0, as Keras does, to see whether the output is state 0
         output, first_states = cell_step(_first_inputs(time_major, paired), list(initial_state), z[0])
         if output is first_states[0]:
-            needed = time_probe.needs_hidden or collect
-            return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, needed, paired)
+            return _popping_loop(cell_step, time_major, initial_state, z, hidden, layer, time_probe.needs_hidden, paired)
     if paired is not None:
         time_major = (time_major, _in_step_order(paired, layer.go_backwards, axis=0))
 

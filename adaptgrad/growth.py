@@ -57,34 +57,35 @@ How it is captured, inside the compiled train step (the pattern of :mod:`adaptgr
 - the consumer: a zero matrix A (D × C) adds ``x̄ A`` to the consumer ``Dense``'s pre-activation
   (its activation's input) at the step it reads; the loss does not change (A = 0) and A's
   gradient function adds ∂L/∂A = Σ x̄ δᵀ into a float64 variable;
-- the layer's own gates: a zero sequence Z (B, T, k·n) runs through the time loop beside the
-  input sequence and is added at each step to the recurrent pre-activation (the step's bias: a
-  GRU's recurrent bias, inside the reset gate; a cell without a bias gets an input kernel
-  extended by identity rows). Z's gradient is every δ_t at once, outside the loop, where one
-  product Σ_t x̄_{t−1}ᵀ δ_t (float32, summed into float64) adds into a second variable;
-- x̄: from the loop's inputs and every step's output, which the loop collects without a gradient
-  (``collect=True``), with the decay as a T × T lower-triangular matrix, outside the loop.
+- the layer's own gates: x̄ runs through the time loop as one more state (without a gradient),
+  and at every step the recurrent pre-activation passes through an identity whose gradient
+  function gets δ_t and adds x̄_{t−1}ᵀ δ_t (float32) to the gradient of a zero matrix A′ (D × k·n)
+  that the step reads but does not use. TensorFlow sums the gradient of a tensor a loop reads
+  over the steps, so ∂L/∂A′ = Σ_t x̄_{t−1}ᵀ δ_t, M's recurrent rows, leaves the backward loop
+  complete, and A′'s gradient function adds it into a second float64 variable. Where the identity
+  sits: Keras's GRU, LSTM and SimpleRNN cells and the MinimalRNN run written out
+  (:mod:`adaptgrad._cells`), the identity on h U, and their input projection x W (+ bias) is one
+  matmul over all steps before the loop; a user's cell gets its bias through the identity (one
+  row per example), or, without a bias, an input kernel extended by identity rows and a zero
+  input through the identity;
+- x̄ for the consumer: the loop's last x̄ state.
 
 Under a loss scale the gradients are unscaled, and a step Keras skips (overflow) counts for
-nothing. Cost: inside the loop, a pop of Z_t, one addition to the bias per step (forward and
-backward) and a push of each step's output; outside it, O(B·T·D·(C + T)) per batch in two
-einsums. The loop is :func:`adaptgrad._instrument.generic_loop`'s lean while loop (no cuDNN),
-as for through-time capture; it keeps no output list to differentiate through (the layer's
-output is its last state). Measured by ``scripts/bench_growth.py`` (64 units, 20 steps, batch
-64, one TensorFlow thread, 15 interleaved rounds, a quiet 2-core VM): GRU 1.33×, LSTM 1.35× the
-wall time of plain ``fit`` (±0.05 between runs); Keras's own loop, with every output
-differentiable, measured 1.48× and 1.4–1.5×. What remains is getting δ_t out of the loop: Z
-is a differentiable loop input, and each step gains a read, a (batch × k·n) addition in place
-of the bias add, and in the backward loop the broadcast-gradient bookkeeping of that addition
-(the batch dimension is dynamic) and a write of δ_t — at this size (batch 64 × 64 units, one
-thread) a step is bound by its op count rather than its arithmetic. The product for M's
-recurrent rows (D = inputs + units + 1 against k·n columns, about the FLOPs of the layer's
-weight gradient) takes about 0.5 ms of a ~9 ms batch. Adding Z and the bias before the loop
-(the step then only reads its bias) measured 1.44× on the GRU (a transpose per step) and 1.32×
-on the LSTM, within the noise; δ_t taken instead from the gradient at each step's state (a
-zero sequence added with ``add_n``, free in the loop) back through the step re-run on all
-B·T rows outside the loop measured 1.68× on the GRU (the re-run step and its vector-Jacobian
-product cost more than the loop input): neither kept.
+nothing. Cost per step: building x̃_t and x̄_t (a concatenation, a multiply-add), the identity,
+and in the backward loop one (D × batch) · (batch × k·n) product, which does not lie on the
+recurrence's chain, so a second thread runs it beside the chain. The loop is
+:func:`adaptgrad._instrument.generic_loop`'s lean while loop (no cuDNN), as for through-time
+capture. Measured by ``scripts/bench_growth.py`` (64 units, 20 steps, 8 features, batch 64, 15
+interleaved rounds, a quiet 2-core VM), the wall time of ``fit`` with the statistic over plain
+``fit``, one TensorFlow thread / two: GRU 1.09× / 1.10×, LSTM 1.15× / 1.11×, SimpleRNN 1.07× /
+1.07×, MinimalRNN 1.03× / 1.22× (±0.05 between runs). Earlier designs, measured the same way
+(one thread): a zero sequence Z (batch × T × k·n) as a second loop input added to the step's
+bias, its gradient (every δ_t) multiplied by x̄ after the loop, with Keras's own loop 1.48×
+(GRU), with the lean loop 1.33× (GRU) and 1.35× (LSTM): per batch, Z and its gradient were
+transposed and reversed to and from the loop's order (about as much as the rest), the two
+products after the loop took ~0.7 ms of a ~8 ms batch and a GRU's bias became a (2, batch, 3n)
+stack every step, unfusing its input matmul; δ_t from the gradient at each step's state taken
+back through the step re-run on all batch × T rows after the loop: 1.68×.
 
 Limits (each a clear error, when attached; a mask when the step is traced): the consumer must be
 a ``Dense`` that reads the layer's output directly (a subclassed model: pass ``next_layer``); a
@@ -394,7 +395,7 @@ class GrowthWatch:
     def _loop(self, loop: Callable[..., Any], sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
         """The layer's time loop, carrying x̄ as one more state, with the recurrent pre-activation
         passed through :meth:`_rows` at every step: M's recurrent rows accumulate inside the
-        backward loop as the gradient of a zero matrix A."""
+        backward loop as the gradient of a zero matrix A′ (see the module docstring)."""
         if mask is not None:
             raise ValueError(f"growth statistic of layer {self.layer.name!r}: masked sequences are not supported")
         cell, layer, lin = self._owner, self.layer, self.linearisation
@@ -404,21 +405,23 @@ class GrowthWatch:
         entries = [tf.fill([batch, 1], tf.constant(value, dtype)) for value in lin.bias]  # x̃'s bias entries
         states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
         opened = _cells.open_cell(cell, dtype)
-        original, bias = cell.call, getattr(cell, "bias", None)
+        original, bias, columns = cell.call, getattr(cell, "bias", None), self.recurrent_columns
         loop_swaps: dict[str, Any] = {}
         paired = None
         if opened is not None:  # Keras's cells: the input projection before the loop (in the order the loop pops it)
             paired = opened.project(tf.transpose(sequences if layer.go_backwards else tf.reverse(sequences, [1]), [1, 0, 2]))
-        elif not isinstance(bias, keras.Variable):  # no bias: the input kernel gets identity rows, the input a zero
+        elif isinstance(bias, keras.Variable):  # a user's cell: its bias, one row per example, goes through _rows
+            step_bias = tf.broadcast_to(tf.cast(bias, dtype), [batch, columns])
+        else:  # a user's cell without a bias: the input kernel gets identity rows, the input a zero through _rows
             kernel = tf.cast(cell.kernel, dtype)  # a variable read outside the cell is not autocast
-            loop_swaps["kernel"] = tf.concat([kernel, tf.eye(self.recurrent_columns, dtype=kernel.dtype)], axis=0)
+            loop_swaps["kernel"] = tf.concat([kernel, tf.eye(columns, dtype=kernel.dtype)], axis=0)
+            zeros = tf.zeros([batch, columns], dtype)
 
         def call(inputs: Any, states: Any, **kwargs: Any) -> Any:
             *states, xbar = states  # x̄_{t−1}
             x_t, projected = inputs if opened is not None else (inputs, None)
-            h_tm1 = tf.stop_gradient(states[0])
+            h_tm1 = states[0]
             x_tilde = tf.concat([x_t, h_tm1 if lin.rho == 1.0 else lin.rho * h_tm1, *entries], axis=-1)
-            new_xbar = x_tilde if lin.decay == 0.0 else lin.decay * xbar + x_tilde
 
             def rows(value: tf.Tensor) -> tf.Tensor:
                 return self._rows(value, a, xbar)
@@ -426,12 +429,13 @@ class GrowthWatch:
             if opened is not None:
                 output, new_states = opened.step(projected, states, rows)
             elif loop_swaps:
-                output, new_states = original(tf.concat([x_t, rows(tf.zeros_like(x_tilde[:, :1]) * tf.zeros([self.recurrent_columns], dtype))], -1), states, **kwargs)
+                output, new_states = original(tf.concat([x_t, rows(zeros)], axis=-1), states, **kwargs)
             else:
-                with _shadowed(cell, bias=rows(tf.broadcast_to(tf.cast(bias, dtype), [batch, self.recurrent_columns]))):
+                with _shadowed(cell, bias=rows(step_bias)):
                     output, new_states = original(x_t, states, **kwargs)
             new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
-            return output, [*new_states, tf.stop_gradient(new_xbar)]
+            new_xbar = x_tilde if lin.decay == 0.0 else lin.decay * xbar + x_tilde
+            return output, [*new_states, tf.stop_gradient(new_xbar)]  # M is a statistic: no gradient through x̄
 
         xbar0 = tf.zeros([batch, self.width], dtype)
         with _shadowed(cell, call=call, **loop_swaps):
