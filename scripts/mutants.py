@@ -61,6 +61,7 @@ CHECKPOINT = ("tests/test_checkpoint.py", "tests/test_train.py", "tests/test_rel
 JOBDIR = ("tests/test_jobdir.py", "tests/test_run.py", "tests/test_app.py")
 RUN = ("tests/test_run.py", "tests/test_train.py", "tests/test_jobdir.py")
 RESULTS = ("tests/test_results.py",)
+GROWTH = ("tests/test_growth.py", "tests/test_gradmax.py")
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- capture ------------------------------------------------------------------------------------
@@ -320,6 +321,43 @@ MUTANTS: tuple[Mutant, ...] = (
         "removed_rows[consumer.name] = np.concatenate([rows[i] for i in range(len(units))])",
         "the consumer loses the first units' input rows instead of the gated units'",
         COMPACT,
+    ),
+    # -- growth -------------------------------------------------------------------------------------
+    Mutant(
+        "growth-xbar-this-step",
+        "growth",
+        "adaptgrad/growth.py",
+        "                return self._rows(value, a, xbar)\n",
+        "                return self._rows(value, a, lin.decay * xbar + x_tilde)\n",
+        "M's recurrent rows pair δ_t with x̄_t instead of x̄_{t−1} (what the unit read one step later)",
+        GROWTH,
+    ),
+    Mutant(
+        "growth-no-decay",
+        "growth",
+        "adaptgrad/growth.py",
+        "new_xbar = x_tilde if lin.decay == 0.0 else lin.decay * xbar + x_tilde",
+        "new_xbar = x_tilde",
+        "x̄ forgets the unit's own decay (GRU/LSTM: λ = σ(0))",
+        GROWTH,
+    ),
+    Mutant(
+        "growth-rho",
+        "growth",
+        "adaptgrad/growth.py",
+        "x_tilde = tf.concat([x_t, h_tm1 if lin.rho == 1.0 else lin.rho * h_tm1, *entries], axis=-1)",
+        "x_tilde = tf.concat([x_t, h_tm1, *entries], axis=-1)",
+        "a GRU's new unit reads h_{t−1} without its reset gate ρ = σ(0)",
+        GROWTH,
+    ),
+    Mutant(
+        "growth-gru-reset-gate",
+        "growth",
+        "adaptgrad/_cells.py",
+        "hh = cell.activation(x_h + r * inner[:, 2 * units :])",
+        "hh = cell.activation(x_h + inner[:, 2 * units :])",
+        "the written-out GRU step drops its reset gate",
+        GROWTH,
     ),
     # -- rules --------------------------------------------------------------------------------------
     Mutant(
