@@ -113,13 +113,7 @@ class Hooks:
         if self.time_probe is None and not self.loop_wrappers:
             return self._original_inner_loop(sequences, initial_state, mask, training=training)
 
-        def loop(
-            sequences: Any,
-            initial_state: Any,
-            mask: Any,
-            training: bool = False,
-            paired: Any = None,
-        ) -> Any:
+        def loop(sequences: Any, initial_state: Any, mask: Any, training: bool = False, paired: Any = None) -> Any:
             if self.time_probe is None:
                 return generic_loop(self.layer, sequences, initial_state, mask, training, paired)
             return through_time_loop(self.layer, self.time_probe, sequences, initial_state, mask, training, paired)

@@ -403,7 +403,7 @@ class GrowthWatch:
         a = self._probe((self.width, self.recurrent_columns), cell.kernel, self._add_own, dtype=tf.float32)
         batch = tf.shape(sequences)[0]
         entries = [tf.fill([batch, 1], tf.constant(value, dtype)) for value in lin.bias]  # x̃'s bias entries
-        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        initial = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
         opened = _cells.open_cell(cell, dtype)
         original, bias, columns = cell.call, getattr(cell, "bias", None), self.recurrent_columns
         loop_swaps: dict[str, Any] = {}
@@ -439,7 +439,7 @@ class GrowthWatch:
 
         xbar0 = tf.zeros([batch, self.width], dtype)
         with _shadowed(cell, call=call, **loop_swaps):
-            last, outputs, new_states = loop(sequences, [*states, xbar0], mask, training=training, paired=paired)
+            last, outputs, new_states = loop(sequences, [*initial, xbar0], mask, training=training, paired=paired)
         self._pending = new_states[-1]  # x̄ at the last step, read by the consumer
         return last, outputs, new_states[:-1]
 
