@@ -75,13 +75,18 @@ def test_new_unit_incoming_gradient_is_kappa_w_M_exactly(cell, kind):
     ),
 )
 def test_growth_statistic_is_exact_backwards_and_unrolled(cell, option):
-    if cell == "user":
-        model, layer, head, x, y = growth_model(cell, "functional")
-        setattr(layer, option, True)
-    else:
-        model, layer, head = build("functional", cell, units=4, **{option: True})
-        x, y = data(8)
+    def model_of():
+        keras.utils.set_random_seed(0)
+        if cell == "user":
+            model, layer, head, x, y = growth_model(cell, "functional")
+            setattr(layer, option, True)
+            return model, layer, head, x, y
+        return *build("functional", cell, units=4, **{option: True}), *data(8)
+
+    beside = captured(*model_of(), gated=[1], through_time=True)  # the through-time loop carries it too
+    model, layer, head, x, y = model_of()
     statistic = captured(model, layer, head, x, y, gated=[1])
+    np.testing.assert_allclose(beside.matrix, statistic.matrix, rtol=1e-6, atol=1e-9)
     outgoing = np.random.default_rng(7).normal(size=statistic.matrix.shape[0]).astype(np.float32)
     outgoing[HEAD:].reshape(statistic.linearisation.blocks, 4)[:, 1] = 0.0
     set_outgoing(layer, head, 1, outgoing)
