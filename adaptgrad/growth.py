@@ -78,8 +78,8 @@ recurrence's chain, so a second thread runs it beside the chain. The loop is
 capture. Measured by ``scripts/bench_growth.py`` (64 units, 20 steps, 8 features, batch 64, 15
 interleaved rounds, a quiet 2-core VM), the wall time of ``fit`` with the statistic over plain
 ``fit``, one TensorFlow thread / two: GRU 1.10× / 1.10×, LSTM 1.15× / 1.05×, SimpleRNN 1.08× /
-1.11×, MinimalRNN 1.05× / 1.22×, Dense (``--cell dense``) 1.06× / 1.02× (±0.05 between runs). Earlier designs, measured the same way
-(one thread): a zero sequence Z (batch × T × k·n) as a second loop input added to the step's
+1.11×, MinimalRNN 1.05× / 1.22×, Dense (``--cell dense``) 1.06× / 1.02× (±0.05 between runs).
+Earlier designs, measured the same way (one thread): a zero sequence Z (batch × T × k·n) as a second loop input added to the step's
 bias, its gradient (every δ_t) multiplied by x̄ after the loop, with Keras's own loop 1.48×
 (GRU), with the lean loop 1.33× (GRU) and 1.35× (LSTM): per batch, Z and its gradient were
 transposed and reversed to and from the loop's order (about as much as the rest), the two
