@@ -58,7 +58,14 @@ def open_cell(cell: keras.layers.Layer, dtype: str) -> OpenCell | None:
     ``SimpleRNNCell`` (``implementation=2`` where it applies, no dropout) or
     :class:`~adaptgrad.cells.MinimalRNNCell` with its weights read now in ``dtype``; None for any
     other cell (a subclass of these included)."""
-    if float(getattr(cell, "dropout", 0.0) or 0.0) or float(getattr(cell, "recurrent_dropout", 0.0) or 0.0):
+    kind = type(cell)  # exactly these classes: a subclass may compute something else
+    known = (kind is keras.layers.GRUCell and cell.reset_after and cell.use_bias) or kind in (
+        keras.layers.LSTMCell,
+        keras.layers.SimpleRNNCell,
+        MinimalRNNCell,
+    )
+    dropout = float(getattr(cell, "dropout", 0.0) or 0.0) or float(getattr(cell, "recurrent_dropout", 0.0) or 0.0)
+    if not known or dropout or getattr(cell, "implementation", 2) != 2:
         return None
     kernel, recurrent = tf.cast(cell.kernel, dtype), tf.cast(cell.recurrent_kernel, dtype)
     columns = int(kernel.shape[-1])
@@ -69,8 +76,7 @@ def open_cell(cell: keras.layers.Layer, dtype: str) -> OpenCell | None:
         flat = flat if input_bias is None else flat + input_bias
         return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [columns]], 0))
 
-    kind = type(cell)  # exactly these classes: a subclass may compute something else
-    if kind is keras.layers.GRUCell and cell.reset_after and bias is not None and cell.implementation == 2:
+    if kind is keras.layers.GRUCell:
         units = columns // 3
 
         def gru(projected: tf.Tensor, states: list[tf.Tensor], probe: Probe) -> tuple[tf.Tensor, list[tf.Tensor]]:
@@ -84,7 +90,7 @@ def open_cell(cell: keras.layers.Layer, dtype: str) -> OpenCell | None:
             return h, [h]
 
         return OpenCell(lambda x: projection(x, bias[0]), gru)
-    if kind is keras.layers.LSTMCell and cell.implementation == 2:
+    if kind is keras.layers.LSTMCell:
 
         def lstm(projected: tf.Tensor, states: list[tf.Tensor], probe: Probe) -> tuple[tf.Tensor, list[tf.Tensor]]:
             h_tm1, c_tm1 = states[0], states[1]
@@ -94,13 +100,11 @@ def open_cell(cell: keras.layers.Layer, dtype: str) -> OpenCell | None:
             return h, [h, c]
 
         return OpenCell(lambda x: projection(x, bias), lstm)
-    if kind in (keras.layers.SimpleRNNCell, MinimalRNNCell):
-        activation = getattr(cell, "activation", None)
+    activation = getattr(cell, "activation", None)  # SimpleRNN, MinimalRNN (none)
 
-        def simple(projected: tf.Tensor, states: list[tf.Tensor], probe: Probe) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            output = projected + probe(tf.matmul(states[0], recurrent))
-            output = output if activation is None else activation(output)
-            return output, [output]
+    def simple(projected: tf.Tensor, states: list[tf.Tensor], probe: Probe) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        output = projected + probe(tf.matmul(states[0], recurrent))
+        output = output if activation is None else activation(output)
+        return output, [output]
 
-        return OpenCell(lambda x: projection(x, bias), simple)
-    return None
+    return OpenCell(lambda x: projection(x, bias), simple)

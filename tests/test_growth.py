@@ -137,7 +137,16 @@ def test_a_written_out_step_computes_what_the_keras_cell_computes(make):
         np.testing.assert_allclose(state, reference, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [lambda: keras.layers.GRUCell(5, reset_after=False), lambda: OwnGRUCell(5), lambda: TanhCell(5)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.layers.GRUCell(5, reset_after=False),
+        lambda: keras.layers.LSTMCell(5, implementation=1),
+        lambda: keras.layers.SimpleRNNCell(5, dropout=0.1),
+        lambda: OwnGRUCell(5),
+        lambda: TanhCell(5),
+    ],
+)
 def test_other_cells_are_not_written_out(make):
     cell = make()
     cell.build((None, 3))
